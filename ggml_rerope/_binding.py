@@ -1,0 +1,96 @@
+"""Thin cffi (ABI mode) binding of libggml_rerope: declarations and the loader, nothing else.
+
+The API modules (attention.py, model.py) sit on top of this, as llama-cpp-python's
+llama.py sits on llama_cpp.py.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import cffi
+
+ffi = cffi.FFI()
+
+# --- src/ggml_rerope.h --------------------------------------------------------------
+ffi.cdef(
+    """
+typedef enum ggml_rerope_status {
+    GGML_REROPE_OK = 0, GGML_REROPE_ERR_INVALID_ARG = 1, GGML_REROPE_ERR_UNSUPPORTED = 2,
+    GGML_REROPE_ERR_NO_MEMORY = 3, GGML_REROPE_ERR_CUDA = 4, GGML_REROPE_ERR_IO = 5,
+    GGML_REROPE_ERR_CONTEXT_FULL = 6
+} ggml_rerope_status;
+
+typedef struct ggml_rerope_params {
+    int32_t head_dim;
+    int32_t n_rot;
+    int32_t rope_mode;
+    float rope_base;
+    const float * freq_factors;
+    int32_t window;
+    int32_t far_mode;
+    float leaky_k;
+    int32_t group_size;
+    int32_t logn_train_len;
+    float scale;
+    int32_t causal;
+} ggml_rerope_params;
+
+ggml_rerope_params ggml_rerope_default_params(int32_t head_dim);
+ggml_rerope_status ggml_rerope_check_params(const ggml_rerope_params * params);
+const char * ggml_rerope_last_error(void);
+const char * ggml_rerope_status_name(ggml_rerope_status status);
+
+ggml_rerope_status ggml_rerope_attn_host(const ggml_rerope_params * params, const float * q,
+    int32_t n_q, int32_t n_head, const int32_t * q_pos, const void * k, const void * v, int32_t kv_type,
+    int32_t n_kv, int32_t n_head_kv, const int32_t * k_pos, float * out, int32_t n_threads);
+
+int ggml_rerope_simd_supported(int32_t simd);
+ggml_rerope_status ggml_rerope_set_simd(int32_t simd);
+int32_t ggml_rerope_get_simd(void);
+const char * ggml_rerope_simd_name(int32_t simd);
+
+int ggml_rerope_cuda_available(void);
+ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_params * params, const float * q,
+    int32_t n_q, int32_t n_head, const int32_t * q_pos, const void * k, const void * v, int32_t kv_type,
+    int32_t n_kv, int32_t n_head_kv, const int32_t * k_pos, float * out, void * stream);
+"""
+)
+
+# --- src/ggml_rerope_runtime.h (added by the runtime) ---------------------------------
+
+
+def _candidates():
+    env = os.environ.get("GGML_REROPE_LIBRARY")
+    if env:
+        yield pathlib.Path(env)
+        return
+    here = pathlib.Path(__file__).resolve().parent
+    yield from sorted(here.glob("libggml_rerope.so*"))  # installed wheel
+    yield from sorted(here.glob("libggml_rerope*.dylib"))
+    yield here.parent / "build" / "src" / "libggml_rerope.so"  # source checkout, `cmake -B build`
+
+
+def _load():
+    # Load llama-cpp-python first: its libggml is then the one our library binds to,
+    # so the process holds a single ggml.
+    import llama_cpp  # noqa: F401
+
+    tried = []
+    for path in _candidates():
+        if path.exists():
+            return ffi.dlopen(str(path)), path
+        tried.append(str(path))
+    raise ImportError(
+        "libggml_rerope not found (looked in: " + ", ".join(tried) + "). Install the package with "
+        "`pip install --no-build-isolation .`, or build it with `cmake -B build && cmake --build build`, "
+        "or set GGML_REROPE_LIBRARY to the library's path."
+    )
+
+
+lib, library_path = _load()
+
+
+def last_error() -> str:
+    return ffi.string(lib.ggml_rerope_last_error()).decode("utf-8", "replace")

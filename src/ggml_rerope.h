@@ -1,0 +1,171 @@
+/*
+ * ggml_rerope.h - fused ReRoPE / Leaky ReRoPE / Self-Extend attention.
+ *
+ * The math (the contract every kernel is tested against; see README and DESIGN):
+ *
+ *   head size d, rotary dims d_r <= d (even), base b,
+ *   theta_m = freq_factors[m] * b^(-2m/d_r),  m = 0 .. d_r/2-1   (factor 1 when NULL)
+ *   R_p x rotates each pair of x by angle p*theta_m; pairs are (2m, 2m+1) in NORM
+ *   mode (GGUF llama) and (m, m + d_r/2) in NEOX mode (GGUF qwen2/qwen3);
+ *   dims >= d_r are not rotated.
+ *
+ *   For a query at position i and a key at position j (j <= i when causal):
+ *     rel(i,j) = i - j                         if i - j < w
+ *              = w                             far, GGML_REROPE_FAR_CLAMP  (ReRoPE)
+ *              = w + (i - j - w) / k           far, GGML_REROPE_FAR_LEAKY  (Leaky ReRoPE)
+ *              = fl(i/G) - fl(j/G) + w - fl(w/G)  far, GGML_REROPE_FAR_GROUP (Self-Extend)
+ *     s_ij = lambda_i * scale * <R_rel(i,j) q_i, k_j>
+ *     lambda_i = max(1, ln(i+1) / ln(L_train)) with log-n on (L_train > 1), else 1
+ *     o_i = sum_j softmax_j(s_ij) v_j
+ *
+ * Keys and values are stored UNROTATED in the cache; kernels rotate key tiles as
+ * they load them. Queries are also passed unrotated.
+ *
+ * Layouts (C order, contiguous):
+ *   q   [n_q ][n_head   ][d]  float32
+ *   k,v [n_kv][n_head_kv][d]  float16 or float32, n_head % n_head_kv == 0 (GQA)
+ *   out [n_q ][n_head   ][d]  float32
+ * In ggml terms these are tensors with ne = {d, n_head(_kv), n_q(n_kv)}.
+ *
+ * Errors: every entry returns a ggml_rerope_status (or NULL for tensor builders);
+ * ggml_rerope_last_error() gives a message for the calling thread. Nothing aborts.
+ */
+#ifndef GGML_REROPE_H
+#define GGML_REROPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(GGML_REROPE_BUILD)
+#    define GGML_REROPE_API __declspec(dllexport)
+#elif defined(_WIN32)
+#    define GGML_REROPE_API __declspec(dllimport)
+#else
+#    define GGML_REROPE_API __attribute__((visibility("default")))
+#endif
+
+struct ggml_context;
+struct ggml_tensor;
+
+/* Status codes. 0 is success; every other value comes with a message. */
+typedef enum ggml_rerope_status {
+    GGML_REROPE_OK = 0,
+    GGML_REROPE_ERR_INVALID_ARG = 1, /* bad dims, null pointer, parameter out of range */
+    GGML_REROPE_ERR_UNSUPPORTED = 2, /* tensor type or feature this build cannot run  */
+    GGML_REROPE_ERR_NO_MEMORY = 3,   /* an allocation failed                          */
+    GGML_REROPE_ERR_CUDA = 4,        /* a CUDA call failed or no device is present     */
+    GGML_REROPE_ERR_IO = 5,          /* file missing, unreadable, corrupt or truncated */
+    GGML_REROPE_ERR_CONTEXT_FULL = 6 /* runtime: more tokens than n_ctx                */
+} ggml_rerope_status;
+
+/* Rotary pair layout; values equal ggml's GGML_ROPE_TYPE_NORMAL / _NEOX. */
+typedef enum ggml_rerope_rope_mode {
+    GGML_REROPE_MODE_NORM = 0, /* pairs (2m, 2m+1)       */
+    GGML_REROPE_MODE_NEOX = 2  /* pairs (m, m + d_r / 2) */
+} ggml_rerope_rope_mode;
+
+/* What happens to distances i - j >= window. */
+typedef enum ggml_rerope_far_mode {
+    GGML_REROPE_FAR_CLAMP = 0, /* ReRoPE: rel = w                             */
+    GGML_REROPE_FAR_LEAKY = 1, /* Leaky ReRoPE: rel = w + (i - j - w) / k     */
+    GGML_REROPE_FAR_GROUP = 2  /* Self-Extend: fl(i/G) - fl(j/G) + w - fl(w/G) */
+} ggml_rerope_far_mode;
+
+/* Parameters of one attention call. Start from ggml_rerope_default_params(). */
+typedef struct ggml_rerope_params {
+    int32_t head_dim;           /* d: 1..256                                            */
+    int32_t n_rot;              /* d_r: even, 0..d (0 = no rotation at all)            */
+    int32_t rope_mode;          /* ggml_rerope_rope_mode                                */
+    float rope_base;            /* b > 0                                                */
+    const float * freq_factors; /* NULL, or n_rot/2 multipliers of theta_m (> 0). Note:
+                                   ggml's rope and GGUF rope_freqs DIVIDE; pass 1/x.   */
+    int32_t window;             /* w >= 1; w >= context length gives plain RoPE        */
+    int32_t far_mode;           /* ggml_rerope_far_mode                                 */
+    float leaky_k;              /* FAR_LEAKY slope divisor, >= 1 (k = 1 is plain RoPE) */
+    int32_t group_size;         /* FAR_GROUP G >= 1                                      */
+    int32_t logn_train_len;     /* L_train for log-n query scaling; 0 = off, else >= 2  */
+    float scale;                /* score scale; 0 means 1/sqrt(d)                       */
+    int32_t causal;             /* 1: key j used only when k_pos[j] <= q_pos[i]         */
+} ggml_rerope_params;
+
+/* d = head_dim, n_rot = head_dim, NORM, base 10000, ReRoPE with window 1024,
+ * no log-n, scale 1/sqrt(d), causal. */
+GGML_REROPE_API ggml_rerope_params ggml_rerope_default_params(int32_t head_dim);
+
+/* Checks params alone; returns the status and sets the message. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_check_params(const ggml_rerope_params * params);
+
+/* Message of the last failed call on this thread ("" if none). */
+GGML_REROPE_API const char * ggml_rerope_last_error(void);
+
+/* Name of a status code, e.g. "invalid argument". */
+GGML_REROPE_API const char * ggml_rerope_status_name(ggml_rerope_status status);
+
+/* ------------------------------------------------------------------ raw buffers */
+
+/* Key/value element types (values equal ggml's GGML_TYPE_F32 / GGML_TYPE_F16). */
+typedef enum ggml_rerope_kv_type { GGML_REROPE_KV_F32 = 0, GGML_REROPE_KV_F16 = 1 } ggml_rerope_kv_type;
+
+/* One attention call on host buffers (layouts above).
+ * q_pos: n_q positions (NULL: n_kv - n_q .. n_kv - 1); k_pos: n_kv positions
+ * (NULL: 0 .. n_kv - 1). Positions are >= 0. n_threads <= 0 picks the CPU count.
+ * A query with no visible key gets an output row of zeros.
+ * On error `out` is left untouched. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_attn_host(const ggml_rerope_params * params, const float * q,
+                                                         int32_t n_q, int32_t n_head, const int32_t * q_pos,
+                                                         const void * k, const void * v, int32_t kv_type,
+                                                         int32_t n_kv, int32_t n_head_kv,
+                                                         const int32_t * k_pos, float * out, int32_t n_threads);
+
+/* SIMD paths of the CPU kernel. */
+typedef enum ggml_rerope_simd {
+    GGML_REROPE_SIMD_AUTO = -1,
+    GGML_REROPE_SIMD_SCALAR = 0,
+    GGML_REROPE_SIMD_AVX2 = 1, /* AVX2 + FMA + F16C */
+    GGML_REROPE_SIMD_AVX512 = 2,
+    GGML_REROPE_SIMD_NEON = 3
+} ggml_rerope_simd;
+
+/* 1 if this CPU and build can run the path. */
+GGML_REROPE_API int ggml_rerope_simd_supported(int32_t simd);
+/* Forces a path for later calls (AUTO = best supported); the environment variable
+ * GGML_REROPE_SIMD=scalar|avx2|avx512|neon does the same at load time. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_set_simd(int32_t simd);
+/* The path calls use now. */
+GGML_REROPE_API int32_t ggml_rerope_get_simd(void);
+GGML_REROPE_API const char * ggml_rerope_simd_name(int32_t simd);
+
+/* ------------------------------------------------------------------ ggml node */
+
+/* Adds the attention to a ggml graph as GGML_OP_CUSTOM node(s) whose work ggml's CPU
+ * threads split. q: F32 {d, n_head, n_q}; k, v: F16/F32 {d, n_head_kv, n_kv}
+ * (contiguous rows; views of a larger cache are fine); q_pos, k_pos: I32 {n_q}, {n_kv}.
+ * Returns F32 {d, n_head, n_q}, or NULL with the message set.
+ * `params` (and its freq_factors) must stay valid until the graph has been computed. */
+GGML_REROPE_API struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_tensor * q,
+                                                      struct ggml_tensor * k, struct ggml_tensor * v,
+                                                      struct ggml_tensor * q_pos, struct ggml_tensor * k_pos,
+                                                      const ggml_rerope_params * params);
+
+/* ------------------------------------------------------------------ CUDA */
+
+/* 1 if the library was built with CUDA kernels and a device is visible. */
+GGML_REROPE_API int ggml_rerope_cuda_available(void);
+
+/* Same contract as ggml_rerope_attn_host, on device pointers (q_pos/k_pos device
+ * arrays, NULL for the defaults), on `stream` (a cudaStream_t; NULL = default). */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_params * params, const float * q,
+                                                         int32_t n_q, int32_t n_head, const int32_t * q_pos,
+                                                         const void * k, const void * v, int32_t kv_type,
+                                                         int32_t n_kv, int32_t n_head_kv,
+                                                         const int32_t * k_pos, float * out, void * stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GGML_REROPE_H */
