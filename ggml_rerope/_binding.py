@@ -58,7 +58,72 @@ ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_params * params, cons
 """
 )
 
-# --- src/ggml_rerope_runtime.h (added by the runtime) ---------------------------------
+# --- src/ggml_rerope_runtime.h ---------------------------------------------------------
+ffi.cdef(
+    """
+typedef struct ggml_rerope_model ggml_rerope_model;
+typedef struct ggml_rerope_context ggml_rerope_context;
+
+typedef struct ggml_rerope_model_params {
+    int32_t n_gpu_layers;
+    int32_t use_mmap;
+} ggml_rerope_model_params;
+
+typedef struct ggml_rerope_model_info {
+    char architecture[32];
+    int32_t n_vocab;
+    int32_t n_embd;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;
+    int32_t n_rot;
+    int32_t rope_mode;
+    float rope_base;
+    int32_t n_ctx_train;
+    float norm_eps;
+    int32_t has_rope_freqs;
+    int64_t n_params;
+    int64_t weight_bytes;
+} ggml_rerope_model_info;
+
+typedef struct ggml_rerope_context_params {
+    int32_t n_ctx;
+    int32_t n_batch;
+    int32_t n_threads;
+    int32_t kv_type;
+} ggml_rerope_context_params;
+
+typedef struct ggml_rerope_scheme {
+    int32_t window;
+    int32_t far_mode;
+    float leaky_k;
+    int32_t group_size;
+    int32_t logn_train_len;
+    float rope_base;
+    const float * freq_factors;
+    float attn_factor;
+} ggml_rerope_scheme;
+
+ggml_rerope_model_params ggml_rerope_model_default_params(void);
+ggml_rerope_context_params ggml_rerope_context_default_params(void);
+ggml_rerope_scheme ggml_rerope_scheme_default(const ggml_rerope_model * model);
+ggml_rerope_status ggml_rerope_model_load(const char * path, const ggml_rerope_model_params * params,
+    ggml_rerope_model ** out);
+void ggml_rerope_model_free(ggml_rerope_model * model);
+ggml_rerope_status ggml_rerope_model_get_info(const ggml_rerope_model * model, ggml_rerope_model_info * out);
+ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml_rerope_context_params * params,
+    ggml_rerope_context ** out);
+void ggml_rerope_context_free(ggml_rerope_context * ctx);
+ggml_rerope_status ggml_rerope_context_set_scheme(ggml_rerope_context * ctx, const ggml_rerope_scheme * scheme);
+ggml_rerope_status ggml_rerope_eval(ggml_rerope_context * ctx, const int32_t * tokens, int32_t n_tokens,
+    float * logits, int32_t all_logits);
+int32_t ggml_rerope_n_past(const ggml_rerope_context * ctx);
+int32_t ggml_rerope_n_ctx(const ggml_rerope_context * ctx);
+ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_keep);
+size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx);
+"""
+)
 
 
 def _candidates():

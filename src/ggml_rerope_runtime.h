@@ -1,5 +1,105 @@
-/* ggml_rerope_runtime.h - GGUF runtime (placeholder; filled in by the runtime work). */
+/*
+ * ggml_rerope_runtime.h - run GGUF Llama / Qwen2 / Qwen3 models with ReRoPE attention.
+ *
+ * loader (gguf, mmap) -> weights in backend buffers -> one ggml graph per micro-batch
+ * -> ggml_rerope_attn in every layer -> logits. The KV cache holds RAW (unrotated) keys,
+ * so the position scheme can change on a live context without recomputing anything.
+ *
+ * Every function returns a ggml_rerope_status; ggml_rerope_last_error() has the message.
+ */
 #ifndef GGML_REROPE_RUNTIME_H
 #define GGML_REROPE_RUNTIME_H
+
 #include "ggml_rerope.h"
+
+#ifdef __cplusplus
+extern "C" {
 #endif
+
+typedef struct ggml_rerope_model ggml_rerope_model;
+typedef struct ggml_rerope_context ggml_rerope_context;
+
+typedef struct ggml_rerope_model_params {
+    int32_t n_gpu_layers; /* 0: CPU only; -1 or >= n_layer: everything on the GPU (CUDA builds) */
+    int32_t use_mmap;     /* 1 (default): map the file, copy only what must be repacked      */
+} ggml_rerope_model_params;
+
+/* Hyperparameters read from the GGUF metadata. */
+typedef struct ggml_rerope_model_info {
+    char architecture[32];  /* "llama", "qwen2", "qwen3"                          */
+    int32_t n_vocab;
+    int32_t n_embd;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;
+    int32_t n_rot;          /* rotary dims                                        */
+    int32_t rope_mode;      /* GGML_REROPE_MODE_NORM (llama) or _NEOX (qwen2/3)   */
+    float rope_base;
+    int32_t n_ctx_train;    /* L_train                                            */
+    float norm_eps;
+    int32_t has_rope_freqs; /* the GGUF carries a rope_freqs tensor               */
+    int64_t n_params;
+    int64_t weight_bytes;
+} ggml_rerope_model_info;
+
+typedef struct ggml_rerope_context_params {
+    int32_t n_ctx;     /* tokens the KV cache holds, >= 1                          */
+    int32_t n_batch;   /* micro-batch of prefill, default 512                      */
+    int32_t n_threads; /* <= 0: number of CPU cores                                */
+    int32_t kv_type;   /* GGML_REROPE_KV_F16 (default) or GGML_REROPE_KV_F32       */
+} ggml_rerope_context_params;
+
+/* Position scheme of a context: how attention maps positions (see ggml_rerope.h). */
+typedef struct ggml_rerope_scheme {
+    int32_t window;             /* ReRoPE window w >= 1 (INT32_MAX: plain RoPE)            */
+    int32_t far_mode;           /* ggml_rerope_far_mode                                     */
+    float leaky_k;              /* FAR_LEAKY                                                */
+    int32_t group_size;         /* FAR_GROUP (Self-Extend)                                  */
+    int32_t logn_train_len;     /* 0: log-n off                                             */
+    float rope_base;            /* 0: the model's base                                      */
+    const float * freq_factors; /* NULL: the model's (1 / rope_freqs, or ones); else n_rot/2
+                                   multipliers of theta_m, copied by the call               */
+    float attn_factor;          /* multiplies the score scale 1/sqrt(d) (YaRN temperature);
+                                   0 means 1                                                */
+} ggml_rerope_scheme;
+
+GGML_REROPE_API ggml_rerope_model_params ggml_rerope_model_default_params(void);
+GGML_REROPE_API ggml_rerope_context_params ggml_rerope_context_default_params(void);
+/* ReRoPE, window = n_ctx_train / 2, log-n on with L_train from the model. */
+GGML_REROPE_API ggml_rerope_scheme ggml_rerope_scheme_default(const ggml_rerope_model * model);
+
+GGML_REROPE_API ggml_rerope_status ggml_rerope_model_load(const char * path, const ggml_rerope_model_params * params,
+                                                          ggml_rerope_model ** out);
+GGML_REROPE_API void ggml_rerope_model_free(ggml_rerope_model * model);
+GGML_REROPE_API ggml_rerope_status ggml_rerope_model_get_info(const ggml_rerope_model * model,
+                                                              ggml_rerope_model_info * out);
+
+GGML_REROPE_API ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model,
+                                                           const ggml_rerope_context_params * params,
+                                                           ggml_rerope_context ** out);
+GGML_REROPE_API void ggml_rerope_context_free(ggml_rerope_context * ctx);
+
+/* Sets the position scheme; applies to every later eval, over the cache as it is. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_context_set_scheme(ggml_rerope_context * ctx,
+                                                                  const ggml_rerope_scheme * scheme);
+
+/* Appends n_tokens at positions n_past .. n_past + n_tokens - 1 (micro-batches of n_batch).
+ * logits: NULL for none; else n_vocab floats of the last token (all_logits = 0) or
+ * n_tokens * n_vocab floats, one row per token (all_logits = 1).
+ * Fails with GGML_REROPE_ERR_CONTEXT_FULL (nothing evaluated) when n_past + n_tokens > n_ctx. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_eval(ggml_rerope_context * ctx, const int32_t * tokens,
+                                                    int32_t n_tokens, float * logits, int32_t all_logits);
+
+GGML_REROPE_API int32_t ggml_rerope_n_past(const ggml_rerope_context * ctx);
+GGML_REROPE_API int32_t ggml_rerope_n_ctx(const ggml_rerope_context * ctx);
+/* Keeps the first n_keep tokens of the cache (0 = reset). */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_keep);
+/* Bytes of K + V cache per token, all layers. */
+GGML_REROPE_API size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GGML_REROPE_RUNTIME_H */
