@@ -1,0 +1,131 @@
+/* Internal interface of the CPU attention kernel: the job one call describes,
+ * the per-thread workspace, and the per-ISA kernel entry points (dispatch.c picks one). */
+#ifndef GGML_REROPE_KERNEL_H
+#define GGML_REROPE_KERNEL_H
+
+#include "ggml_rerope.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Key tile: keys per tile (a multiple of every vector width, 16 for AVX-512). */
+#define RR_BK 64
+/* Query rows (tokens x heads of one KV group) a prefill work item aims for. */
+#define RR_ROWS_TARGET 64
+/* Split-K (decode) is used when every KV group's queries fit one tile of at most
+ * this many tokens; the keys are then cut into chunks of RR_SPLIT_KEYS keys. */
+#define RR_SPLIT_MAX_Q 4
+#define RR_SPLIT_KEYS 512
+#define RR_SPLIT_MAX 64
+
+/* One validated attention call. Strides are in bytes so ggml views work. */
+typedef struct rerope_job {
+    ggml_rerope_params p; /* copy; p.freq_factors still points at the caller's array */
+    int d, dp;            /* head size, and d rounded up to 16 (row pitch of buffers) */
+    int n_rot, half;      /* rotary dims and n_rot / 2 */
+    float scale;          /* resolved score scale */
+
+    const char * q;
+    size_t q_nb_head, q_nb_tok;
+    const char * k;
+    size_t k_nb_head, k_nb_tok;
+    const char * v;
+    size_t v_nb_head, v_nb_tok;
+    int kv_f16;
+    int n_q, n_head, n_kv, n_head_kv, gq; /* gq = n_head / n_head_kv */
+    const int32_t * q_pos;                /* NULL: n_kv - n_q + i */
+    const int32_t * k_pos;                /* NULL: j */
+
+    char * out; /* final output (prefill and merge) */
+    size_t o_nb_head, o_nb_tok;
+
+    int tq;       /* query tokens per work item */
+    int n_qtiles; /* ceil(n_q / tq) */
+    int n_split;  /* 0: prefill; else split-K chunks, partials below */
+    int split_keys;
+    float * partials; /* [n_split][n_q][n_head][2 + dp]: m (log2 units), l, acc */
+
+    double theta[128]; /* theta_m, m < half */
+} rerope_job;
+
+/* Fills the derived fields (d, dp, scale, theta, tiling, split-K choice) of a job whose
+ * pointers, strides and dims are set. `allow_split` 0 forces the prefill path. */
+void rerope_job_finish(rerope_job * job, int allow_split);
+
+/* Bytes of workspace one thread needs (64-byte aligned base expected). */
+size_t rerope_workspace_bytes(const rerope_job * job);
+
+/* Runs thread ith's share (of nth) of the job: prefill items, or split-K partials
+ * when job->n_split > 0. `ws` is rerope_workspace_bytes(job) of 64-byte aligned memory. */
+typedef void (*rerope_kernel_fn)(const rerope_job * job, int ith, int nth, void * ws);
+
+void rerope_kernel_scalar(const rerope_job * job, int ith, int nth, void * ws);
+#if defined(__x86_64__) || defined(_M_X64)
+void rerope_kernel_avx2(const rerope_job * job, int ith, int nth, void * ws);
+void rerope_kernel_avx512(const rerope_job * job, int ith, int nth, void * ws);
+#endif
+#if defined(__aarch64__)
+void rerope_kernel_neon(const rerope_job * job, int ith, int nth, void * ws);
+#endif
+
+/* Floats of the split-K partials buffer (0 when n_split == 0). */
+size_t rerope_partials_floats(const rerope_job * job);
+
+/* Split-K merge of thread ith's share of the rows into job->out. */
+void rerope_merge_partials(const rerope_job * job, int ith, int nth);
+
+/* The kernel the current SIMD setting selects. */
+rerope_kernel_fn rerope_select_kernel(void);
+
+/* Workspace layout (float offsets from a 64-byte aligned base; every block 64-byte aligned). */
+typedef struct rerope_ws_layout {
+    int rows_pad;                    /* tq * gq rounded up to 4 */
+    size_t qn, qf, o, s, s2, m, l;   /* per-row buffers */
+    size_t tok_lambda;               /* per query token: lambda * scale * log2(e) */
+    size_t kr, kraw, kn, kf, vt;     /* key/value tile buffers */
+    size_t csc, css;                 /* cos/sin of the current tile, [half][BK] */
+    size_t stn_c, stn_s, stl_c, stl_s; /* step tables t*theta and (t/k)*theta, [half][BK] */
+    size_t anchor;                   /* doubles: see kernel_body.h */
+    size_t total;                    /* floats */
+} rerope_ws_layout;
+
+static inline size_t rerope_round16(size_t x) { return (x + 15) & ~(size_t) 15; }
+
+static inline rerope_ws_layout rerope_layout(const rerope_job * j) {
+    rerope_ws_layout L;
+    size_t at = 0;
+    L.rows_pad = (j->tq * j->gq + 3) & ~3;
+    size_t rp = (size_t) L.rows_pad, dp = (size_t) j->dp, bk = RR_BK, hf = (size_t) (j->half ? j->half : 1);
+#define RR_TAKE(field, n) (L.field = at, at += rerope_round16(n))
+    RR_TAKE(qn, rp * dp);
+    RR_TAKE(qf, rp * dp);
+    RR_TAKE(o, rp * dp);
+    RR_TAKE(s, rp * bk);
+    RR_TAKE(s2, rp * bk);
+    RR_TAKE(m, rp);
+    RR_TAKE(l, rp);
+    RR_TAKE(tok_lambda, (size_t) j->tq);
+    RR_TAKE(kr, bk * dp);
+    RR_TAKE(kraw, dp * bk);
+    RR_TAKE(kn, dp * bk);
+    RR_TAKE(kf, dp * bk);
+    RR_TAKE(vt, bk * dp);
+    RR_TAKE(csc, hf * bk);
+    RR_TAKE(css, hf * bk);
+    RR_TAKE(stn_c, hf * bk);
+    RR_TAKE(stn_s, hf * bk);
+    RR_TAKE(stl_c, hf * bk);
+    RR_TAKE(stl_s, hf * bk);
+    RR_TAKE(anchor, 2 * 16 * hf); /* 16 double arrays of half */
+#undef RR_TAKE
+    L.total = at;
+    return L;
+}
+
+/* Position helpers shared by the kernels and validation. */
+static inline int32_t rerope_qpos(const rerope_job * j, int i) {
+    return j->q_pos ? j->q_pos[i] : (int32_t) (j->n_kv - j->n_q + i);
+}
+static inline int32_t rerope_kpos(const rerope_job * j, int t) { return j->k_pos ? j->k_pos[t] : (int32_t) t; }
+
+#endif
