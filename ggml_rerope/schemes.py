@@ -1,0 +1,700 @@
+"""Training-free position schemes as parameters of the one attention operator.
+
+Every scheme below is a choice of the operator's parameters (src/ggml_rerope.h):
+
+    theta_m  = freq_factors[m] * base^(-2m/d_r)          per-dimension frequencies
+    rel(i,j) = window / far_mode / leaky_k / group_size   relative-position map
+    s_ij     = lambda_i * attn_factor / sqrt(d) * <R_rel q_i, k_j>,
+    lambda_i = log-n scaling with L_train = logn_train_len (0 = off)
+
+A scheme function takes the model's hyperparameters (`ModelHyper`: n_rot, rope_base,
+n_ctx_train, head_dim and, when the GGUF has them, its rope_freqs tensor and YaRN
+metadata), the target context `n_ctx` and the user's options, and returns a `Scheme`.
+`make_scheme(name, info, n_ctx, **options)` picks the function from `SCHEMES`.
+
+Conventions worth knowing:
+- `freq_factors` here MULTIPLY theta (the operator's convention). ggml's rope and the GGUF
+  `rope_freqs` / `rope_factors_*` tensors DIVIDE; they are inverted where read.
+- A model's own rope_freqs (Llama 3 style) are folded into every scheme's factors, as
+  llama.cpp applies them under every scaling type.
+- `attn_factor` multiplies the SCORE. ggml multiplies the rotated q AND k by its mscale, so
+  a llama.cpp mscale m becomes attn_factor = m^2 here.
+- Schemes other than rerope / leaky-rerope / self-extend use window = WINDOW_NONE, which
+  makes the operator plain RoPE attention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import pathlib
+from collections.abc import Mapping
+from typing import Callable, Optional
+
+import numpy as np
+
+FAR_CLAMP, FAR_LEAKY, FAR_GROUP = 0, 1, 2
+FAR_MODE_NAMES = {FAR_CLAMP: "clamp", FAR_LEAKY: "leaky", FAR_GROUP: "group"}
+WINDOW_NONE = 2**31 - 1  # INT32_MAX: every distance is "near", i.e. plain RoPE
+
+# A frequency of exactly 0 (no rotation) is what Giraffe truncation asks for, but the
+# operator accepts only factors > 0. This angle per position, 1e-15 rad, keeps every
+# rotation below float32 resolution for contexts up to 10^7 tokens (cos == 1.0f, sin < 1e-8),
+# so the rotation is the identity in the arithmetic the kernels do.
+ZERO_THETA = 1e-15
+
+
+# ------------------------------------------------------------------ model hyperparameters
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelHyper:
+    """What a scheme needs to know about the model."""
+
+    n_rot: int
+    rope_base: float
+    n_ctx_train: int
+    head_dim: int
+    rope_freqs: Optional[np.ndarray] = None  # GGUF rope_freqs (divisors), n_rot/2
+    rope_factors_long: Optional[np.ndarray] = None  # GGUF LongRoPE factors (divisors)
+    rope_factors_short: Optional[np.ndarray] = None
+    rope_scaling: Mapping = dataclasses.field(default_factory=dict)  # GGUF rope.scaling.* keys present
+    has_rope_freqs: bool = False  # the GGUF has a rope_freqs tensor (known even if not read)
+
+    def __post_init__(self):
+        if self.n_rot < 2 or self.n_rot % 2:
+            raise ValueError(f"n_rot must be even and >= 2, got {self.n_rot}")
+        if not self.rope_base > 1:
+            raise ValueError(f"rope_base must be > 1, got {self.rope_base}")
+        if self.n_ctx_train < 2:
+            raise ValueError(f"n_ctx_train must be >= 2, got {self.n_ctx_train}")
+
+    def model_factors(self) -> np.ndarray:
+        """Multipliers of theta the model itself uses: 1 / rope_freqs, or ones."""
+        if self.rope_freqs is not None:
+            return 1.0 / np.asarray(self.rope_freqs, dtype=np.float64)
+        if self.has_rope_freqs:
+            raise ValueError(
+                "the model has a rope_freqs tensor but its values were not read; pass the model's "
+                "path (ModelHyper.from_gguf) so the scheme can fold them in"
+            )
+        return np.ones(self.n_rot // 2)
+
+    @classmethod
+    def from_gguf(cls, path) -> "ModelHyper":
+        """Hyperparameters, rope_freqs / rope_factors_* tensors and rope.scaling.* metadata of a GGUF."""
+        return _hyper_from_gguf(str(pathlib.Path(path).resolve()))
+
+
+_SCALING_KEYS = {  # GGUF key suffix (after "<arch>.rope.scaling.") -> our name
+    "type": "type",
+    "factor": "factor",
+    "original_context_length": "orig_ctx",
+    "attn_factor": "attn_factor",
+    "yarn_ext_factor": "ext_factor",
+    "yarn_attn_factor": "yarn_attn_factor",
+    "yarn_beta_fast": "beta_fast",
+    "yarn_beta_slow": "beta_slow",
+    "yarn_log_multiplier": "log_mul",
+}
+
+
+@functools.lru_cache(maxsize=8)
+def _hyper_from_gguf(path: str) -> ModelHyper:
+    import gguf  # only needed here; reading a GGUF's metadata takes about 2 s
+
+    reader = gguf.GGUFReader(path)
+
+    def value(key, default=None):
+        field = reader.fields.get(key)
+        return default if field is None else field.contents()
+
+    arch = value("general.architecture")
+    if arch is None:
+        raise ValueError(f"{path}: not a model GGUF (no general.architecture)")
+    n_embd = int(value(f"{arch}.embedding_length"))
+    n_head = int(value(f"{arch}.attention.head_count"))
+    head_dim = int(value(f"{arch}.attention.key_length", n_embd // n_head))
+    n_rot = int(value(f"{arch}.rope.dimension_count", head_dim))
+    scaling = {}
+    for suffix, name in _SCALING_KEYS.items():
+        v = value(f"{arch}.rope.scaling.{suffix}")
+        if v is not None:
+            scaling[name] = v
+    if "factor" not in scaling and value(f"{arch}.rope.scale_linear") is not None:
+        scaling["factor"] = value(f"{arch}.rope.scale_linear")
+    tensors = {t.name: t for t in reader.tensors}
+
+    def tensor(name):
+        t = tensors.get(name)
+        return None if t is None else np.array(t.data, dtype=np.float64).reshape(-1)
+
+    return ModelHyper(
+        n_rot=n_rot,
+        rope_base=float(value(f"{arch}.rope.freq_base", 10000.0)),
+        n_ctx_train=int(value(f"{arch}.context_length")),
+        head_dim=head_dim,
+        rope_freqs=tensor("rope_freqs.weight"),
+        rope_factors_long=tensor("rope_factors_long.weight"),
+        rope_factors_short=tensor("rope_factors_short.weight"),
+        rope_scaling=scaling,
+        has_rope_freqs="rope_freqs.weight" in tensors,
+    )
+
+
+def hyper_from(info) -> ModelHyper:
+    """A ModelHyper from a ModelHyper, a GGUF path, a mapping, or any object with the attributes
+    n_rot, rope_base, n_ctx_train, head_dim (a runtime ggml_rerope_model_info, a Model). When the
+    object also names its GGUF file (model_path / path), the file's rope_freqs and YaRN metadata
+    are read from it."""
+    if isinstance(info, ModelHyper):
+        return info
+    if isinstance(info, (str, pathlib.Path)):
+        return ModelHyper.from_gguf(info)
+    path = None
+    if isinstance(info, Mapping):
+        get = info.get
+    else:
+        def get(key, default=None):
+            return getattr(info, key, default)
+    path = get("model_path") or get("path")
+    if path and pathlib.Path(str(path)).is_file():
+        return ModelHyper.from_gguf(path)
+    inner = get("info")  # e.g. a Model whose .info is the runtime struct
+    if inner is not None and get("n_rot") is None:
+        return hyper_from(inner)
+    missing = [k for k in ("n_rot", "rope_base", "n_ctx_train", "head_dim") if get(k) is None]
+    if missing:
+        raise TypeError(f"info must give n_rot, rope_base, n_ctx_train and head_dim; missing {missing}")
+    return ModelHyper(
+        n_rot=int(get("n_rot")),
+        rope_base=float(get("rope_base")),
+        n_ctx_train=int(get("n_ctx_train")),
+        head_dim=int(get("head_dim")),
+        has_rope_freqs=bool(get("has_rope_freqs", False)),
+    )
+
+
+# ------------------------------------------------------------------ the operator parameters
+
+
+@dataclasses.dataclass(frozen=True)
+class Scheme:
+    """Operator parameters of one position scheme (see the module docstring).
+
+    rope_base 0 and freq_factors None mean "the model's own". `resolve(length)` gives the
+    parameters to use when the sequence is `length` tokens long: the scheme itself, except for
+    dynamic schemes (dynamic-ntk), which are recomputed from the length.
+    """
+
+    name: str
+    window: int = WINDOW_NONE
+    far_mode: int = FAR_CLAMP
+    leaky_k: float = 1.0
+    group_size: int = 1
+    logn_train_len: int = 0
+    rope_base: float = 0.0
+    freq_factors: Optional[np.ndarray] = None
+    attn_factor: float = 1.0
+    resolver: Optional[Callable[[int], "Scheme"]] = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.resolver is not None
+
+    def resolve(self, length: int) -> "Scheme":
+        return self if self.resolver is None else self.resolver(int(length))
+
+    def base(self, hyper: ModelHyper) -> float:
+        return self.rope_base if self.rope_base > 0 else hyper.rope_base
+
+    def factors(self, hyper: ModelHyper) -> np.ndarray:
+        """The multipliers of theta in effect (the model's own when freq_factors is None)."""
+        return hyper.model_factors() if self.freq_factors is None else np.asarray(self.freq_factors, np.float64)
+
+    def thetas(self, hyper: ModelHyper) -> np.ndarray:
+        """theta_m = freq_factors[m] * base^(-2m/n_rot), float64."""
+        m = np.arange(hyper.n_rot // 2, dtype=np.float64)
+        return self.factors(hyper) * self.base(hyper) ** (-2.0 * m / hyper.n_rot)
+
+    def attention_kwargs(self, hyper: ModelHyper) -> dict:
+        """Keyword arguments of ggml_rerope.rerope_attention and reference.rerope_attention."""
+        hyper = hyper_from(hyper)
+        return dict(
+            window=self.window,
+            leaky=self.leaky_k if self.far_mode == FAR_LEAKY else None,
+            group=self.group_size if self.far_mode == FAR_GROUP else None,
+            logn_train_len=self.logn_train_len or None,
+            base=self.base(hyper),
+            n_rot=hyper.n_rot,
+            freq_factors=None if self.freq_factors is None else np.asarray(self.freq_factors, np.float64),
+            scale=self.attn_factor / math.sqrt(hyper.head_dim),
+        )
+
+    def describe(self) -> str:
+        parts = [self.name]
+        if self.window != WINDOW_NONE:
+            parts.append(f"w={self.window}")
+            if self.far_mode == FAR_LEAKY:
+                parts.append(f"k={self.leaky_k:g}")
+            if self.far_mode == FAR_GROUP:
+                parts.append(f"G={self.group_size}")
+        if self.logn_train_len:
+            parts.append(f"logn(L={self.logn_train_len})")
+        if self.rope_base:
+            parts.append(f"base={self.rope_base:.6g}")
+        if self.freq_factors is not None:
+            f = np.asarray(self.freq_factors)
+            parts.append(f"factors[{f.min():.3g}..{f.max():.3g}]")
+        if self.attn_factor != 1.0:
+            parts.append(f"attn={self.attn_factor:.4f}")
+        if self.dynamic:
+            parts.append("dynamic")
+        return " ".join(parts)
+
+
+def c_scheme(scheme: Scheme, length: Optional[int] = None):
+    """The runtime's ggml_rerope_scheme struct for `scheme` (resolved at `length` if dynamic).
+
+    Returns (struct pointer, keepalive): keep `keepalive` alive until the struct has been passed
+    to ggml_rerope_context_set_scheme (which copies the factors).
+    """
+    from ._binding import ffi
+
+    if scheme.dynamic:
+        if length is None:
+            raise ValueError(f"scheme {scheme.name!r} is dynamic: pass the current length")
+        scheme = scheme.resolve(length)
+    s = ffi.new("ggml_rerope_scheme *")
+    s.window = int(min(scheme.window, WINDOW_NONE))
+    s.far_mode = int(scheme.far_mode)
+    s.leaky_k = float(scheme.leaky_k)
+    s.group_size = int(scheme.group_size)
+    s.logn_train_len = int(scheme.logn_train_len)
+    s.rope_base = float(scheme.rope_base)
+    s.attn_factor = float(scheme.attn_factor)
+    keep = None
+    if scheme.freq_factors is not None:
+        arr = np.ascontiguousarray(scheme.freq_factors, dtype=np.float32)
+        keep = ffi.new("float[]", arr.tolist())
+        s.freq_factors = keep
+    else:
+        s.freq_factors = ffi.NULL
+    return s, keep
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _scale(hyper: ModelHyper, n_ctx: int, scale: Optional[float], orig_ctx: Optional[int] = None) -> float:
+    """The extension factor s: given, else n_ctx / trained context (never below 1)."""
+    if scale is not None:
+        scale = float(scale)
+        if not scale >= 1.0 or not math.isfinite(scale):
+            raise ValueError(f"scale must be a finite number >= 1, got {scale}")
+        return scale
+    orig = orig_ctx or hyper.n_ctx_train
+    return max(1.0, float(n_ctx) / float(orig))
+
+
+def _check_n_ctx(n_ctx):
+    if n_ctx is None or int(n_ctx) < 1:
+        raise ValueError(f"n_ctx must be an integer >= 1, got {n_ctx!r}")
+    return int(n_ctx)
+
+
+def _pair_index(hyper: ModelHyper) -> np.ndarray:
+    return np.arange(hyper.n_rot // 2, dtype=np.float64)
+
+
+def _as_factors(values, hyper: ModelHyper, what: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if arr.shape != (hyper.n_rot // 2,):
+        raise ValueError(f"{what} must have n_rot/2 = {hyper.n_rot // 2} values, got {arr.size}")
+    if not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+        raise ValueError(f"{what} must be finite and > 0")
+    return arr
+
+
+def _unexpected(name, options):
+    if options:
+        raise TypeError(f"scheme {name!r} got unexpected option(s) {sorted(options)}")
+
+
+# ------------------------------------------------------------------ the schemes
+
+
+def none(hyper, n_ctx, **options) -> Scheme:
+    """Plain RoPE with the model's own frequencies: reads badly past the trained context."""
+    _unexpected("none", options)
+    return Scheme("none")
+
+
+def linear(hyper, n_ctx, *, scale=None, **options) -> Scheme:
+    """Position interpolation (Chen et al. 2023, arXiv:2306.15595): theta_m / s, i.e. positions
+    divided by s. s defaults to n_ctx / n_ctx_train. Same as llama.cpp --rope-scaling linear
+    --rope-scale s."""
+    _unexpected("linear", options)
+    s = _scale(hyper, n_ctx, scale)
+    return Scheme("linear", freq_factors=hyper.model_factors() / s)
+
+
+def ntk_base(hyper: ModelHyper, s: float) -> float:
+    """NTK-aware base (bloc97, 2023): b * s^(d_r / (d_r - 2)), so the slowest band is
+    interpolated by s and the fastest is untouched."""
+    return hyper.rope_base * s ** (hyper.n_rot / (hyper.n_rot - 2.0))
+
+
+def ntk(hyper, n_ctx, *, scale=None, **options) -> Scheme:
+    """NTK-aware scaled RoPE: base b * s^(d_r/(d_r-2)), s defaults to n_ctx / n_ctx_train.
+    Same as llama.cpp with --rope-freq-base set to that value."""
+    _unexpected("ntk", options)
+    s = _scale(hyper, n_ctx, scale)
+    return Scheme("ntk", rope_base=ntk_base(hyper, s))
+
+
+def dynamic_ntk(hyper, n_ctx, **options) -> Scheme:
+    """Dynamic NTK (emozilla, 2023): the NTK base with s = max(1, length / n_ctx_train) from the
+    CURRENT sequence length, recomputed as the context grows. Exact here because the cache holds
+    raw keys: every key is rotated with the current base (transformers' cached keys keep the
+    base they were written with). The owner of the context must call `scheme.resolve(length)`
+    (Model does it before every eval, with length = tokens in the cache after that eval)."""
+    _unexpected("dynamic-ntk", options)
+
+    def at(length: int) -> Scheme:
+        s = max(1.0, float(length) / hyper.n_ctx_train)
+        return Scheme("dynamic-ntk", rope_base=ntk_base(hyper, s))
+
+    first = at(1)
+    return dataclasses.replace(first, resolver=at)
+
+
+def yarn_corr_dims(n_rot: int, orig_ctx: int, base: float, beta_fast: float, beta_slow: float):
+    """llama.cpp's ggml_rope_yarn_corr_dims: the pair-index range [low, high] over which the
+    ramp goes from extrapolation (fast bands) to interpolation (slow bands).
+
+    corr_dim(beta) = n_rot * ln(orig_ctx / (beta * 2 pi)) / (2 ln base), the pair index whose
+    wavelength fits `beta` times into the original context; low = max(0, floor(corr_dim(beta_fast))),
+    high = min(n_rot - 1, ceil(corr_dim(beta_slow)))."""
+
+    def corr_dim(n_turns):
+        return n_rot * math.log(orig_ctx / (n_turns * 2.0 * math.pi)) / (2.0 * math.log(base))
+
+    low = max(0.0, math.floor(corr_dim(beta_fast)))
+    high = min(float(n_rot - 1), math.ceil(corr_dim(beta_slow)))
+    return low, high
+
+
+def yarn_factors(n_rot: int, s: float, low: float, high: float, ext_factor: float = 1.0) -> np.ndarray:
+    """Per-pair multipliers of theta of llama.cpp's rope_yarn: theta = theta_interp * (1 - mix)
+    + theta_extrap * mix with theta_interp = theta_extrap / s and mix = ramp(m) * ext_factor,
+    ramp(m) = 1 - clamp((m - low) / max(0.001, high - low), 0, 1). Hence factor = (1 - mix)/s + mix."""
+    m = np.arange(n_rot // 2, dtype=np.float64)
+    ramp = 1.0 - np.clip((m - low) / max(0.001, high - low), 0.0, 1.0)
+    mix = ramp * ext_factor
+    return (1.0 - mix) / s + mix
+
+
+def yarn_mscale(s: float, ext_factor: float = 1.0, log_mul: float = 0.0, rope_attn_factor: float = 1.0) -> float:
+    """The factor llama.cpp's rope multiplies each of q and k by under YaRN.
+
+    llama-context.cpp sets yarn_attn_factor = get_mscale(s, 1) [or get_mscale(s, m) /
+    get_mscale(s, log_mul) with a GGUF yarn_log_multiplier], cancels ggml's own 1 + 0.1 ln s
+    (PR 17945), and multiplies by the GGUF rope.scaling.attn_factor; ggml's rope_yarn then
+    multiplies by 1 + 0.1 ln s again when ext_factor != 0. get_mscale(s, m) = 1 + 0.1 m ln s
+    (1 when s <= 1). The score therefore scales by mscale^2 = (0.1 ln s + 1)^2 in the plain
+    case: YaRN's sqrt(1/t) = 0.1 ln s + 1 applied to both q and k.
+    """
+
+    def get_mscale(scale, mul):
+        return 1.0 if scale <= 1.0 else 0.1 * mul * math.log(scale) + 1.0
+
+    if ext_factor == 0.0:
+        return rope_attn_factor
+    if log_mul:
+        af = get_mscale(s, 1.0) / get_mscale(s, log_mul)  # llama.cpp assumes mscale == 1 (non-deepseek2)
+    else:
+        af = get_mscale(s, 1.0)
+    af *= 1.0 / (1.0 + 0.1 * math.log(s)) if s > 0 else 1.0
+    af *= rope_attn_factor
+    return af * (1.0 + 0.1 * math.log(s))
+
+
+def yarn(hyper, n_ctx, *, scale=None, beta_fast=None, beta_slow=None, ext_factor=None, attn_factor=None,
+         orig_ctx=None, **options) -> Scheme:
+    """YaRN (Peng et al. 2023, arXiv:2309.00071): NTK-by-parts interpolation plus attention
+    temperature, with llama.cpp's exact conventions.
+
+    Per pair m: fast bands (wavelength fitting beta_fast=32 times into the original context)
+    keep theta, slow bands (fitting fewer than beta_slow=1 times) get theta/s, linear ramp in
+    between (`yarn_corr_dims`, `yarn_factors`). The score is multiplied by mscale^2 with
+    mscale = 1 + 0.1 ln s (`yarn_mscale`). Options left out come from the GGUF's
+    rope.scaling.* keys when present, else llama.cpp's defaults; s defaults to the GGUF's
+    scaling factor, else n_ctx / original context. `attn_factor` (llama.cpp --yarn-attn-factor
+    / GGUF rope.scaling.attn_factor) multiplies llama.cpp's mscale.
+    """
+    _unexpected("yarn", options)
+    g = hyper.rope_scaling
+    orig = int(orig_ctx or g.get("orig_ctx") or hyper.n_ctx_train)
+    if scale is None and g.get("factor") and float(g["factor"]) > 1:
+        scale = float(g["factor"])
+    s = _scale(hyper, n_ctx, scale, orig)
+    beta_fast = float(beta_fast if beta_fast is not None else g.get("beta_fast", 32.0))
+    beta_slow = float(beta_slow if beta_slow is not None else g.get("beta_slow", 1.0))
+    ext = float(ext_factor if ext_factor is not None else g.get("ext_factor", 1.0))
+    if ext < 0:
+        ext = 1.0  # llama.cpp: negative means "not set", 1 under YaRN
+    rope_af = float(attn_factor if attn_factor is not None else g.get("attn_factor", 1.0))
+    low, high = yarn_corr_dims(hyper.n_rot, orig, hyper.rope_base, beta_fast, beta_slow)
+    factors = hyper.model_factors() * yarn_factors(hyper.n_rot, s, low, high, ext)
+    mscale = yarn_mscale(s, ext, float(g.get("log_mul", 0.0) or 0.0), rope_af)
+    return Scheme("yarn", freq_factors=factors, attn_factor=mscale * mscale)
+
+
+def longrope(hyper, n_ctx, *, factors=None, attn_factor=None, orig_ctx=None, **options) -> Scheme:
+    """LongRoPE (Ding et al. 2024, arXiv:2402.13753): searched per-dimension rescale factors.
+
+    `factors` are DIVISORS of theta (LongRoPE's / transformers' long_factor convention, and the
+    GGUF's). Without them they come from the GGUF: rope_factors_long when n_ctx exceeds the
+    original context, else rope_factors_short (Phi-3 style); else the rope_freqs tensor. The score
+    is multiplied by a^2 (the factor multiplies q and k, as in llama.cpp and transformers) with
+    a = the given attn_factor, the GGUF rope.scaling.attn_factor, or LongRoPE's
+    sqrt(1 + ln s / ln L_orig), s = n_ctx / L_orig.
+    """
+    _unexpected("longrope", options)
+    g = hyper.rope_scaling
+    orig = int(orig_ctx or g.get("orig_ctx") or hyper.n_ctx_train)
+    if factors is not None:
+        divisors = _as_factors(factors, hyper, "factors")
+    else:
+        long_ctx = n_ctx > orig
+        chosen = hyper.rope_factors_long if long_ctx else hyper.rope_factors_short
+        if chosen is None:
+            chosen = hyper.rope_freqs
+        if chosen is None:
+            raise ValueError(
+                "longrope needs per-dimension factors: this model's GGUF has no rope_freqs / "
+                "rope_factors_long tensor; pass factors=[...] (n_rot/2 divisors of theta)"
+            )
+        divisors = _as_factors(chosen, hyper, "GGUF rope factors")
+    if attn_factor is None:
+        attn_factor = g.get("attn_factor")
+    if attn_factor is None:
+        s = max(1.0, n_ctx / orig)
+        attn_factor = math.sqrt(1.0 + math.log(s) / math.log(orig)) if s > 1 else 1.0
+    a = float(attn_factor)
+    # The LongRoPE factors replace the model's rope_freqs (in a GGUF they ARE its rope_freqs).
+    return Scheme("longrope", freq_factors=1.0 / divisors, attn_factor=a * a)
+
+
+def power(hyper, n_ctx, *, power=0.5, scale=None, **options) -> Scheme:
+    """Giraffe power scaling (Pal et al. 2023, "Giraffe: Adventures in Expanding Context Lengths
+    in LLMs", arXiv:2308.10882, Sec. 3.2; abacusai/Long-Context python/models/interpolate.py):
+    theta_m * (1 - 2m/d_r)^k. High frequencies (m near 0) stay, low ones are stretched most.
+    k = `power` (0.5, the setting their README reports); an optional linear `scale` s divides
+    theta first, as their code does (default 1: none)."""
+    _unexpected("power", options)
+    k = float(power)
+    if not k >= 0 or not math.isfinite(k):
+        raise ValueError(f"power must be a finite number >= 0, got {power}")
+    s = 1.0 if scale is None else _scale(hyper, n_ctx, scale)
+    m = _pair_index(hyper)
+    f = (1.0 - 2.0 * m / hyper.n_rot) ** k / s
+    return Scheme("power", freq_factors=hyper.model_factors() * f)
+
+
+def truncate(hyper, n_ctx, *, wavelength=None, low_div=16.0, cut_div=8.0, **options) -> Scheme:
+    """Giraffe truncated basis (Pal et al. 2023, arXiv:2308.10882, Sec. 3.3; their
+    interpolate.py truncate_frequency): with b = 2 pi / T (T = `wavelength`, default the trained
+    context, so kept bands complete a full turn within it) and a = b / `cut_div` (8):
+
+        theta'_m = theta_m      if theta_m >= b
+                 = rho          if a <= theta_m < b,   rho = b / `low_div` (16)
+                 = 0            if theta_m < a         (no rotation: position-independent)
+
+    0 is represented by ZERO_THETA (the operator needs factors > 0; see its comment)."""
+    _unexpected("truncate", options)
+    T = float(wavelength if wavelength is not None else hyper.n_ctx_train)
+    if not T > 0:
+        raise ValueError(f"wavelength must be > 0, got {wavelength}")
+    b = 2.0 * math.pi / T
+    a, rho = b / float(cut_div), b / float(low_div)
+    theta = Scheme("tmp").thetas(hyper)  # the model's thetas, rope_freqs included
+    new = np.where(theta >= b, theta, np.where(theta >= a, rho, ZERO_THETA))
+    base_theta = hyper.rope_base ** (-2.0 * _pair_index(hyper) / hyper.n_rot)
+    return Scheme("truncate", freq_factors=new / base_theta)
+
+
+def self_extend_group(hyper: ModelHyper, n_ctx: int, window: int) -> int:
+    """Smallest group size G >= 2 whose largest relative position, fl((n-1)/G) + w - fl(w/G),
+    stays inside the trained context."""
+    for g in range(2, max(3, n_ctx + 1)):
+        if (n_ctx - 1) // g + window - window // g <= hyper.n_ctx_train - 1:
+            return g
+    raise ValueError(f"no group size keeps self-extend with window {window} inside the trained context")
+
+
+def self_extend(hyper, n_ctx, *, group=None, window=None, **options) -> Scheme:
+    """Self-Extend (Jin et al. 2024, "LLM Maybe LongLM", arXiv:2401.01325), llama.cpp's group
+    attention (--grp-attn-n G, --grp-attn-w W): neighbour window W keeps exact distances; beyond
+    it rel = fl(i/G) - fl(j/G) + W - fl(W/G). Defaults: W = n_ctx_train / 4, G = the smallest
+    that keeps every relative position inside the trained context."""
+    _unexpected("self-extend", options)
+    n_ctx = _check_n_ctx(n_ctx)
+    w = int(window) if window is not None else max(1, hyper.n_ctx_train // 4)
+    if w < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    g = int(group) if group is not None else self_extend_group(hyper, n_ctx, w)
+    if g < 1:
+        raise ValueError(f"group must be >= 1, got {group}")
+    return Scheme("self-extend", window=w, far_mode=FAR_GROUP, group_size=g)
+
+
+def _logn(hyper, logn):
+    return hyper.n_ctx_train if logn else 0
+
+
+def rerope(hyper, n_ctx, *, window=None, logn=True, **options) -> Scheme:
+    """ReRoPE (J. Su 2023): exact distances inside the window w, every longer distance clamped
+    to w; optional log-n query scaling max(1, ln(i+1)/ln L_train). Default w = n_ctx_train / 2."""
+    _unexpected("rerope", options)
+    w = int(window) if window is not None else max(1, hyper.n_ctx_train // 2)
+    if w < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    return Scheme("rerope", window=w, far_mode=FAR_CLAMP, logn_train_len=_logn(hyper, logn))
+
+
+def leaky_k_default(hyper: ModelHyper, n_ctx: int, window: int) -> float:
+    """k that maps the longest distance n_ctx - 1 onto the trained context's last position:
+    w + (n - 1 - w) / k = L_train - 1 (never below 1)."""
+    room = hyper.n_ctx_train - 1 - window
+    if room <= 0:
+        raise ValueError(f"window {window} leaves no room below the trained context {hyper.n_ctx_train}")
+    return max(1.0, (n_ctx - 1 - window) / room)
+
+
+def leaky_rerope(hyper, n_ctx, *, window=None, leaky_k=None, logn=True, **options) -> Scheme:
+    """Leaky ReRoPE (J. Su 2023): beyond the window distances grow with slope 1/k,
+    rel = w + (i - j - w)/k; optional log-n. Defaults: w = n_ctx_train / 4, k = the slope that
+    maps the longest distance of n_ctx onto the end of the trained context (`leaky_k_default`)."""
+    _unexpected("leaky-rerope", options)
+    n_ctx = _check_n_ctx(n_ctx)
+    w = int(window) if window is not None else max(1, hyper.n_ctx_train // 4)
+    k = float(leaky_k) if leaky_k is not None else leaky_k_default(hyper, n_ctx, w)
+    if not k >= 1 or not math.isfinite(k):
+        raise ValueError(f"leaky_k must be a finite number >= 1, got {leaky_k}")
+    return Scheme("leaky-rerope", window=w, far_mode=FAR_LEAKY, leaky_k=k, logn_train_len=_logn(hyper, logn))
+
+
+SCHEMES: dict = {
+    "none": none,
+    "linear": linear,
+    "ntk": ntk,
+    "dynamic-ntk": dynamic_ntk,
+    "yarn": yarn,
+    "longrope": longrope,
+    "power": power,
+    "truncate": truncate,
+    "self-extend": self_extend,
+    "rerope": rerope,
+    "leaky-rerope": leaky_rerope,
+}
+
+
+def make_scheme(name, info, n_ctx, **options) -> Scheme:
+    """The Scheme `name` for the model `info` (see hyper_from) at context n_ctx.
+
+    Options are the scheme function's keywords; None values are dropped (= default), so CLI
+    flags can be passed through unchanged."""
+    if isinstance(name, Scheme):
+        return name
+    key = str(name).lower().replace("_", "-")
+    key = {"rope": "none", "pi": "linear", "ntk-aware": "ntk", "dynamic": "dynamic-ntk", "leaky": "leaky-rerope",
+           "selfextend": "self-extend", "group": "self-extend"}.get(key, key)
+    if key not in SCHEMES:
+        raise ValueError(f"unknown position scheme {name!r}; valid: {', '.join(SCHEMES)}")
+    n_ctx = _check_n_ctx(n_ctx)
+    options = {k: v for k, v in options.items() if v is not None}
+    return SCHEMES[key](hyper_from(info), n_ctx, **options)
+
+
+# ------------------------------------------------------------------ command-line flags
+
+# flag destination -> (scheme option name, schemes that take it)
+_FLAG_OPTIONS = {
+    "rope_scale": ("scale", {"linear", "ntk", "yarn", "power"}),
+    "rerope_window": ("window", {"rerope", "leaky-rerope"}),
+    "rerope_leaky_k": ("leaky_k", {"leaky-rerope"}),
+    "grp_attn_n": ("group", {"self-extend"}),
+    "grp_attn_w": ("window", {"self-extend"}),
+    "yarn_beta_fast": ("beta_fast", {"yarn"}),
+    "yarn_beta_slow": ("beta_slow", {"yarn"}),
+    "yarn_ext_factor": ("ext_factor", {"yarn"}),
+    "yarn_attn_factor": ("attn_factor", {"yarn", "longrope"}),
+    "yarn_orig_ctx": ("orig_ctx", {"yarn", "longrope"}),
+    "giraffe_power": ("power", {"power"}),
+    "truncate_wavelength": ("wavelength", {"truncate"}),
+    "longrope_factors": ("factors", {"longrope"}),
+}
+
+
+def add_scheme_arguments(parser, default: str = "rerope"):
+    """Adds the position-scheme flags every CLI shares (one definition)."""
+    g = parser.add_argument_group("position scheme")
+    g.add_argument("--rope-scaling", default=default, metavar="NAME",
+                   help=f"position scheme: {', '.join(SCHEMES)} (default: {default})")
+    g.add_argument("--rope-scale", type=float, help="extension factor s (linear, ntk, yarn; default n_ctx / trained context)")
+    g.add_argument("--rerope-window", type=int, help="ReRoPE window w (default: trained context / 2; leaky: / 4)")
+    g.add_argument("--rerope-leaky-k", type=float, help="Leaky ReRoPE slope divisor k (default: fits n_ctx into the trained context)")
+    g.add_argument("--no-logn", dest="logn", action="store_false", default=True,
+                   help="ReRoPE without log-n query scaling")
+    g.add_argument("--grp-attn-n", type=int, help="self-extend group size G (default: smallest that fits)")
+    g.add_argument("--grp-attn-w", type=int, help="self-extend neighbour window W (default: trained context / 4)")
+    g.add_argument("--yarn-beta-fast", type=float, help="YaRN beta_fast (default: GGUF, else 32)")
+    g.add_argument("--yarn-beta-slow", type=float, help="YaRN beta_slow (default: GGUF, else 1)")
+    g.add_argument("--yarn-ext-factor", type=float, help="YaRN extrapolation mix (default: GGUF, else 1)")
+    g.add_argument("--yarn-attn-factor", type=float, help="YaRN / LongRoPE attention factor (multiplies q and k)")
+    g.add_argument("--yarn-orig-ctx", type=int, help="original context of YaRN / LongRoPE (default: GGUF, else trained)")
+    g.add_argument("--giraffe-power", type=float, help="power k of Giraffe power scaling (default 0.5)")
+    g.add_argument("--truncate-wavelength", type=float, help="Giraffe truncation cut-off wavelength (default: trained context)")
+    g.add_argument("--longrope-factors", type=_parse_factors, metavar="F1,F2,...|FILE",
+                   help="LongRoPE per-pair divisors (comma list or a file of numbers)")
+    return g
+
+
+def _parse_factors(text: str):
+    p = pathlib.Path(text)
+    raw = p.read_text() if p.is_file() else text
+    try:
+        return [float(x) for x in raw.replace(",", " ").split()]
+    except ValueError as e:
+        raise ValueError(f"--longrope-factors: not a list of numbers: {e}") from None
+
+
+def scheme_options_from_args(args) -> tuple:
+    """(scheme name, options dict) from parsed add_scheme_arguments flags; flags that the chosen
+    scheme does not take are an error when given, so a typo does not silently do nothing."""
+    name = str(args.rope_scaling).lower().replace("_", "-")
+    if name not in SCHEMES:
+        raise ValueError(f"unknown position scheme {args.rope_scaling!r}; valid: {', '.join(SCHEMES)}")
+    options = {}
+    for dest, (opt, takers) in _FLAG_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if name not in takers:
+            flag = "--" + dest.replace("_", "-")
+            raise ValueError(f"{flag} does not apply to --rope-scaling {name} (it applies to {', '.join(sorted(takers))})")
+        options[opt] = value
+    if name in ("rerope", "leaky-rerope"):
+        options["logn"] = bool(getattr(args, "logn", True))
+    elif getattr(args, "logn", True) is False:
+        raise ValueError(f"--no-logn applies to rerope and leaky-rerope, not {name}")
+    return name, options
+
+
+def scheme_from_args(args, info, n_ctx) -> Scheme:
+    """The Scheme the parsed flags ask for, for model `info` at context n_ctx."""
+    name, options = scheme_options_from_args(args)
+    return make_scheme(name, info, n_ctx, **options)
