@@ -159,3 +159,61 @@ lib, library_path = _load()
 
 def last_error() -> str:
     return ffi.string(lib.ggml_rerope_last_error()).decode("utf-8", "replace")
+
+
+# --- ggml subset ------------------------------------------------------------------------
+# The few ggml / ggml-cpu functions the tests and the operator benchmark use to build and
+# compute real ggml graphs (our node, ggml_rope_ext + ggml_flash_attn_ext). Declared on the
+# same `ffi` so tensor pointers pass between libggml and libggml_rerope. Loaded lazily
+# from llama-cpp-python's lib/ (the ggml this process already holds): see ggml().
+ffi.cdef(
+    """
+struct ggml_context;
+struct ggml_tensor;
+struct ggml_cgraph;
+struct ggml_init_params { size_t mem_size; void * mem_buffer; bool no_alloc; };
+
+struct ggml_context * ggml_init(struct ggml_init_params params);
+void ggml_free(struct ggml_context * ctx);
+struct ggml_tensor * ggml_new_tensor_1d(struct ggml_context * ctx, int type, int64_t ne0);
+struct ggml_tensor * ggml_new_tensor_2d(struct ggml_context * ctx, int type, int64_t ne0, int64_t ne1);
+struct ggml_tensor * ggml_new_tensor_3d(struct ggml_context * ctx, int type, int64_t ne0, int64_t ne1, int64_t ne2);
+void * ggml_get_data(const struct ggml_tensor * tensor);
+size_t ggml_nbytes(const struct ggml_tensor * tensor);
+struct ggml_tensor * ggml_view_3d(struct ggml_context * ctx, struct ggml_tensor * a, int64_t ne0, int64_t ne1,
+    int64_t ne2, size_t nb1, size_t nb2, size_t offset);
+struct ggml_tensor * ggml_permute(struct ggml_context * ctx, struct ggml_tensor * a, int axis0, int axis1,
+    int axis2, int axis3);
+struct ggml_tensor * ggml_rope_ext(struct ggml_context * ctx, struct ggml_tensor * a, struct ggml_tensor * b,
+    struct ggml_tensor * c, int n_dims, int mode, int n_ctx_orig, float freq_base, float freq_scale,
+    float ext_factor, float attn_factor, float beta_fast, float beta_slow);
+struct ggml_tensor * ggml_flash_attn_ext(struct ggml_context * ctx, struct ggml_tensor * q, struct ggml_tensor * k,
+    struct ggml_tensor * v, struct ggml_tensor * mask, float scale, float max_bias, float logit_softcap);
+struct ggml_cgraph * ggml_new_graph(struct ggml_context * ctx);
+void ggml_build_forward_expand(struct ggml_cgraph * cgraph, struct ggml_tensor * tensor);
+
+void ggml_cpu_init(void);
+int ggml_graph_compute_with_ctx(struct ggml_context * ctx, struct ggml_cgraph * cgraph, int n_threads);
+
+struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_tensor * q, struct ggml_tensor * k,
+    struct ggml_tensor * v, struct ggml_tensor * q_pos, struct ggml_tensor * k_pos,
+    const ggml_rerope_params * params);
+"""
+)
+
+GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_I32 = 0, 1, 26
+_ggml_libs = None
+
+
+def ggml():
+    """(libggml-base, libggml-cpu) of llama-cpp-python, opened on this module's `ffi`."""
+    global _ggml_libs
+    if _ggml_libs is None:
+        import llama_cpp
+
+        libdir = pathlib.Path(llama_cpp.__file__).resolve().parent / "lib"
+        base = ffi.dlopen(str(libdir / "libggml-base.so"))
+        cpu = ffi.dlopen(str(libdir / "libggml-cpu.so"))
+        cpu.ggml_cpu_init()
+        _ggml_libs = (base, cpu)
+    return _ggml_libs
