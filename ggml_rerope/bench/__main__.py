@@ -1,0 +1,32 @@
+"""python -m ggml_rerope.bench attention|model [options]: dispatches to the operator benchmark
+(attention.py) or the model benchmark (model.py, imported only when asked for)."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = "usage: python -m ggml_rerope.bench {attention,model} [options]  (--help after the subcommand for its options)"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "attention":
+        from . import attention
+
+        attention.main(rest)
+        return 0
+    if cmd == "model":
+        from . import model  # written separately; imported lazily
+
+        result = model.main(rest)
+        return result if isinstance(result, int) else 0
+    print(f"unknown benchmark {cmd!r}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
