@@ -1,0 +1,198 @@
+/* Every SIMD path this CPU supports against the plain C path, and the plain C path against a
+ * naive double-precision loop of the contract (src/ggml_rerope.h), on random inputs. No Python;
+ * CI runs it under AddressSanitizer / UndefinedBehaviorSanitizer. Exit status 0 = pass. */
+#include "ggml_rerope.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int n_q, n_kv, h, h_kv, d, n_rot, window, far_mode, group, logn, mode, causal, f16, positions;
+    float leaky;
+} test_case;
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static double urand(void) { /* xorshift64*, uniform in [0, 1) */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (double) ((rng_state * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
+}
+static float nrand(void) { return (float) (sqrt(-2.0 * log(urand() + 1e-300)) * cos(6.283185307179586 * urand())); }
+
+static uint16_t f32_to_f16(float f) { /* round to nearest even; inputs are small normals */
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u;
+    int32_t e = (int32_t) ((x >> 23) & 0xff) - 127 + 15;
+    uint32_t m = x & 0x7fffffu;
+    if (e <= 0) return (uint16_t) sign; /* tiny -> 0 (not produced by these tests' ranges often) */
+    uint32_t h = sign | ((uint32_t) e << 10) | (m >> 13);
+    const uint32_t rest = m & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
+    return (uint16_t) h;
+}
+static float f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t) (h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    uint32_t x = e == 0 ? sign : sign | ((e + 112u) << 23) | (m << 13);
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+/* The contract, literally: rotate q by rel(i, j) for every key, in double. */
+static void naive(const test_case * c, const ggml_rerope_params * p, const float * q, const float * k,
+                  const float * v, const int32_t * qp, const int32_t * kp, double * out) {
+    const int d = c->d, half = c->n_rot / 2, g = c->h / c->h_kv;
+    const double scale = 1.0 / sqrt((double) d);
+    double * s = malloc(sizeof(double) * c->n_kv);
+    double * qr = malloc(sizeof(double) * d);
+    for (int i = 0; i < c->n_q; i++) {
+        for (int hh = 0; hh < c->h; hh++) {
+            const float * qv = q + ((size_t) i * c->h + hh) * d;
+            double mx = -INFINITY;
+            for (int j = 0; j < c->n_kv; j++) {
+                s[j] = -INFINITY;
+                if (c->causal && kp[j] > qp[i]) continue;
+                const double dist = (double) qp[i] - kp[j];
+                double rel = dist;
+                if (dist >= c->window) {
+                    if (c->far_mode == 0) rel = c->window;
+                    else if (c->far_mode == 1) rel = c->window + (dist - c->window) / c->leaky;
+                    else rel = floor((double) qp[i] / c->group) - floor((double) kp[j] / c->group) + c->window -
+                               floor((double) c->window / c->group);
+                }
+                for (int e = 0; e < d; e++) qr[e] = qv[e];
+                for (int m = 0; m < half; m++) {
+                    const int a = c->mode == 2 ? m : 2 * m, b = c->mode == 2 ? m + half : 2 * m + 1;
+                    const double th = pow((double) p->rope_base, -2.0 * m / c->n_rot), ang = rel * th;
+                    qr[a] = qv[a] * cos(ang) - qv[b] * sin(ang);
+                    qr[b] = qv[a] * sin(ang) + qv[b] * cos(ang);
+                }
+                const float * kv = k + ((size_t) j * c->h_kv + hh / g) * d;
+                double dot = 0.0;
+                for (int e = 0; e < d; e++) dot += qr[e] * kv[e];
+                double lam = 1.0;
+                if (c->logn > 1) lam = fmax(1.0, log(qp[i] + 1.0) / log((double) c->logn));
+                s[j] = dot * scale * lam;
+                if (s[j] > mx) mx = s[j];
+            }
+            double * o = out + ((size_t) i * c->h + hh) * d;
+            for (int e = 0; e < d; e++) o[e] = 0.0;
+            if (mx == -INFINITY) continue;
+            double sum = 0.0;
+            for (int j = 0; j < c->n_kv; j++) {
+                if (s[j] == -INFINITY) continue;
+                const double w = exp(s[j] - mx);
+                sum += w;
+                const float * vv = v + ((size_t) j * c->h_kv + hh / g) * d;
+                for (int e = 0; e < d; e++) o[e] += w * vv[e];
+            }
+            for (int e = 0; e < d; e++) o[e] /= sum;
+        }
+    }
+    free(s);
+    free(qr);
+}
+
+static double rel_err_f(const float * a, const float * b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double) a[i] - b[i]) * ((double) a[i] - b[i]);
+        den += (double) b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+static double rel_err_d(const float * a, const double * b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static int run_case(int idx, const test_case * c) {
+    const size_t nq = (size_t) c->n_q * c->h * c->d, nk = (size_t) c->n_kv * c->h_kv * c->d;
+    float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4);
+    uint16_t *k16 = malloc(nk * 2), *v16 = malloc(nk * 2);
+    float *ref_out = malloc(nq * 4), *out = malloc(nq * 4);
+    double * exact = malloc(nq * 8);
+    int32_t *qp = malloc(sizeof(int32_t) * c->n_q), *kp = malloc(sizeof(int32_t) * c->n_kv);
+    for (size_t i = 0; i < nq; i++) q[i] = nrand();
+    for (size_t i = 0; i < nk; i++) {
+        k[i] = nrand();
+        v[i] = nrand();
+        if (c->f16) { /* the naive loop sees the same rounded values */
+            k16[i] = f32_to_f16(k[i]);
+            v16[i] = f32_to_f16(v[i]);
+            k[i] = f16_to_f32(k16[i]);
+            v[i] = f16_to_f32(v16[i]);
+        }
+    }
+    for (int j = 0; j < c->n_kv; j++) kp[j] = c->positions ? 3 * j + (j % 5) : j; /* gapped when asked */
+    for (int i = 0; i < c->n_q; i++)
+        qp[i] = c->positions ? (int32_t) (urand() * (3.0 * c->n_kv + 10)) : c->n_kv - c->n_q + i;
+
+    ggml_rerope_params p = ggml_rerope_default_params(c->d);
+    p.n_rot = c->n_rot;
+    p.rope_mode = c->mode;
+    p.window = c->window;
+    p.far_mode = c->far_mode;
+    p.leaky_k = c->leaky;
+    p.group_size = c->group;
+    p.logn_train_len = c->logn;
+    p.causal = c->causal;
+    const void *kk = c->f16 ? (const void *) k16 : (const void *) k, *vv = c->f16 ? (const void *) v16 : (const void *) v;
+    const int kv_type = c->f16 ? GGML_REROPE_KV_F16 : GGML_REROPE_KV_F32;
+    int fails = 0;
+
+    ggml_rerope_set_simd(GGML_REROPE_SIMD_SCALAR);
+    ggml_rerope_status st = ggml_rerope_attn_host(&p, q, c->n_q, c->h, qp, kk, vv, kv_type, c->n_kv, c->h_kv, kp,
+                                                  ref_out, 3);
+    if (st != GGML_REROPE_OK) {
+        printf("case %d: scalar call failed: %s\n", idx, ggml_rerope_last_error());
+        fails++;
+    } else {
+        naive(c, &p, q, k, v, qp, kp, exact);
+        const double e = rel_err_d(ref_out, exact, nq);
+        printf("case %2d scalar vs naive double loop: rel err %.2e\n", idx, e);
+        if (!(e < 1e-4)) fails++;
+    }
+    for (int s = GGML_REROPE_SIMD_AVX2; s <= GGML_REROPE_SIMD_NEON; s++) {
+        if (!ggml_rerope_simd_supported(s)) continue;
+        ggml_rerope_set_simd(s);
+        memset(out, 0, nq * 4);
+        st = ggml_rerope_attn_host(&p, q, c->n_q, c->h, qp, kk, vv, kv_type, c->n_kv, c->h_kv, kp, out, 2);
+        const double e = st == GGML_REROPE_OK ? rel_err_f(out, ref_out, nq) : INFINITY;
+        printf("case %2d %-6s vs scalar: rel err %.2e\n", idx, ggml_rerope_simd_name(s), e);
+        if (!(e < 1e-5)) fails++;
+    }
+    ggml_rerope_set_simd(GGML_REROPE_SIMD_AUTO);
+    free(q), free(k), free(v), free(k16), free(v16), free(ref_out), free(out), free(exact), free(qp), free(kp);
+    return fails;
+}
+
+int main(void) {
+    /* n_q n_kv h h_kv d n_rot w far G logn mode causal f16 positions leaky */
+    const test_case cases[] = {
+        {1, 1, 1, 1, 64, 64, 1, 0, 1, 0, 0, 1, 0, 0, 1.0f},
+        {7, 7, 4, 2, 64, 64, 3, 0, 1, 0, 0, 1, 1, 0, 1.0f},
+        {130, 130, 4, 1, 64, 64, 63, 0, 1, 0, 0, 1, 0, 0, 1.0f},
+        {130, 130, 9, 3, 64, 64, 64, 1, 1, 0, 2, 1, 1, 0, 2.0f},
+        {150, 150, 8, 2, 128, 128, 65, 2, 4, 32, 0, 1, 1, 0, 1.0f},
+        {100, 100, 4, 4, 80, 32, 30, 1, 1, 0, 2, 1, 0, 0, 16.0f},
+        {90, 90, 2, 2, 24, 24, 200, 0, 1, 0, 0, 0, 0, 0, 1.0f},
+        {40, 200, 4, 2, 64, 64, 70, 2, 3, 0, 0, 1, 0, 1, 1.0f},
+        {2, 1500, 9, 3, 64, 64, 500, 0, 1, 0, 0, 1, 1, 0, 1.0f},  /* split-K decode */
+        {3, 1200, 8, 2, 128, 128, 300, 1, 1, 64, 2, 1, 1, 0, 4.0f}, /* split-K, leaky, log-n */
+        {1, 1100, 4, 1, 64, 64, 100, 2, 8, 0, 0, 1, 0, 1, 1.0f},   /* split-K, group, gapped */
+    };
+    int fails = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) fails += run_case((int) i, &cases[i]);
+    printf("%s (%d failures)\n", fails ? "FAIL" : "PASS", fails);
+    return fails ? 1 : 0;
+}
