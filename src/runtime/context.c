@@ -1,0 +1,264 @@
+/* Context: KV cache + CPU backend + compute allocator; micro-batched eval, truncate, scheme. */
+#define _DEFAULT_SOURCE
+#include "errors.h"
+#include "ggml-cpu.h"
+#include "rt_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+ggml_rerope_context_params ggml_rerope_context_default_params(void) {
+    ggml_rerope_context_params p = {.n_ctx = 4096, .n_batch = 512, .n_threads = 0, .kv_type = GGML_REROPE_KV_F16};
+    return p;
+}
+
+/* Scheme -> the operator's per-layer parameters (validated by the operator's own check). */
+static ggml_rerope_status scheme_to_params(const ggml_rerope_model * m, const ggml_rerope_scheme * s,
+                                           const float * freq_factors, ggml_rerope_params * p) {
+    const ggml_rerope_model_info * I = &m->info;
+    if (!(s->rope_base >= 0.0f) || !isfinite(s->rope_base))
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "scheme.rope_base must be >= 0 (0 = the model's), got %g",
+                           (double) s->rope_base);
+    if (!(s->attn_factor >= 0.0f) || !isfinite(s->attn_factor))
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "scheme.attn_factor must be >= 0 (0 = 1), got %g",
+                           (double) s->attn_factor);
+    *p = ggml_rerope_default_params(I->head_dim);
+    p->n_rot = I->n_rot;
+    p->rope_mode = I->rope_mode;
+    p->rope_base = s->rope_base > 0.0f ? s->rope_base : I->rope_base;
+    p->freq_factors = freq_factors ? freq_factors : m->freq_factors;
+    p->window = s->window;
+    p->far_mode = s->far_mode;
+    p->leaky_k = s->leaky_k;
+    p->group_size = s->group_size;
+    p->logn_train_len = s->logn_train_len;
+    p->scale = (s->attn_factor > 0.0f ? s->attn_factor : 1.0f) / sqrtf((float) I->head_dim);
+    p->causal = 1;
+    return ggml_rerope_check_params(p);
+}
+
+ggml_rerope_status ggml_rerope_context_set_scheme(ggml_rerope_context * ctx, const ggml_rerope_scheme * scheme) {
+    rerope_clear_error();
+    if (!ctx || !scheme) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "ctx and scheme must not be NULL");
+    const int n = ctx->model->info.n_rot / 2;
+    float * ff = NULL;
+    if (scheme->freq_factors) {
+        ff = malloc(sizeof(float) * (size_t) (n > 0 ? n : 1));
+        if (!ff) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory copying freq_factors");
+        memcpy(ff, scheme->freq_factors, sizeof(float) * (size_t) n);
+    }
+    ggml_rerope_params p;
+    ggml_rerope_status s = scheme_to_params(ctx->model, scheme, ff, &p);
+    if (s) {
+        free(ff);
+        return s; /* the old scheme stays */
+    }
+    free(ctx->scheme_freq_factors);
+    ctx->scheme_freq_factors = ff;
+    ctx->scheme = *scheme;
+    ctx->scheme.freq_factors = ff;
+    ctx->attn = p;
+    return GGML_REROPE_OK;
+}
+
+void ggml_rerope_context_free(ggml_rerope_context * ctx) {
+    if (!ctx) return;
+    if (ctx->galloc) ggml_gallocr_free(ctx->galloc);
+    if (ctx->backend) ggml_backend_free(ctx->backend);
+    if (ctx->threadpool) ggml_threadpool_free(ctx->threadpool);
+    rt_kv_free(&ctx->kv);
+    free(ctx->graph_mem);
+    free(ctx->scheme_freq_factors);
+    free(ctx->iota);
+    free(ctx->mask);
+    free(ctx);
+}
+
+static ggml_rerope_status setup_compute(ggml_rerope_context * ctx) {
+    const int n_threads = ctx->cparams.n_threads;
+    ctx->backend = ggml_backend_cpu_init();
+    if (!ctx->backend) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot start ggml's CPU backend");
+    ggml_backend_cpu_set_n_threads(ctx->backend, n_threads);
+    struct ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
+    ctx->threadpool = ggml_threadpool_new(&tpp);
+    if (!ctx->threadpool) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create a pool of %d threads", n_threads);
+    ggml_backend_cpu_set_threadpool(ctx->backend, ctx->threadpool);
+
+    const size_t max_nodes = rt_graph_max_nodes(ctx->model);
+    ctx->graph_mem_size = ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false);
+    ctx->graph_mem = malloc(ctx->graph_mem_size);
+    ctx->iota = malloc(sizeof(int32_t) * (size_t) ctx->kv.n_ctx);
+    if (!ctx->graph_mem || !ctx->iota) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for graph metadata");
+    for (int32_t i = 0; i < ctx->kv.n_ctx; i++) ctx->iota[i] = i;
+
+    ctx->galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(ctx->backend));
+    if (!ctx->galloc) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create the compute allocator");
+    /* Reserve once for the largest micro-batch: n_batch tokens, all logits, a full cache. */
+    const int32_t nb = ctx->cparams.n_batch;
+    rt_batch_shape worst = {.n_tokens = nb, .n_past = ctx->kv.n_ctx - nb, .n_out = nb};
+    rt_graph g;
+    ggml_rerope_status s = rt_graph_build(ctx, &worst, &g);
+    if (s) return s;
+    const bool ok = ggml_gallocr_reserve(ctx->galloc, g.gf);
+    ggml_free(g.ctx);
+    if (!ok) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate the compute buffer for n_batch = %d", nb);
+    return GGML_REROPE_OK;
+}
+
+ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml_rerope_context_params * params,
+                                           ggml_rerope_context ** out) {
+    rerope_clear_error();
+    if (!out) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "out is NULL");
+    *out = NULL;
+    if (!model) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "model is NULL");
+    ggml_rerope_context_params p = params ? *params : ggml_rerope_context_default_params();
+    if (p.n_ctx <= 0) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_ctx must be >= 1, got %d", p.n_ctx);
+    if (p.n_batch <= 0) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_batch must be >= 1, got %d", p.n_batch);
+    if (p.kv_type != GGML_REROPE_KV_F16 && p.kv_type != GGML_REROPE_KV_F32)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "kv_type must be F16 (%d) or F32 (%d), got %d",
+                           GGML_REROPE_KV_F16, GGML_REROPE_KV_F32, p.kv_type);
+    if (p.n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        p.n_threads = n > 0 ? (int32_t) n : 1;
+    }
+    if (p.n_threads > GGML_MAX_N_THREADS) p.n_threads = GGML_MAX_N_THREADS;
+    if (p.n_batch > p.n_ctx) p.n_batch = p.n_ctx;
+
+    ggml_rerope_context * ctx = calloc(1, sizeof(*ctx));
+    if (!ctx) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for the context");
+    ctx->model = model;
+    ctx->cparams = p;
+    const char * dbg = getenv("GGML_REROPE_RUNTIME_ATTN");
+    ctx->use_ggml_attn = dbg && strcmp(dbg, "ggml") == 0;
+
+    ggml_rerope_status s =
+        rt_kv_init(&ctx->kv, model, p.n_ctx, p.kv_type == GGML_REROPE_KV_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32);
+    if (!s) {
+        ggml_rerope_scheme def = ggml_rerope_scheme_default(model);
+        s = ggml_rerope_context_set_scheme(ctx, &def);
+    }
+    if (!s) s = setup_compute(ctx);
+    if (s) {
+        ggml_rerope_context_free(ctx);
+        return s;
+    }
+    *out = ctx;
+    return GGML_REROPE_OK;
+}
+
+/* Fills the graph's inputs for tokens[0..n_tokens) at cache rows n_past... */
+static ggml_rerope_status set_inputs(ggml_rerope_context * ctx, const rt_graph * g, const rt_batch_shape * sh,
+                                     const int32_t * tokens) {
+    const int32_t n = sh->n_tokens, n_kv = sh->n_past + sh->n_tokens;
+    ggml_backend_tensor_set(g->tokens, tokens, 0, sizeof(int32_t) * (size_t) n);
+    ggml_backend_tensor_set(g->q_pos, ctx->iota + sh->n_past, 0, sizeof(int32_t) * (size_t) n);
+    ggml_backend_tensor_set(g->k_pos, ctx->iota, 0, sizeof(int32_t) * (size_t) n_kv);
+    if (g->out_ids) {
+        int32_t last = n - 1;
+        ggml_backend_tensor_set(g->out_ids, &last, 0, sizeof(int32_t));
+    }
+    if (g->rope_freqs) {
+        const int nf = ctx->model->info.n_rot / 2;
+        float div[512];
+        for (int i = 0; i < nf && i < 512; i++) div[i] = 1.0f / ctx->attn.freq_factors[i];
+        ggml_backend_tensor_set(g->rope_freqs, div, 0, sizeof(float) * (size_t) nf);
+    }
+    if (g->kq_mask) {
+        const size_t cells = (size_t) n_kv * (size_t) n;
+        if (cells > ctx->mask_cap) {
+            ggml_fp16_t * p = realloc(ctx->mask, cells * sizeof(ggml_fp16_t));
+            if (!p) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for the attention mask");
+            ctx->mask = p;
+            ctx->mask_cap = cells;
+        }
+        const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
+        for (int32_t i = 0; i < n; i++)
+            for (int32_t j = 0; j < n_kv; j++) ctx->mask[(size_t) i * n_kv + j] = j <= sh->n_past + i ? zero : ninf;
+        ggml_backend_tensor_set(g->kq_mask, ctx->mask, 0, cells * sizeof(ggml_fp16_t));
+    }
+    return GGML_REROPE_OK;
+}
+
+static ggml_rerope_status eval_batch(ggml_rerope_context * ctx, const rt_batch_shape * sh, const int32_t * tokens,
+                                     float * logits) {
+    rt_graph g;
+    ggml_rerope_status s = rt_graph_build(ctx, sh, &g);
+    if (s) return s;
+    if (!ggml_gallocr_alloc_graph(ctx->galloc, g.gf)) {
+        ggml_free(g.ctx);
+        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate the compute buffer for %d tokens", sh->n_tokens);
+    }
+    s = set_inputs(ctx, &g, sh, tokens);
+    if (!s) {
+        enum ggml_status gs = ggml_backend_graph_compute(ctx->backend, g.gf);
+        if (gs != GGML_STATUS_SUCCESS)
+            s = rerope_fail(gs == GGML_STATUS_ALLOC_FAILED ? GGML_REROPE_ERR_NO_MEMORY : GGML_REROPE_ERR_UNSUPPORTED,
+                            "graph compute failed (ggml status %d)", (int) gs);
+    }
+    if (!s && g.logits && logits)
+        ggml_backend_tensor_get(g.logits, logits, 0,
+                                sizeof(float) * (size_t) sh->n_out * (size_t) ctx->model->info.n_vocab);
+    ggml_free(g.ctx);
+    return s;
+}
+
+ggml_rerope_status ggml_rerope_eval(ggml_rerope_context * ctx, const int32_t * tokens, int32_t n_tokens, float * logits,
+                                    int32_t all_logits) {
+    rerope_clear_error();
+    if (!ctx) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "ctx is NULL");
+    if (n_tokens < 0) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_tokens must be >= 0, got %d", n_tokens);
+    if (n_tokens == 0) {
+        if (logits) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "logits asked for, but n_tokens is 0");
+        return GGML_REROPE_OK;
+    }
+    if (!tokens) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "tokens is NULL");
+    const int32_t n_vocab = ctx->model->info.n_vocab;
+    for (int32_t i = 0; i < n_tokens; i++)
+        if (tokens[i] < 0 || tokens[i] >= n_vocab)
+            return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "tokens[%d] = %d is outside the vocabulary 0..%d", i,
+                               tokens[i], n_vocab - 1);
+    if ((int64_t) ctx->n_past + n_tokens > ctx->kv.n_ctx)
+        return rerope_fail(GGML_REROPE_ERR_CONTEXT_FULL,
+                           "context full: %d tokens in the cache + %d new > n_ctx = %d (nothing was evaluated)",
+                           ctx->n_past, n_tokens, ctx->kv.n_ctx);
+
+    const int32_t n_past0 = ctx->n_past;
+    for (int32_t off = 0; off < n_tokens; off += ctx->cparams.n_batch) {
+        const int32_t n = n_tokens - off < ctx->cparams.n_batch ? n_tokens - off : ctx->cparams.n_batch;
+        const bool last = off + n == n_tokens;
+        rt_batch_shape sh = {.n_tokens = n, .n_past = ctx->n_past, .n_out = 0};
+        float * dst = NULL;
+        if (logits && all_logits) {
+            sh.n_out = n;
+            dst = logits + (size_t) off * (size_t) n_vocab;
+        } else if (logits && last) {
+            sh.n_out = 1;
+            dst = logits;
+        }
+        ggml_rerope_status s = eval_batch(ctx, &sh, tokens + off, dst);
+        if (s) {
+            ctx->n_past = n_past0; /* rows written past n_past0 are dropped */
+            return s;
+        }
+        ctx->n_past += n;
+    }
+    return GGML_REROPE_OK;
+}
+
+int32_t ggml_rerope_n_past(const ggml_rerope_context * ctx) { return ctx ? ctx->n_past : 0; }
+int32_t ggml_rerope_n_ctx(const ggml_rerope_context * ctx) { return ctx ? ctx->kv.n_ctx : 0; }
+
+ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_keep) {
+    rerope_clear_error();
+    if (!ctx) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "ctx is NULL");
+    if (n_keep < 0 || n_keep > ctx->n_past)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_keep must be in 0..n_past (%d), got %d", ctx->n_past, n_keep);
+    ctx->n_past = n_keep; /* raw cache: the kept prefix needs no change */
+    return GGML_REROPE_OK;
+}
+
+size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx) {
+    return ctx ? rt_kv_bytes_per_token(&ctx->model->info, ctx->kv.type) : 0;
+}

@@ -1,0 +1,130 @@
+/* One ggml graph per micro-batch, for llama / qwen2 / qwen3 (they differ only in optional pieces:
+ * Q/K/V bias (qwen2), per-head q/k RMS norm (qwen3), the rope pair layout (NORM vs NEOX)):
+ *
+ *   embed -> [rms_norm -> Q,K,V (+bias) (+q/k norm) -> raw K,V into the cache
+ *             -> attention over cache rows 0..n_past+n_tokens-1 -> out-proj + residual
+ *             -> rms_norm -> SwiGLU FFN + residual] x n_layer -> rms_norm -> output head
+ *
+ * Only the rows whose logits are asked for go through the last layer's FFN and the output head
+ * (get_rows after the last attention), as llama.cpp does. */
+#include "errors.h"
+#include "rt_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+size_t rt_graph_max_nodes(const ggml_rerope_model * m) { return 1024 + 48 * (size_t) m->info.n_layer; }
+
+static struct ggml_tensor * rms_norm_mul(struct ggml_context * c, struct ggml_tensor * x, struct ggml_tensor * w,
+                                         float eps) {
+    return ggml_mul(c, ggml_rms_norm(c, x, eps), w);
+}
+
+/* Debug cross-check path (GGML_REROPE_RUNTIME_ATTN=ggml): ggml's own rope + flash attention,
+ * plain RoPE whatever the scheme. Keys are rotated from the raw cache at their positions. */
+static struct ggml_tensor * attn_ggml(struct ggml_context * c, const ggml_rerope_context * ctx, rt_graph * g,
+                                      struct ggml_tensor * q, struct ggml_tensor * k, struct ggml_tensor * v) {
+    const ggml_rerope_model_info * I = &ctx->model->info;
+    const ggml_rerope_params * p = &ctx->attn;
+    struct ggml_tensor * qr = ggml_rope_ext(c, q, g->q_pos, g->rope_freqs, p->n_rot, p->rope_mode, I->n_ctx_train,
+                                            p->rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+    struct ggml_tensor * kr = ggml_rope_ext(c, k, g->k_pos, g->rope_freqs, p->n_rot, p->rope_mode, I->n_ctx_train,
+                                            p->rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+    struct ggml_tensor * out = ggml_flash_attn_ext(c, ggml_permute(c, qr, 0, 2, 1, 3), ggml_permute(c, kr, 0, 2, 1, 3),
+                                                   ggml_permute(c, v, 0, 2, 1, 3), g->kq_mask, p->scale, 0.0f, 0.0f);
+    return out; /* {d, n_head, n_tokens} */
+}
+
+ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shape * sh, rt_graph * g) {
+    const ggml_rerope_model * m = ctx->model;
+    const ggml_rerope_model_info * I = &m->info;
+    const rt_kv_cache * kv = &ctx->kv;
+    const int32_t n_tokens = sh->n_tokens, n_kv = sh->n_past + sh->n_tokens;
+    const int64_t hd = I->head_dim;
+    const float eps = I->norm_eps;
+
+    memset(g, 0, sizeof(*g));
+    struct ggml_init_params ip = {.mem_size = ctx->graph_mem_size, .mem_buffer = ctx->graph_mem, .no_alloc = true};
+    struct ggml_context * c = ggml_init(ip);
+    if (!c) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create the graph context");
+    g->ctx = c;
+    g->gf = ggml_new_graph_custom(c, rt_graph_max_nodes(m), false);
+
+    g->tokens = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_tokens);
+    g->q_pos = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_tokens);
+    g->k_pos = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_kv);
+    ggml_set_input(g->tokens);
+    ggml_set_input(g->q_pos);
+    ggml_set_input(g->k_pos);
+    if (sh->n_out > 0 && sh->n_out < n_tokens) {
+        g->out_ids = ggml_new_tensor_1d(c, GGML_TYPE_I32, sh->n_out);
+        ggml_set_input(g->out_ids);
+    }
+    if (ctx->use_ggml_attn) {
+        g->kq_mask = ggml_new_tensor_2d(c, GGML_TYPE_F16, n_kv, n_tokens);
+        ggml_set_input(g->kq_mask);
+        if (m->freq_factors) {
+            g->rope_freqs = ggml_new_tensor_1d(c, GGML_TYPE_F32, I->n_rot / 2);
+            ggml_set_input(g->rope_freqs);
+        }
+    }
+
+    struct ggml_tensor * inp = ggml_get_rows(c, m->tok_embd, g->tokens); /* {n_embd, n_tokens} */
+    for (int il = 0; il < I->n_layer; il++) {
+        const rt_layer * l = &m->layers[il];
+        const bool last = il == I->n_layer - 1;
+        struct ggml_tensor * cur = rms_norm_mul(c, inp, l->attn_norm, eps);
+
+        struct ggml_tensor * q = ggml_mul_mat(c, l->wq, cur);
+        struct ggml_tensor * k = ggml_mul_mat(c, l->wk, cur);
+        struct ggml_tensor * v = ggml_mul_mat(c, l->wv, cur);
+        if (l->bq) q = ggml_add(c, q, l->bq);
+        if (l->bk) k = ggml_add(c, k, l->bk);
+        if (l->bv) v = ggml_add(c, v, l->bv);
+        q = ggml_reshape_3d(c, q, hd, I->n_head, n_tokens);
+        k = ggml_reshape_3d(c, k, hd, I->n_head_kv, n_tokens);
+        v = ggml_reshape_3d(c, v, hd, I->n_head_kv, n_tokens);
+        if (l->q_norm) q = rms_norm_mul(c, q, l->q_norm, eps);
+        if (l->k_norm) k = rms_norm_mul(c, k, l->k_norm, eps);
+
+        /* Raw K, V into cache rows n_past..; expanded first so they run before the attention reads. */
+        struct ggml_tensor * kc = kv->k[il], * vc = kv->v[il];
+        ggml_build_forward_expand(
+            g->gf, ggml_cpy(c, k, ggml_view_3d(c, kc, hd, I->n_head_kv, n_tokens, kc->nb[1], kc->nb[2],
+                                               kc->nb[2] * (size_t) sh->n_past)));
+        ggml_build_forward_expand(
+            g->gf, ggml_cpy(c, v, ggml_view_3d(c, vc, hd, I->n_head_kv, n_tokens, vc->nb[1], vc->nb[2],
+                                               vc->nb[2] * (size_t) sh->n_past)));
+        if (last && sh->n_out == 0) break; /* only the cache was needed from this batch */
+
+        struct ggml_tensor * kall = ggml_view_3d(c, kc, hd, I->n_head_kv, n_kv, kc->nb[1], kc->nb[2], 0);
+        struct ggml_tensor * vall = ggml_view_3d(c, vc, hd, I->n_head_kv, n_kv, vc->nb[1], vc->nb[2], 0);
+        struct ggml_tensor * att = ctx->use_ggml_attn ? attn_ggml(c, ctx, g, q, kall, vall)
+                                                      : ggml_rerope_attn(c, q, kall, vall, g->q_pos, g->k_pos, &ctx->attn);
+        if (!att) {
+            char why[384];
+            snprintf(why, sizeof(why), "%s", ggml_rerope_last_error());
+            ggml_free(c);
+            g->ctx = NULL;
+            return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "layer %d: attention node: %s", il, why);
+        }
+        cur = ggml_mul_mat(c, l->wo, ggml_reshape_2d(c, att, hd * I->n_head, n_tokens));
+        if (last && g->out_ids) {
+            cur = ggml_get_rows(c, cur, g->out_ids);
+            inp = ggml_get_rows(c, inp, g->out_ids);
+        }
+        struct ggml_tensor * ffn_inp = ggml_add(c, cur, inp);
+        cur = rms_norm_mul(c, ffn_inp, l->ffn_norm, eps);
+        struct ggml_tensor * gate = ggml_mul_mat(c, l->ffn_gate, cur);
+        struct ggml_tensor * up = ggml_mul_mat(c, l->ffn_up, cur);
+        cur = ggml_mul_mat(c, l->ffn_down, ggml_swiglu_split(c, gate, up));
+        inp = ggml_add(c, cur, ffn_inp);
+    }
+    if (sh->n_out > 0) {
+        struct ggml_tensor * cur = rms_norm_mul(c, inp, m->output_norm, eps);
+        g->logits = ggml_mul_mat(c, m->output, cur); /* {n_vocab, n_out} */
+        ggml_set_output(g->logits);
+        ggml_build_forward_expand(g->gf, g->logits);
+    }
+    return GGML_REROPE_OK;
+}

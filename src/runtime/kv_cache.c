@@ -1,0 +1,60 @@
+/* KV cache of raw (unrotated) keys and values: per layer K and V of {head_dim, n_head_kv, n_ctx}.
+ * Bytes per token equal llama.cpp's for the same type: 2 * n_layer * n_head_kv * head_dim * size. */
+#include "errors.h"
+#include "rt_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type type) {
+    return 2 * (size_t) info->n_layer * (size_t) info->n_head_kv * (size_t) info->head_dim * ggml_type_size(type);
+}
+
+ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, enum ggml_type type) {
+    memset(kv, 0, sizeof(*kv));
+    const ggml_rerope_model_info * I = &m->info;
+    kv->type = type;
+    kv->n_ctx = n_ctx;
+    kv->n_layer = I->n_layer;
+
+    const size_t bytes = rt_kv_bytes_per_token(I, type) * (size_t) n_ctx;
+    const size_t avail = rt_mem_available();
+    if (avail && bytes > avail)
+        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY,
+                           "n_ctx = %d needs a KV cache of %zu MiB, but only %zu MiB of memory are available", n_ctx,
+                           bytes >> 20, avail >> 20);
+
+    kv->k = calloc((size_t) I->n_layer, sizeof(*kv->k));
+    kv->v = calloc((size_t) I->n_layer, sizeof(*kv->v));
+    struct ggml_init_params ip = {
+        .mem_size = (size_t) (2 * I->n_layer) * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
+    kv->ctx = ggml_init(ip);
+    if (!kv->k || !kv->v || !kv->ctx) {
+        rt_kv_free(kv);
+        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for the KV cache tensors");
+    }
+    for (int il = 0; il < I->n_layer; il++) {
+        kv->k[il] = ggml_new_tensor_3d(kv->ctx, type, I->head_dim, I->n_head_kv, n_ctx);
+        kv->v[il] = ggml_new_tensor_3d(kv->ctx, type, I->head_dim, I->n_head_kv, n_ctx);
+        ggml_format_name(kv->k[il], "cache_k_l%d", il);
+        ggml_format_name(kv->v[il], "cache_v_l%d", il);
+    }
+    /* Not cleared: attention only reads rows that were written, and untouched pages stay unresident. */
+    kv->buf = ggml_backend_alloc_ctx_tensors_from_buft(kv->ctx, ggml_backend_cpu_buffer_type());
+    if (!kv->buf) {
+        rt_kv_free(kv);
+        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate a KV cache of %zu MiB for n_ctx = %d",
+                           bytes >> 20, n_ctx);
+    }
+    ggml_backend_buffer_set_usage(kv->buf, GGML_BACKEND_BUFFER_USAGE_ANY);
+    return GGML_REROPE_OK;
+}
+
+void rt_kv_free(rt_kv_cache * kv) {
+    if (kv->buf) ggml_backend_buffer_free(kv->buf);
+    if (kv->ctx) ggml_free(kv->ctx);
+    free(kv->k);
+    free(kv->v);
+    memset(kv, 0, sizeof(*kv));
+}

@@ -1,0 +1,111 @@
+"""Drives the runtime's C API through ggml_rerope._binding (no Python Model class) for the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ggml_rerope._binding import ffi, lib, last_error
+
+INT32_MAX = 2**31 - 1
+KV_F32, KV_F16 = 0, 1
+
+
+class RuntimeError_(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"status {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def check(status: int) -> None:
+    if status != 0:
+        raise RuntimeError_(int(status), last_error())
+
+
+class Runtime:
+    """One model + one context, freed on close()."""
+
+    def __init__(self, path, n_ctx=512, n_batch=512, n_threads=2, kv_type=KV_F16):
+        self.model = None
+        self.ctx = None
+        mp = ffi.new("ggml_rerope_model **")
+        check(lib.ggml_rerope_model_load(str(path).encode(), ffi.NULL, mp))
+        self.model = mp[0]
+        self.info = ffi.new("ggml_rerope_model_info *")
+        check(lib.ggml_rerope_model_get_info(self.model, self.info))
+        cp = lib.ggml_rerope_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_threads, cp.kv_type = n_ctx, n_batch, n_threads, kv_type
+        cx = ffi.new("ggml_rerope_context **")
+        try:
+            check(lib.ggml_rerope_context_new(self.model, ffi.new("ggml_rerope_context_params *", cp), cx))
+        except Exception:
+            self.close()
+            raise
+        self.ctx = cx[0]
+
+    @property
+    def n_vocab(self) -> int:
+        return self.info.n_vocab
+
+    def set_scheme(self, **fields) -> None:
+        s = lib.ggml_rerope_scheme_default(self.model)
+        for k, v in fields.items():
+            setattr(s, k, v)
+        check(lib.ggml_rerope_context_set_scheme(self.ctx, ffi.new("ggml_rerope_scheme *", s)))
+
+    def eval(self, tokens, all_logits=False) -> np.ndarray:
+        t = np.ascontiguousarray(tokens, dtype=np.int32)
+        out = np.zeros((len(t) if all_logits else 1, self.n_vocab), np.float32)
+        check(lib.ggml_rerope_eval(self.ctx, ffi.cast("int32_t *", t.ctypes.data), len(t),
+                                   ffi.cast("float *", out.ctypes.data), 1 if all_logits else 0))
+        return out if all_logits else out[0]
+
+    @property
+    def n_past(self) -> int:
+        return lib.ggml_rerope_n_past(self.ctx)
+
+    def truncate(self, n_keep: int) -> None:
+        check(lib.ggml_rerope_truncate(self.ctx, n_keep))
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            lib.ggml_rerope_context_free(self.ctx)
+            self.ctx = None
+        if self.model is not None:
+            lib.ggml_rerope_model_free(self.model)
+            self.model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def llama_cpp_logits(path, tokens, *, flash_attn: bool, kv_type: int, n_threads=2) -> np.ndarray:
+    """Per-position logits of llama.cpp (llama-cpp-python) for the same tokens."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=len(tokens) + 16, logits_all=True, n_threads=n_threads,
+                          n_threads_batch=n_threads, flash_attn=flash_attn, type_k=kv_type, type_v=kv_type,
+                          verbose=False)
+    try:
+        llm.eval(list(map(int, tokens)))
+        return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def compare(ours: np.ndarray, ref: np.ndarray) -> dict:
+    d = np.abs(ours - ref)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    agree = ours.argmax(1) == ref.argmax(1)
+    return dict(
+        argmax=float(agree.mean()),
+        mean_abs=float(d.mean()),
+        max_abs=float(d.max()),
+        rel_mean=float(d.mean() / ref.std()),
+        margin=margin,
+        agree=agree,
+    )
