@@ -114,11 +114,15 @@ def test_no_visible_key_gives_zeros(simd):
 
 @pytest.mark.parametrize("n_q", [1, 3])
 @pytest.mark.parametrize("far", [{}, {"leaky": 2.0}, {"group": 8}], ids=["clamp", "leaky", "group"])
-def test_decode_split_k(simd, n_q, far):
-    """n_q <= 4 with a long cache takes the split-K path (partials + merge)."""
+@pytest.mark.parametrize("kv_dtype", [np.float32, np.float16], ids=["f32", "f16"])
+def test_decode_split_k(simd, n_q, far, kv_dtype):
+    """n_q <= 4 with a long cache takes the split-K path (partials + merge); with one row block
+    (n_q * H/H_kv <= 4) far clamp tiles read K/V straight from the cache."""
     n_kv = 3000
-    q, k, v, _, seed = make(n_q, n_kv, 9, 3, 64, np.float16)
+    q, k, v, _, seed = make(n_q, n_kv, 9, 3, 64, kv_dtype)
     check(q, k, v, seed, window=1000, threads=2, **far)
+    q, k, v, _, seed = make(1, 2100, 8, 2, 128, kv_dtype)
+    check(q, k, v, seed, window=300, threads=3, **far)
 
 
 # ---------------------------------------------------------------- properties

@@ -79,7 +79,7 @@ ggml_rerope_status ggml_rerope_attn_host(const ggml_rerope_params * params, cons
     rerope_job_finish(&job, 1);
 
     int nth = n_threads > 0 ? n_threads : (int) sysconf(_SC_NPROCESSORS_ONLN);
-    const int n_items = job.n_split ? job.n_head_kv * job.n_split : job.n_head_kv * job.n_qtiles;
+    const int n_items = job.n_split ? job.n_split : job.n_head_kv * job.n_qtiles;
     if (nth > n_items) nth = n_items;
     if (nth > RR_MAX_THREADS) nth = RR_MAX_THREADS;
     if (nth < 1) nth = 1;

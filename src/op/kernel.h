@@ -79,11 +79,13 @@ rerope_kernel_fn rerope_select_kernel(void);
 
 /* Workspace layout (float offsets from a 64-byte aligned base; every block 64-byte aligned). */
 typedef struct rerope_ws_layout {
-    int rows_pad;                    /* tq * gq rounded up to 4 */
-    size_t qn, qf, o, s, s2, m, l;   /* per-row buffers */
+    int rows_pad;                    /* tq * gq rounded up to 4: rows of one KV head's block */
+    int n_hb;                        /* KV heads an item holds at once (split-K: all) */
+    size_t qn, qf, o, m, l;          /* per-row buffers, n_hb blocks of rows_pad rows */
+    size_t s, s2;                    /* scores of one block */
     size_t tok_lambda;               /* per query token: lambda * scale * log2(e) */
-    size_t kr, kraw, kn, kf, vt;     /* key/value tile buffers */
-    size_t csc, css;                 /* cos/sin of the current tile, [half][BK] */
+    size_t kr, kraw, kn, kf, vt;     /* key/value tile buffers (kr, vt: n_hb of them) */
+    size_t csc, css, csc2, css2;     /* cos/sin of the current tile (near, far), [half][BK] */
     size_t stn_c, stn_s, stl_c, stl_s; /* step tables t*theta and (t/k)*theta, [half][BK] */
     size_t anchor;                   /* doubles: see kernel_body.h */
     size_t total;                    /* floats */
@@ -95,23 +97,26 @@ static inline rerope_ws_layout rerope_layout(const rerope_job * j) {
     rerope_ws_layout L;
     size_t at = 0;
     L.rows_pad = (j->tq * j->gq + 3) & ~3;
-    size_t rp = (size_t) L.rows_pad, dp = (size_t) j->dp, bk = RR_BK, hf = (size_t) (j->half ? j->half : 1);
+    L.n_hb = j->n_split ? j->n_head_kv : 1;
+    size_t rp = (size_t) L.rows_pad, rh = rp * (size_t) L.n_hb, dp = (size_t) j->dp, bk = RR_BK, hf = (size_t) (j->half ? j->half : 1);
 #define RR_TAKE(field, n) (L.field = at, at += rerope_round16(n))
-    RR_TAKE(qn, rp * dp);
-    RR_TAKE(qf, rp * dp);
-    RR_TAKE(o, rp * dp);
+    RR_TAKE(qn, rh * dp);
+    RR_TAKE(qf, rh * dp);
+    RR_TAKE(o, rh * dp);
+    RR_TAKE(m, rh);
+    RR_TAKE(l, rh);
     RR_TAKE(s, rp * bk);
     RR_TAKE(s2, rp * bk);
-    RR_TAKE(m, rp);
-    RR_TAKE(l, rp);
     RR_TAKE(tok_lambda, (size_t) j->tq);
-    RR_TAKE(kr, bk * dp);
+    RR_TAKE(kr, bk * dp * (size_t) L.n_hb);
     RR_TAKE(kraw, dp * bk);
     RR_TAKE(kn, dp * bk);
     RR_TAKE(kf, dp * bk);
-    RR_TAKE(vt, bk * dp);
+    RR_TAKE(vt, bk * dp * (size_t) L.n_hb);
     RR_TAKE(csc, hf * bk);
     RR_TAKE(css, hf * bk);
+    RR_TAKE(csc2, hf * bk);
+    RR_TAKE(css2, hf * bk);
     RR_TAKE(stn_c, hf * bk);
     RR_TAKE(stn_s, hf * bk);
     RR_TAKE(stl_c, hf * bk);

@@ -50,6 +50,7 @@ static inline rr_vec rr_exp2(rr_vec x) {
     /* below -126 the true value is < 2^-126: flush to 0 */
     return _mm256_and_ps(r, _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_GT_OQ));
 }
+static inline rr_vec rr_load_f16(const uint16_t * p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) p)); }
 static inline void rr_f16_row(float * dst, const uint16_t * src, int n) {
     int i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (src + i))));

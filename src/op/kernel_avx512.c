@@ -36,6 +36,9 @@ static inline rr_vec rr_exp2(rr_vec x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
+static inline rr_vec rr_load_f16(const uint16_t * p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) p));
+}
 static inline void rr_f16_row(float * dst, const uint16_t * src, int n) {
     int i = 0;
     for (; i + 16 <= n; i += 16)

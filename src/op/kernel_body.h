@@ -6,7 +6,7 @@
  *   RR_RB, RR_KVB     register blocking: query rows x key vectors (QK), RR_CB value vectors (PV)
  *   rr_zero() rr_load(p) rr_store(p, v) rr_set1(x) rr_fma(a, b, c) = a*b + c
  *   rr_mul rr_add rr_sub rr_max rr_hmax(v) rr_hsum(v) rr_exp2(v)
- *   rr_f16_row(float * dst, const uint16_t * src, int n)   f16 -> f32
+ *   rr_f16_row(float * dst, const uint16_t * src, int n)   f16 -> f32; rr_load_f16(p): one vector
  *   optional RR_HAVE_TRANSPOSE8: rr_transpose8(src, src_stride, dst, dst_stride)
  *
  * Work item: (KV head, tile of query tokens) in prefill - all query heads of the KV
@@ -25,6 +25,10 @@
 #define RR_CAT(a, b) RR_CAT2(a, b)
 #define RR_FN(name) RR_CAT(name, RR_ISA)
 #define RR_NV (RR_BK / RR_VL) /* vectors per key tile row */
+#define RR_PF_ROWS 8 /* decode kernels: prefetch distance in key rows of one head */
+#ifndef RR_PF_BYTES
+#define RR_PF_BYTES 16384 /* software prefetch distance */
+#endif
 #define RR_INLINE static inline __attribute__((always_inline))
 
 enum { RR_NEAR = 0, RR_FAR = 1 };
@@ -98,8 +102,8 @@ static void RR_FN(rr_setup)(ST * st, const rerope_job * job, void * ws) {
         }
     }
     /* padding columns of the row-major tiles stay zero for the whole call */
-    memset(st->f + st->L.kr, 0, sizeof(float) * RR_BK * (size_t) job->dp);
-    memset(st->f + st->L.vt, 0, sizeof(float) * RR_BK * (size_t) job->dp);
+    memset(st->f + st->L.kr, 0, sizeof(float) * RR_BK * (size_t) job->dp * st->L.n_hb);
+    memset(st->f + st->L.vt, 0, sizeof(float) * RR_BK * (size_t) job->dp * st->L.n_hb);
 }
 
 /* ---------------------------------------------------------------- angles */
@@ -156,28 +160,33 @@ static void RR_FN(rr_rotate_row)(const rerope_job * job, float * dst, const floa
     for (int e = job->d; e < job->dp; e++) dst[e] = 0.0f;
 }
 
-/* Rotated, pre-scaled queries of the current item for one path. */
-static void RR_FN(rr_prep_q)(ST * st, const rerope_job * job, int path, int h, int i0, int nt) {
+/* Rotated, pre-scaled queries of the current item (KV heads h0 .. h0+nh-1) for one path. */
+static void RR_FN(rr_prep_q)(ST * st, const rerope_job * job, int path, int h0, int nh, int i0, int nt) {
     float * Q = st->f + (path == RR_NEAR ? st->L.qn : st->L.qf);
     const float * lam = st->f + st->L.tok_lambda;
-    const int dp = job->dp, gq = job->gq;
+    const int dp = job->dp, gq = job->gq, rp = st->L.rows_pad;
     for (int tl = 0; tl < nt; tl++) {
         const int32_t pi = rerope_qpos(job, i0 + tl);
         const double A = path == RR_NEAR ? (double) pi : RR_FN(rr_far_q_angle)(job, pi);
         RR_FN(rr_row_angle)(st, job, path, A);
-        for (int g = 0; g < gq; g++) {
-            const float * src = (const float *) (job->q + (size_t) (i0 + tl) * job->q_nb_tok +
-                                                 (size_t) (h * gq + g) * job->q_nb_head);
-            RR_FN(rr_rotate_row)(job, Q + (size_t) (tl * gq + g) * dp, src, st->rc[path], st->rs[path], lam[tl]);
+        for (int hb = 0; hb < nh; hb++) {
+            for (int g = 0; g < gq; g++) {
+                const float * src = (const float *) (job->q + (size_t) (i0 + tl) * job->q_nb_tok +
+                                                     (size_t) ((h0 + hb) * gq + g) * job->q_nb_head);
+                RR_FN(rr_rotate_row)(job, Q + ((size_t) hb * rp + tl * gq + g) * dp, src, st->rc[path], st->rs[path],
+                                     lam[tl]);
+            }
         }
     }
-    for (int r = nt * gq; r < st->L.rows_pad; r++) memset(Q + (size_t) r * dp, 0, sizeof(float) * dp);
+    for (int hb = 0; hb < nh; hb++)
+        for (int r = nt * gq; r < rp; r++) memset(Q + ((size_t) hb * rp + r) * dp, 0, sizeof(float) * dp);
     st->q_ok[path] = 1;
 }
 
 /* cos/sin of the current key tile for a path into csc/css [half][RR_BK]. */
 static void RR_FN(rr_tile_cs)(ST * st, const rerope_job * job, int path, const int32_t * kp, int nk) {
-    float * csc = st->f + st->L.csc, * css = st->f + st->L.css;
+    float * csc = st->f + (path == RR_NEAR ? st->L.csc : st->L.csc2);
+    float * css = st->f + (path == RR_NEAR ? st->L.css : st->L.css2);
     const int half = job->half;
     const int group = path == RR_FAR && job->p.far_mode == GGML_REROPE_FAR_GROUP;
     int contiguous = 1;
@@ -240,26 +249,56 @@ static void RR_FN(rr_tile_cs)(ST * st, const rerope_job * job, int path, const i
 
 /* ---------------------------------------------------------------- tiles */
 
-/* Converts keys [j0, j0+nk) of KV head h to f32 and transposes them into kraw [d][RR_BK];
- * values into vt [RR_BK][dp]. Rows past nk are zero. */
-static void RR_FN(rr_load_tile)(ST * st, const rerope_job * job, int h, int j0, int nk) {
-    float * kr = st->f + st->L.kr, * kraw = st->f + st->L.kraw, * vt = st->f + st->L.vt;
+/* Converts keys and values [j0, j0+nk) of KV heads h0 .. h0+nh-1 to f32 rows: kr[hb] and
+ * vt[hb], each [RR_BK][dp]; rows past nk are zero. All heads of a token are read together,
+ * so the head-interleaved cache is streamed in address order. */
+static void RR_FN(rr_load_rows)(ST * st, const rerope_job * job, int h0, int nh, int j0, int nk) {
     const int d = job->d, dp = job->dp;
+    const size_t tile = (size_t) RR_BK * dp;
+    const int row_bytes = d * (job->kv_f16 ? 2 : 4);
+    /* prefetch about RR_PF_BYTES of K and V ahead of the rows being converted */
+    int pf = (int) (RR_PF_BYTES / ((size_t) row_bytes * 2 * nh));
+    pf = pf < 1 ? 1 : pf;
     for (int t = 0; t < nk; t++) {
-        const char * ks = job->k + (size_t) (j0 + t) * job->k_nb_tok + (size_t) h * job->k_nb_head;
-        const char * vs = job->v + (size_t) (j0 + t) * job->v_nb_tok + (size_t) h * job->v_nb_head;
-        if (job->kv_f16) {
-            rr_f16_row(kr + (size_t) t * dp, (const uint16_t *) ks, d);
-            rr_f16_row(vt + (size_t) t * dp, (const uint16_t *) vs, d);
-        } else {
-            memcpy(kr + (size_t) t * dp, ks, sizeof(float) * d);
-            memcpy(vt + (size_t) t * dp, vs, sizeof(float) * d);
+        const char * kt = job->k + (size_t) (j0 + t) * job->k_nb_tok;
+        const char * vtk = job->v + (size_t) (j0 + t) * job->v_nb_tok;
+        if (j0 + t + pf < job->n_kv) {
+            for (int hb = 0; hb < nh; hb++) {
+                const char * kpf = kt + (size_t) pf * job->k_nb_tok + (size_t) (h0 + hb) * job->k_nb_head;
+                const char * vpf = vtk + (size_t) pf * job->v_nb_tok + (size_t) (h0 + hb) * job->v_nb_head;
+                for (int b = 0; b < row_bytes; b += 64) {
+                    __builtin_prefetch(kpf + b, 0, 3);
+                    __builtin_prefetch(vpf + b, 0, 3);
+                }
+            }
+        }
+        for (int hb = 0; hb < nh; hb++) {
+            const char * ks = kt + (size_t) (h0 + hb) * job->k_nb_head;
+            const char * vs = vtk + (size_t) (h0 + hb) * job->v_nb_head;
+            float * kd = st->f + st->L.kr + hb * tile + (size_t) t * dp;
+            float * vd = st->f + st->L.vt + hb * tile + (size_t) t * dp;
+            if (job->kv_f16) {
+                rr_f16_row(kd, (const uint16_t *) ks, d);
+                rr_f16_row(vd, (const uint16_t *) vs, d);
+            } else {
+                memcpy(kd, ks, sizeof(float) * d);
+                memcpy(vd, vs, sizeof(float) * d);
+            }
         }
     }
     if (nk < RR_BK) {
-        memset(kr + (size_t) nk * dp, 0, sizeof(float) * (size_t) (RR_BK - nk) * dp);
-        memset(vt + (size_t) nk * dp, 0, sizeof(float) * (size_t) (RR_BK - nk) * dp);
+        for (int hb = 0; hb < nh; hb++) {
+            memset(st->f + st->L.kr + hb * tile + (size_t) nk * dp, 0, sizeof(float) * (size_t) (RR_BK - nk) * dp);
+            memset(st->f + st->L.vt + hb * tile + (size_t) nk * dp, 0, sizeof(float) * (size_t) (RR_BK - nk) * dp);
+        }
     }
+}
+
+/* kraw [d][RR_BK] = transpose of head block hb's key rows. */
+static void RR_FN(rr_transpose_tile)(ST * st, const rerope_job * job, int hb) {
+    const int d = job->d, dp = job->dp;
+    const float * kr = st->f + st->L.kr + (size_t) hb * RR_BK * dp;
+    float * kraw = st->f + st->L.kraw;
 #ifdef RR_HAVE_TRANSPOSE8
     for (int c0 = 0; c0 < d; c0 += 8)
         for (int t0 = 0; t0 < RR_BK; t0 += 8)
@@ -270,9 +309,11 @@ static void RR_FN(rr_load_tile)(ST * st, const rerope_job * job, int h, int j0, 
 #endif
 }
 
-/* dst[d][BK] = kraw rotated by the tile's cos/sin (pairs of the rope mode). */
-static void RR_FN(rr_rotate_tile)(const ST * st, const rerope_job * job, float * dst) {
-    const float * src = st->f + st->L.kraw, * csc = st->f + st->L.csc, * css = st->f + st->L.css;
+/* dst[d][BK] = kraw rotated by the tile's cos/sin of a path (pairs of the rope mode). */
+static void RR_FN(rr_rotate_tile)(const ST * st, const rerope_job * job, int path, float * dst) {
+    const float * src = st->f + st->L.kraw;
+    const float * csc = st->f + (path == RR_NEAR ? st->L.csc : st->L.csc2);
+    const float * css = st->f + (path == RR_NEAR ? st->L.css : st->L.css2);
     const int half = job->half, neox = job->p.rope_mode == GGML_REROPE_MODE_NEOX;
     for (int m = 0; m < half; m++) {
         const int a = neox ? m : 2 * m, b = neox ? m + half : 2 * m + 1;
@@ -311,6 +352,71 @@ static void RR_FN(rr_qk)(const float * Q, const float * Kt, float * S, int rows_
     }
 }
 
+/* ---- decode kernels: one block of RR_RB rows against K/V read straight from the cache
+ * (f16 converted in registers), no staging copy, no transposed tile. Used for full far
+ * tiles whose keys need no rotation (ReRoPE clamp), the bulk of a long-context decode. */
+
+RR_INLINE rr_vec RR_FN(rr_kv_load)(const char * p, const int f16) {
+    return f16 ? rr_load_f16((const uint16_t *) p) : rr_load((const float *) p);
+}
+
+RR_INLINE void RR_FN(rr_qk_direct)(const float * Q, const char * K, size_t ks, const char * V, size_t vs, float * S,
+                                   int d, int dp, const int f16) {
+    const int esz = f16 ? 2 : 4;
+    for (int t = 0; t < RR_BK; t++) {
+        const char * kr = K + (size_t) t * ks;
+        /* strided rows of one head: prefetch every line of K a few rows ahead, and of V (used next) */
+        for (int b = 0; b < d * esz; b += 64) {
+            __builtin_prefetch(kr + RR_PF_ROWS * ks + b, 0, 3);
+            __builtin_prefetch(V + (size_t) t * vs + b, 0, 3);
+        }
+        rr_vec acc[RR_RB];
+        for (int a = 0; a < RR_RB; a++) acc[a] = rr_zero();
+        for (int c = 0; c < d; c += RR_VL) {
+            const rr_vec kv = RR_FN(rr_kv_load)(kr + (size_t) c * esz, f16);
+            for (int a = 0; a < RR_RB; a++) acc[a] = rr_fma(rr_load(Q + (size_t) a * dp + c), kv, acc[a]);
+        }
+        for (int a = 0; a < RR_RB; a++) S[(size_t) a * RR_BK + t] = rr_hsum(acc[a]);
+    }
+}
+
+RR_INLINE void RR_FN(rr_pv_direct_block)(const float * P, const char * V, size_t vs, float * O, int v0, int dp,
+                                         const int CB, const int f16) {
+    const int esz = f16 ? 2 : 4;
+    rr_vec acc[RR_RB][RR_CB];
+    for (int a = 0; a < RR_RB; a++)
+        for (int b = 0; b < CB; b++) acc[a][b] = rr_load(O + (size_t) a * dp + (v0 + b) * RR_VL);
+    for (int t = 0; t < RR_BK; t++) {
+        const char * vr = V + (size_t) t * vs + (size_t) v0 * RR_VL * esz;
+        rr_vec vv[RR_CB];
+        for (int b = 0; b < CB; b++) vv[b] = RR_FN(rr_kv_load)(vr + (size_t) b * RR_VL * esz, f16);
+        for (int a = 0; a < RR_RB; a++) {
+            const rr_vec pv = rr_set1(P[(size_t) a * RR_BK + t]);
+            for (int b = 0; b < CB; b++) acc[a][b] = rr_fma(pv, vv[b], acc[a][b]);
+        }
+    }
+    for (int a = 0; a < RR_RB; a++)
+        for (int b = 0; b < CB; b++) rr_store(O + (size_t) a * dp + (v0 + b) * RR_VL, acc[a][b]);
+}
+
+RR_INLINE void RR_FN(rr_pv_direct_t)(const float * P, const char * V, size_t vs, float * O, int d, int dp, const int f16) {
+    const int nv = d / RR_VL;
+    int v0 = 0;
+    for (; v0 + RR_CB <= nv; v0 += RR_CB) RR_FN(rr_pv_direct_block)(P, V, vs, O, v0, dp, RR_CB, f16);
+    for (; v0 < nv; v0++) RR_FN(rr_pv_direct_block)(P, V, vs, O, v0, dp, 1, f16);
+}
+
+static void RR_FN(rr_qk_direct_any)(const float * Q, const char * K, size_t ks, const char * V, size_t vs, float * S,
+                                    int d, int dp, int f16) {
+    if (f16) RR_FN(rr_qk_direct)(Q, K, ks, V, vs, S, d, dp, 1);
+    else RR_FN(rr_qk_direct)(Q, K, ks, V, vs, S, d, dp, 0);
+}
+
+static void RR_FN(rr_pv_direct)(const float * P, const char * V, size_t vs, float * O, int d, int dp, int f16) {
+    if (f16) RR_FN(rr_pv_direct_t)(P, V, vs, O, d, dp, 1);
+    else RR_FN(rr_pv_direct_t)(P, V, vs, O, d, dp, 0);
+}
+
 /* O[rows][dp] += P[rows][BK] . V[BK][dp] for value vectors [v0, v0 + CB). */
 RR_INLINE void RR_FN(rr_pv_block)(const float * P, const float * V, float * O, int r, int v0, int dp, const int CB) {
     rr_vec acc[RR_RB][RR_CB];
@@ -339,17 +445,18 @@ static void RR_FN(rr_pv)(const float * P, const float * V, float * O, int rows_p
 
 /* ---------------------------------------------------------------- one work item */
 
-/* Attention of query tokens [i0, i0+nt) (all heads of KV group h) against keys [k0, k1).
- * Leaves O (unnormalized), m, l of the rows in the workspace. */
-static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h, int i0, int nt, int k0, int k1) {
+/* Attention of query tokens [i0, i0+nt) (all query heads of KV heads h0 .. h0+nh-1) against
+ * keys [k0, k1). Each key tile is read for every KV head in turn, so split-K items (all heads)
+ * stream the head-interleaved cache sequentially. Leaves O (unnormalized), m, l per head block. */
+static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h0, int nh, int i0, int nt, int k0, int k1) {
     const rerope_ws_layout * L = &st->L;
     const int gq = job->gq, dp = job->dp, d = job->d, rows = nt * gq, rows_pad = L->rows_pad;
     const int w = job->p.window, causal = job->p.causal;
     const int clamp = job->p.far_mode == GGML_REROPE_FAR_CLAMP;
-    float *O = st->f + L->o, *S = st->f + L->s, *S2 = st->f + L->s2, *M = st->f + L->m, *Lsum = st->f + L->l;
-    float *kraw = st->f + L->kraw, *kn = st->f + L->kn, *kf = st->f + L->kf, *vt = st->f + L->vt;
+    float *S = st->f + L->s, *S2 = st->f + L->s2;
+    float *kraw = st->f + L->kraw, *kn = st->f + L->kn, *kf = st->f + L->kf;
 
-    if (st->item_h != h || st->item_i0 != i0) {
+    if (st->item_h != h0 || st->item_i0 != i0) {
         float * lam = st->f + L->tok_lambda;
         const double ln_train = job->p.logn_train_len > 1 ? log((double) job->p.logn_train_len) : 0.0;
         for (int tl = 0; tl < nt; tl++) {
@@ -361,7 +468,7 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h, int i0, int n
             lam[tl] = (float) x;
         }
         st->q_ok[RR_NEAR] = st->q_ok[RR_FAR] = 0;
-        st->item_h = h;
+        st->item_h = h0;
         st->item_i0 = i0;
     }
     int32_t qmin = INT32_MAX, qmax = INT32_MIN;
@@ -370,10 +477,10 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h, int i0, int n
         qmin = pi < qmin ? pi : qmin;
         qmax = pi > qmax ? pi : qmax;
     }
-    memset(O, 0, sizeof(float) * (size_t) rows_pad * dp);
-    for (int r = 0; r < rows_pad; r++) {
-        M[r] = -INFINITY;
-        Lsum[r] = 0.0f;
+    memset(st->f + L->o, 0, sizeof(float) * (size_t) nh * rows_pad * dp);
+    for (int r = 0; r < nh * rows_pad; r++) {
+        st->f[L->m + r] = -INFINITY;
+        st->f[L->l + r] = 0.0f;
     }
 
     int32_t kp[RR_BK];
@@ -390,75 +497,91 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h, int i0, int n
         const int64_t dmax = (int64_t) qmax - kmin, dmin = (int64_t) qmin - kmax;
         const int near = dmax < w, far = dmin >= w;
         const int use_near = !far, use_far = !near;
+        const int rot_near = use_near && job->half, rot_far = use_far && job->half && !clamp;
         const int mask = nk < RR_BK || (causal && kmax > qmin);
-
-        RR_FN(rr_load_tile)(st, job, h, j0, nk);
-        const float *kt_near = kraw, *kt_far = kraw;
-        if (use_near) {
-            if (!st->q_ok[RR_NEAR]) RR_FN(rr_prep_q)(st, job, RR_NEAR, h, i0, nt);
-            if (job->half) {
-                RR_FN(rr_tile_cs)(st, job, RR_NEAR, kp, nk);
-                RR_FN(rr_rotate_tile)(st, job, kn);
+        if (use_near && !st->q_ok[RR_NEAR]) RR_FN(rr_prep_q)(st, job, RR_NEAR, h0, nh, i0, nt);
+        if (use_far && !st->q_ok[RR_FAR]) RR_FN(rr_prep_q)(st, job, RR_FAR, h0, nh, i0, nt);
+        if (rot_near) RR_FN(rr_tile_cs)(st, job, RR_NEAR, kp, nk);
+        if (rot_far) RR_FN(rr_tile_cs)(st, job, RR_FAR, kp, nk);
+        /* decode fast path: one row block, full far tile, keys used unrotated */
+        const int direct = rows_pad == RR_RB && !use_near && !rot_far && !mask && d % RR_VL == 0;
+        if (!direct) RR_FN(rr_load_rows)(st, job, h0, nh, j0, nk);
+        for (int hb = 0; hb < nh; hb++) {
+            const size_t blk = (size_t) hb * rows_pad;
+            float *O = st->f + L->o + blk * dp, *M = st->f + L->m + blk, *Lsum = st->f + L->l + blk;
+            const float * vt = st->f + L->vt + (size_t) hb * RR_BK * dp;
+            if (direct) {
+                RR_FN(rr_qk_direct_any)(st->f + L->qf + blk * dp,
+                                        job->k + (size_t) j0 * job->k_nb_tok + (size_t) (h0 + hb) * job->k_nb_head,
+                                        job->k_nb_tok,
+                                        job->v + (size_t) j0 * job->v_nb_tok + (size_t) (h0 + hb) * job->v_nb_head,
+                                        job->v_nb_tok, S, d, dp, job->kv_f16);
+            } else {
+            RR_FN(rr_transpose_tile)(st, job, hb);
+            const float *kt_near = kraw, *kt_far = kraw;
+            if (rot_near) {
+                RR_FN(rr_rotate_tile)(st, job, RR_NEAR, kn);
                 kt_near = kn;
             }
-        }
-        if (use_far) {
-            if (!st->q_ok[RR_FAR]) RR_FN(rr_prep_q)(st, job, RR_FAR, h, i0, nt);
-            if (job->half && !clamp) {
-                RR_FN(rr_tile_cs)(st, job, RR_FAR, kp, nk);
-                RR_FN(rr_rotate_tile)(st, job, kf);
+            if (rot_far) {
+                RR_FN(rr_rotate_tile)(st, job, RR_FAR, kf);
                 kt_far = kf;
             }
-        }
-        if (use_near) RR_FN(rr_qk)(st->f + L->qn, kt_near, S, rows_pad, d, dp);
-        if (use_far) RR_FN(rr_qk)(st->f + L->qf, kt_far, use_near ? S2 : S, rows_pad, d, dp);
+            if (use_near) RR_FN(rr_qk)(st->f + L->qn + blk * dp, kt_near, S, rows_pad, d, dp);
+            if (use_far) RR_FN(rr_qk)(st->f + L->qf + blk * dp, kt_far, use_near ? S2 : S, rows_pad, d, dp);
+            }
 
-        if (mask || (use_near && use_far)) {
-            for (int r = 0; r < rows; r++) {
-                const int32_t pi = rerope_qpos(job, i0 + r / gq);
+            if (mask || (use_near && use_far)) {
+                for (int r = 0; r < rows; r++) {
+                    const int32_t pi = rerope_qpos(job, i0 + r / gq);
+                    float * s = S + (size_t) r * RR_BK;
+                    const float * s2 = S2 + (size_t) r * RR_BK;
+                    for (int t = 0; t < RR_BK; t++) {
+                        if (t >= nk || (causal && kp[t] > pi)) s[t] = -INFINITY;
+                        else if (use_near && use_far && (int64_t) pi - kp[t] >= w) s[t] = s2[t];
+                    }
+                }
+            }
+            /* online softmax: P overwrites S */
+            for (int r = 0; r < rows_pad; r++) {
                 float * s = S + (size_t) r * RR_BK;
-                const float * s2 = S2 + (size_t) r * RR_BK;
-                for (int t = 0; t < RR_BK; t++) {
-                    if (t >= nk || (causal && kp[t] > pi)) s[t] = -INFINITY;
-                    else if (use_near && use_far && (int64_t) pi - kp[t] >= w) s[t] = s2[t];
+                if (r >= rows) {
+                    memset(s, 0, sizeof(float) * RR_BK);
+                    continue;
                 }
-            }
-        }
-        /* online softmax: P overwrites S */
-        for (int r = 0; r < rows_pad; r++) {
-            float * s = S + (size_t) r * RR_BK;
-            if (r >= rows) {
-                memset(s, 0, sizeof(float) * RR_BK);
-                continue;
-            }
-            rr_vec vm = rr_load(s);
-            for (int v = 1; v < RR_NV; v++) vm = rr_max(vm, rr_load(s + v * RR_VL));
-            const float tmax = rr_hmax(vm);
-            if (tmax == -INFINITY) {
-                memset(s, 0, sizeof(float) * RR_BK);
-                continue;
-            }
-            const float mnew = tmax > M[r] ? tmax : M[r];
-            const rr_vec vmn = rr_set1(mnew);
-            rr_vec vs = rr_zero();
-            for (int v = 0; v < RR_NV; v++) {
-                const rr_vec e = rr_exp2(rr_sub(rr_load(s + v * RR_VL), vmn));
-                rr_store(s + v * RR_VL, e);
-                vs = rr_add(vs, e);
-            }
-            if (mnew > M[r]) {
-                const float alpha = M[r] == -INFINITY ? 0.0f : exp2f(M[r] - mnew);
-                if (alpha != 1.0f) {
-                    const rr_vec va = rr_set1(alpha);
-                    float * o = O + (size_t) r * dp;
-                    for (int c = 0; c < dp; c += RR_VL) rr_store(o + c, rr_mul(va, rr_load(o + c)));
+                rr_vec vm = rr_load(s);
+                for (int v = 1; v < RR_NV; v++) vm = rr_max(vm, rr_load(s + v * RR_VL));
+                const float tmax = rr_hmax(vm);
+                if (tmax == -INFINITY) {
+                    memset(s, 0, sizeof(float) * RR_BK);
+                    continue;
                 }
-                Lsum[r] *= alpha;
-                M[r] = mnew;
+                const float mnew = tmax > M[r] ? tmax : M[r];
+                const rr_vec vmn = rr_set1(mnew);
+                rr_vec vs = rr_zero();
+                for (int v = 0; v < RR_NV; v++) {
+                    const rr_vec e = rr_exp2(rr_sub(rr_load(s + v * RR_VL), vmn));
+                    rr_store(s + v * RR_VL, e);
+                    vs = rr_add(vs, e);
+                }
+                if (mnew > M[r]) {
+                    const float alpha = M[r] == -INFINITY ? 0.0f : exp2f(M[r] - mnew);
+                    if (alpha != 1.0f) {
+                        const rr_vec va = rr_set1(alpha);
+                        float * o = O + (size_t) r * dp;
+                        for (int c = 0; c < dp; c += RR_VL) rr_store(o + c, rr_mul(va, rr_load(o + c)));
+                    }
+                    Lsum[r] *= alpha;
+                    M[r] = mnew;
+                }
+                Lsum[r] += rr_hsum(vs);
             }
-            Lsum[r] += rr_hsum(vs);
+            if (direct)
+                RR_FN(rr_pv_direct)(S, job->v + (size_t) j0 * job->v_nb_tok + (size_t) (h0 + hb) * job->v_nb_head,
+                                    job->v_nb_tok, O, d, dp, job->kv_f16);
+            else
+                RR_FN(rr_pv)(S, vt, O, rows_pad, dp);
         }
-        RR_FN(rr_pv)(S, vt, O, rows_pad, dp);
     }
 }
 
@@ -469,23 +592,26 @@ void RR_CAT(rerope_kernel, RR_ISA)(const rerope_job * job, int ith, int nth, voi
     RR_FN(rr_setup)(&st, job, ws);
     const int gq = job->gq, dp = job->dp, d = job->d;
     const float * O = st.f + st.L.o, * Lsum = st.f + st.L.l, * M = st.f + st.L.m;
+    const int rp = st.L.rows_pad;
 
     if (job->n_split > 0) {
-        /* split-K: items (KV head, key chunk), KV-head-major, contiguous per thread so the
-         * rotated queries of a head are prepared once per thread */
-        const int n_items = job->n_head_kv * job->n_split, n_rows = job->n_q * job->n_head;
-        const int it0 = (int) ((long) n_items * ith / nth), it1 = (int) ((long) n_items * (ith + 1) / nth);
-        for (int it = it0; it < it1; it++) {
-            const int h = it / job->n_split, s = it % job->n_split;
+        /* split-K: items are key chunks holding every KV head (the cache is read in order);
+         * contiguous chunks per thread so the rotated queries are prepared once per thread */
+        const int n_rows = job->n_q * job->n_head;
+        const int s0 = (int) ((long) job->n_split * ith / nth), s1 = (int) ((long) job->n_split * (ith + 1) / nth);
+        for (int s = s0; s < s1; s++) {
             const int k0 = s * job->split_keys;
             const int k1 = k0 + job->split_keys < job->n_kv ? k0 + job->split_keys : job->n_kv;
-            RR_FN(rr_item)(&st, job, h, 0, job->n_q, k0, k1);
-            for (int r = 0; r < job->n_q * gq; r++) {
-                const int i = r / gq, head = h * gq + r % gq;
-                float * part = job->partials + ((size_t) s * n_rows + (size_t) i * job->n_head + head) * (2 + dp);
-                part[0] = M[r];
-                part[1] = Lsum[r];
-                memcpy(part + 2, O + (size_t) r * dp, sizeof(float) * d);
+            RR_FN(rr_item)(&st, job, 0, job->n_head_kv, 0, job->n_q, k0, k1);
+            for (int h = 0; h < job->n_head_kv; h++) {
+                for (int r = 0; r < job->n_q * gq; r++) {
+                    const int i = r / gq, head = h * gq + r % gq;
+                    const size_t rr = (size_t) h * rp + r;
+                    float * part = job->partials + ((size_t) s * n_rows + (size_t) i * job->n_head + head) * (2 + dp);
+                    part[0] = M[rr];
+                    part[1] = Lsum[rr];
+                    memcpy(part + 2, O + rr * dp, sizeof(float) * d);
+                }
             }
         }
         return;
@@ -494,7 +620,7 @@ void RR_CAT(rerope_kernel, RR_ISA)(const rerope_job * job, int ith, int nth, voi
     for (int it = ith; it < n_items; it += nth) {
         const int qt = it / job->n_head_kv, h = it % job->n_head_kv;
         const int i0 = qt * job->tq, nt = job->n_q - i0 < job->tq ? job->n_q - i0 : job->tq;
-        RR_FN(rr_item)(&st, job, h, i0, nt, 0, job->n_kv);
+        RR_FN(rr_item)(&st, job, h, 1, i0, nt, 0, job->n_kv);
         for (int r = 0; r < nt * gq; r++) {
             const int i = i0 + r / gq, head = h * gq + r % gq;
             float * o = (float *) (job->out + (size_t) i * job->o_nb_tok + (size_t) head * job->o_nb_head);

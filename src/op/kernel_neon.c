@@ -39,6 +39,7 @@ static inline rr_vec rr_exp2(rr_vec x) {
     const float32x4_t r = vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), e));
     return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(r), live));
 }
+static inline rr_vec rr_load_f16(const uint16_t * p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 static inline void rr_f16_row(float * dst, const uint16_t * src, int n) {
     int i = 0;
     for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + i))));

@@ -47,6 +47,8 @@ static inline float rr_half_to_float(uint16_t h) {
     return f;
 }
 
+static inline rr_vec rr_load_f16(const uint16_t * p) { return rr_half_to_float(*p); }
+
 static inline void rr_f16_row(float * dst, const uint16_t * src, int n) {
     for (int i = 0; i < n; i++) dst[i] = rr_half_to_float(src[i]);
 }

@@ -190,6 +190,8 @@ int main(void) {
         {2, 1500, 9, 3, 64, 64, 500, 0, 1, 0, 0, 1, 1, 0, 1.0f},  /* split-K decode */
         {3, 1200, 8, 2, 128, 128, 300, 1, 1, 64, 2, 1, 1, 0, 4.0f}, /* split-K, leaky, log-n */
         {1, 1100, 4, 1, 64, 64, 100, 2, 8, 0, 0, 1, 0, 1, 1.0f},   /* split-K, group, gapped */
+        {1, 2100, 8, 2, 128, 128, 300, 0, 1, 0, 0, 1, 1, 0, 1.0f}, /* split-K decode fast path, f16 */
+        {1, 1500, 12, 3, 64, 64, 200, 0, 1, 0, 2, 1, 0, 0, 1.0f},  /* split-K decode fast path, f32 */
     };
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) fails += run_case((int) i, &cases[i]);
