@@ -71,14 +71,11 @@ def test_python_api_rejects(what, change, exc, text):
 
 
 def test_cuda_device_raises_cuda_error_when_unavailable():
-    try:
-        from ggml_rerope import _cuda  # noqa: F401
-    except ImportError:
-        q, k, v = arrays()
-        with pytest.raises(CudaError):
-            ggml_rerope.rerope_attention(q, k, v, window=4, device="cuda")
-    else:
-        pytest.skip("ggml_rerope._cuda exists: covered by the CUDA tests")
+    if lib.ggml_rerope_cuda_available():
+        pytest.skip("a CUDA device is present: device='cuda' is covered by the CUDA tests")
+    q, k, v = arrays()
+    with pytest.raises(CudaError):
+        ggml_rerope.rerope_attention(q, k, v, window=4, device="cuda")
 
 
 # ---------------------------------------------------------------- C entry
