@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The one script a GPU machine runs (issue 4): build the library with CUDA, verify the
+# kernels (tests/test_cuda.py), benchmark them (python/bench_cuda_attention.py). Logs go
+# to $OUT (the device tool brings that folder back), copies belong in docs/gpu/.
+#
+#   python/gpu_run.sh smoke|test|bench|full
+#
+# The machine is bare: ggml's headers and libraries travel in .dev/ggml (copied from
+# llama-cpp-python's site-packages), cffi and pycparser as wheels in .whl; both folders
+# are git-ignored and named in the device call's `carry`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-full}
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_run_$MODE.log"
+exec > >(tee "$LOG") 2>&1
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the package from this checkout
+
+echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) mode=$MODE"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+nvcc --version | tail -1
+python3 --version
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+echo "== build"
+GGML_DIR_ARG=()
+[ -d .dev/ggml/lib/cmake/ggml ] && GGML_DIR_ARG=(-Dggml_DIR="$PWD/.dev/ggml/lib/cmake/ggml")
+cmake -S . -B build-gpu -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_REROPE_BUILD_TESTS=OFF \
+    "${GGML_DIR_ARG[@]}" >"$OUT/cmake_configure.log" 2>&1 || { tail -30 "$OUT/cmake_configure.log"; exit 1; }
+cmake --build build-gpu -j 16 || exit 1
+export GGML_REROPE_LIBRARY="$PWD/build-gpu/src/libggml_rerope.so"
+python3 -c "from ggml_rerope import _binding as b; print('cuda_available =', b.lib.ggml_rerope_cuda_available())"
+
+rc=0
+case "$MODE" in
+    smoke)
+        python3 -m pytest -x -q -rs tests/test_cuda.py \
+            -k "(prefill_vs_reference and 65-4-4-128) or (decode_vs_reference and 2000 and n_q1) or custom" || rc=1
+        ;;
+    test)
+        python3 -m pytest -q -rs tests/test_cuda.py || rc=1
+        ;;
+    bench)
+        python3 python/bench_cuda_attention.py --json "$OUT/bench.json" || rc=1
+        ;;
+    full)
+        python3 -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/verify.log" || rc=1
+        python3 python/bench_cuda_attention.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" || rc=1
+        ;;
+esac
+echo "== done rc=$rc $(date -u +%H:%M:%SZ)"
+exit $rc

@@ -1,0 +1,31 @@
+// Launchers of the kernels (defined in prefill.cu and decode.cu, called from api.cu).
+// Each returns cudaSuccess or the first CUDA error; api.cu turns that into a status.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "common.cuh"
+
+namespace rerope_cuda {
+
+// kv_is_f16: 1 for half K/V, 0 for float. head_dim is 64 or 128.
+cudaError_t launch_prefill(const AttnArgs & args, int head_dim, int kv_is_f16, cudaStream_t stream);
+
+// Flash-decoding: needs n_split x n_head_kv x rows x (head_dim + 2) floats of workspace
+// (decode_workspace_floats); `work` must hold that many.
+struct DecodePlan {
+    int n_split, keys_per_split, row_chunks, rows;  // rows = n_q * group
+};
+DecodePlan plan_decode(const AttnArgs & args, int head_dim, int sm_count);
+size_t decode_workspace_floats(const DecodePlan & plan, const AttnArgs & args, int head_dim);
+cudaError_t launch_decode(const AttnArgs & args, const DecodePlan & plan, int head_dim, int kv_is_f16, float * work,
+                          cudaStream_t stream);
+
+// Per key tile (min, max) positions of k_pos into bounds (ceil(n_kv / tile) entries).
+cudaError_t launch_key_bounds(const int32_t * k_pos, int n_kv, int tile, int2 * bounds, cudaStream_t stream);
+
+// Key tile sizes the kernels use (for launch_key_bounds).
+int prefill_key_tile();
+int decode_key_tile();
+
+}  // namespace rerope_cuda
