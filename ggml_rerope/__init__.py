@@ -15,7 +15,17 @@ from .errors import (
     ReropeError,
     UnsupportedError,
 )
-from .model import Model
+
+
+def __getattr__(name):
+    # Model is imported on first use: it needs llama-cpp-python (tokenizer), which the
+    # operator alone (a GPU test machine, say) does not.
+    if name == "Model":
+        from .model import Model
+
+        return Model
+    raise AttributeError(f"module 'ggml_rerope' has no attribute {name!r}")
+
 
 __all__ = [
     "reference",

@@ -55,6 +55,9 @@ int ggml_rerope_cuda_available(void);
 ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_params * params, const float * q,
     int32_t n_q, int32_t n_head, const int32_t * q_pos, const void * k, const void * v, int32_t kv_type,
     int32_t n_kv, int32_t n_head_kv, const int32_t * k_pos, float * out, void * stream);
+ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_params * params, const float * q,
+    int32_t n_q, int32_t n_head, const int32_t * q_pos, const void * k, const void * v, int32_t kv_type,
+    int32_t n_kv, int32_t n_head_kv, const int32_t * k_pos, float * out);
 """
 )
 
@@ -140,7 +143,11 @@ def _candidates():
 def _load():
     # Load llama-cpp-python first: its libggml is then the one our library binds to,
     # so the process holds a single ggml.
-    import llama_cpp  # noqa: F401
+    # Without llama-cpp-python (a GPU test machine, say) the library's RUNPATH finds ggml.
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        pass
 
     tried = []
     for path in _candidates():

@@ -164,6 +164,16 @@ GGML_REROPE_API ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_param
                                                          int32_t n_kv, int32_t n_head_kv,
                                                          const int32_t * k_pos, float * out, void * stream);
 
+/* Same contract on host buffers (like ggml_rerope_attn_host): copies the inputs to the
+ * device, runs ggml_rerope_attn_cuda on a private stream, copies `out` back, waits.
+ * For tests and benchmarks; n_q <= 4 runs the decode (split-K) kernel, more the prefill
+ * kernel. head_dim must be 64 or 128 (else GGML_REROPE_ERR_UNSUPPORTED). */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_params * params, const float * q,
+                                                                   int32_t n_q, int32_t n_head, const int32_t * q_pos,
+                                                                   const void * k, const void * v, int32_t kv_type,
+                                                                   int32_t n_kv, int32_t n_head_kv,
+                                                                   const int32_t * k_pos, float * out);
+
 #ifdef __cplusplus
 }
 #endif
