@@ -464,3 +464,31 @@ def test_c_struct_conversion():
 
 def test_scheme_is_a_value():
     assert make_scheme("rerope", HYPER, N) == Scheme("rerope", window=L_TRAIN // 2, logn_train_len=L_TRAIN)
+
+
+# ------------------------------------------------------------------ a live switch on a Model context
+
+
+def test_live_scheme_switch_needs_no_reprefill():
+    """Prefill P tokens with plain RoPE, switch the live context to ReRoPE with a window w >= P
+    (the two agree on every pair of the prefix, so the cached raw K/V are what ReRoPE would have
+    written), evaluate more tokens: the logits equal a fresh ReRoPE context's, although the cache
+    was never recomputed. With rotated keys (llama.cpp) the prefix would have to be re-rotated."""
+    from ggml_rerope.model import Model
+
+    P, N, w = 96, 224, 128
+    with Model(n_ctx=N, n_batch=64, rope_scaling="none") as m:
+        toks = m.tokenize("It was in July, 1805, and the speaker was the well-known Anna Pavlovna Scherer, " * 30)[:N]
+        m.eval(toks[:P])
+        m.set_rope_scaling("rerope", rerope_window=w, logn=False)
+        assert m.n_past == P  # nothing was evaluated again
+        live = m.eval(toks[P:], logits_all=True)
+        fresh = Model(n_ctx=N, n_batch=64, rope_scaling="rerope", rerope_window=w, logn=False)
+        with fresh:
+            want = fresh.logits(toks)[P:]
+        m.set_rope_scaling("none")
+        plain = m.logits(toks)[P:]
+    far = slice(w - P + 8, None)  # rows whose queries see keys beyond the window
+    np.testing.assert_allclose(live, want, atol=1e-3, rtol=0)
+    # and the switch did change the far rows: plain RoPE differs there by much more than the noise
+    assert np.abs(plain[far] - want[far]).max() > 20 * np.abs(live[far] - want[far]).max()
