@@ -15,6 +15,10 @@
  * picks NEAR (<R_i q, R_j k>), FAR (<R_far(i) q, R_farkey(j) k>; CLAMP: key unrotated)
  * or MIXED (both, chosen per element). Scores are in log2 units (q pre-scaled by
  * scale * lambda_i * log2(e)) so the online softmax uses exp2.
+ *
+ * Prefill tiles are staged: K/V rows converted to f32, K transposed to [d][BK] (and rotated
+ * per path) so a score row is broadcast(q) FMA key rows, no horizontal sums. Decode (one
+ * block of <= RR_RB rows) reads full far-clamp tiles straight from the cache instead.
  */
 #include "kernel.h"
 
@@ -443,6 +447,66 @@ static void RR_FN(rr_pv)(const float * P, const float * V, float * O, int rows_p
     }
 }
 
+/* Online softmax of one tile: running max M and sum Lsum per row, O rescaled when the max
+ * grows; the probabilities overwrite S (rows past `rows` and fully masked rows get zeros). */
+static void RR_FN(rr_softmax_update)(float * S, float * O, float * M, float * Lsum, int rows, int rows_pad, int dp) {
+    for (int r = 0; r < rows_pad; r++) {
+        float * s = S + (size_t) r * RR_BK;
+        if (r >= rows) {
+            memset(s, 0, sizeof(float) * RR_BK);
+            continue;
+        }
+        rr_vec vm = rr_load(s);
+        for (int v = 1; v < RR_NV; v++) vm = rr_max(vm, rr_load(s + v * RR_VL));
+        const float tmax = rr_hmax(vm);
+        if (tmax == -INFINITY) {
+            memset(s, 0, sizeof(float) * RR_BK);
+            continue;
+        }
+        const float mnew = tmax > M[r] ? tmax : M[r];
+        const rr_vec vmn = rr_set1(mnew);
+        rr_vec vs = rr_zero();
+        for (int v = 0; v < RR_NV; v++) {
+            const rr_vec e = rr_exp2(rr_sub(rr_load(s + v * RR_VL), vmn));
+            rr_store(s + v * RR_VL, e);
+            vs = rr_add(vs, e);
+        }
+        if (mnew > M[r]) {
+            const float alpha = M[r] == -INFINITY ? 0.0f : exp2f(M[r] - mnew);
+            if (alpha != 1.0f) {
+                const rr_vec va = rr_set1(alpha);
+                float * o = O + (size_t) r * dp;
+                for (int c = 0; c < dp; c += RR_VL) rr_store(o + c, rr_mul(va, rr_load(o + c)));
+            }
+            Lsum[r] *= alpha;
+            M[r] = mnew;
+        }
+        Lsum[r] += rr_hsum(vs);
+    }
+}
+
+/* Scores of head block hb from the staged tile: transpose, rotate per path, QK into S (far
+ * scores into S2 when a tile needs both paths). */
+static void RR_FN(rr_scores_staged)(ST * st, const rerope_job * job, int hb, int use_near, int use_far, int rot_near,
+                                    int rot_far) {
+    const rerope_ws_layout * L = &st->L;
+    const int d = job->d, dp = job->dp, rows_pad = L->rows_pad;
+    const size_t blk = (size_t) hb * rows_pad * dp;
+    float *kraw = st->f + L->kraw, *kn = st->f + L->kn, *kf = st->f + L->kf;
+    RR_FN(rr_transpose_tile)(st, job, hb);
+    const float *kt_near = kraw, *kt_far = kraw;
+    if (rot_near) {
+        RR_FN(rr_rotate_tile)(st, job, RR_NEAR, kn);
+        kt_near = kn;
+    }
+    if (rot_far) {
+        RR_FN(rr_rotate_tile)(st, job, RR_FAR, kf);
+        kt_far = kf;
+    }
+    if (use_near) RR_FN(rr_qk)(st->f + L->qn + blk, kt_near, st->f + L->s, rows_pad, d, dp);
+    if (use_far) RR_FN(rr_qk)(st->f + L->qf + blk, kt_far, st->f + (use_near ? L->s2 : L->s), rows_pad, d, dp);
+}
+
 /* ---------------------------------------------------------------- one work item */
 
 /* Attention of query tokens [i0, i0+nt) (all query heads of KV heads h0 .. h0+nh-1) against
@@ -454,7 +518,6 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h0, int nh, int 
     const int w = job->p.window, causal = job->p.causal;
     const int clamp = job->p.far_mode == GGML_REROPE_FAR_CLAMP;
     float *S = st->f + L->s, *S2 = st->f + L->s2;
-    float *kraw = st->f + L->kraw, *kn = st->f + L->kn, *kf = st->f + L->kf;
 
     if (st->item_h != h0 || st->item_i0 != i0) {
         float * lam = st->f + L->tok_lambda;
@@ -509,26 +572,13 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h0, int nh, int 
         for (int hb = 0; hb < nh; hb++) {
             const size_t blk = (size_t) hb * rows_pad;
             float *O = st->f + L->o + blk * dp, *M = st->f + L->m + blk, *Lsum = st->f + L->l + blk;
-            const float * vt = st->f + L->vt + (size_t) hb * RR_BK * dp;
+            const char * kh = job->k + (size_t) j0 * job->k_nb_tok + (size_t) (h0 + hb) * job->k_nb_head;
+            const char * vh = job->v + (size_t) j0 * job->v_nb_tok + (size_t) (h0 + hb) * job->v_nb_head;
             if (direct) {
-                RR_FN(rr_qk_direct_any)(st->f + L->qf + blk * dp,
-                                        job->k + (size_t) j0 * job->k_nb_tok + (size_t) (h0 + hb) * job->k_nb_head,
-                                        job->k_nb_tok,
-                                        job->v + (size_t) j0 * job->v_nb_tok + (size_t) (h0 + hb) * job->v_nb_head,
-                                        job->v_nb_tok, S, d, dp, job->kv_f16);
+                RR_FN(rr_qk_direct_any)(st->f + L->qf + blk * dp, kh, job->k_nb_tok, vh, job->v_nb_tok, S, d, dp,
+                                        job->kv_f16);
             } else {
-            RR_FN(rr_transpose_tile)(st, job, hb);
-            const float *kt_near = kraw, *kt_far = kraw;
-            if (rot_near) {
-                RR_FN(rr_rotate_tile)(st, job, RR_NEAR, kn);
-                kt_near = kn;
-            }
-            if (rot_far) {
-                RR_FN(rr_rotate_tile)(st, job, RR_FAR, kf);
-                kt_far = kf;
-            }
-            if (use_near) RR_FN(rr_qk)(st->f + L->qn + blk * dp, kt_near, S, rows_pad, d, dp);
-            if (use_far) RR_FN(rr_qk)(st->f + L->qf + blk * dp, kt_far, use_near ? S2 : S, rows_pad, d, dp);
+                RR_FN(rr_scores_staged)(st, job, hb, use_near, use_far, rot_near, rot_far);
             }
 
             if (mask || (use_near && use_far)) {
@@ -542,45 +592,9 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h0, int nh, int 
                     }
                 }
             }
-            /* online softmax: P overwrites S */
-            for (int r = 0; r < rows_pad; r++) {
-                float * s = S + (size_t) r * RR_BK;
-                if (r >= rows) {
-                    memset(s, 0, sizeof(float) * RR_BK);
-                    continue;
-                }
-                rr_vec vm = rr_load(s);
-                for (int v = 1; v < RR_NV; v++) vm = rr_max(vm, rr_load(s + v * RR_VL));
-                const float tmax = rr_hmax(vm);
-                if (tmax == -INFINITY) {
-                    memset(s, 0, sizeof(float) * RR_BK);
-                    continue;
-                }
-                const float mnew = tmax > M[r] ? tmax : M[r];
-                const rr_vec vmn = rr_set1(mnew);
-                rr_vec vs = rr_zero();
-                for (int v = 0; v < RR_NV; v++) {
-                    const rr_vec e = rr_exp2(rr_sub(rr_load(s + v * RR_VL), vmn));
-                    rr_store(s + v * RR_VL, e);
-                    vs = rr_add(vs, e);
-                }
-                if (mnew > M[r]) {
-                    const float alpha = M[r] == -INFINITY ? 0.0f : exp2f(M[r] - mnew);
-                    if (alpha != 1.0f) {
-                        const rr_vec va = rr_set1(alpha);
-                        float * o = O + (size_t) r * dp;
-                        for (int c = 0; c < dp; c += RR_VL) rr_store(o + c, rr_mul(va, rr_load(o + c)));
-                    }
-                    Lsum[r] *= alpha;
-                    M[r] = mnew;
-                }
-                Lsum[r] += rr_hsum(vs);
-            }
-            if (direct)
-                RR_FN(rr_pv_direct)(S, job->v + (size_t) j0 * job->v_nb_tok + (size_t) (h0 + hb) * job->v_nb_head,
-                                    job->v_nb_tok, O, d, dp, job->kv_f16);
-            else
-                RR_FN(rr_pv)(S, vt, O, rows_pad, dp);
+            RR_FN(rr_softmax_update)(S, O, M, Lsum, rows, rows_pad, dp);
+            if (direct) RR_FN(rr_pv_direct)(S, vh, job->v_nb_tok, O, d, dp, job->kv_f16);
+            else RR_FN(rr_pv)(S, st->f + L->vt + (size_t) hb * RR_BK * dp, O, rows_pad, dp);
         }
     }
 }
