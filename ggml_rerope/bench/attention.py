@@ -244,6 +244,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every column")
     ap.add_argument("--sizes", type=int, nargs="+", help="prefill lengths (default 2048 8192 16384)")
     ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES))
+    ap.add_argument("--save", metavar="PATH", help="also write the JSON result to PATH")
     ap.add_argument("--naive-max-n", type=int, default=8192, help="largest n the naive version runs at")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.repeats < 1:
@@ -261,6 +262,9 @@ def main(argv=None):
               "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "prefill": prefill, "decode": decode}
     result["verdicts"] = verdicts(prefill, decode)
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump(result, f, indent=2)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
