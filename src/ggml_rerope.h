@@ -143,7 +143,10 @@ GGML_REROPE_API const char * ggml_rerope_simd_name(int32_t simd);
 
 /* Adds the attention to a ggml graph as GGML_OP_CUSTOM node(s) whose work ggml's CPU
  * threads split. q: F32 {d, n_head, n_q}; k, v: F16/F32 {d, n_head_kv, n_kv}
- * (contiguous rows; views of a larger cache are fine); q_pos, k_pos: I32 {n_q}, {n_kv}.
+ * (contiguous rows; views of a larger cache are fine); q_pos, k_pos: I32 {n_q}, {n_kv}
+ * (NULL: the default positions of ggml_rerope_attn_host; values must be >= 0, which the
+ * node cannot check before compute). Decode-sized calls (n_q <= 4, n_kv >= 1024) become two
+ * nodes: partial softmax results per key chunk (F32 scratch), then their merge.
  * Returns F32 {d, n_head, n_q}, or NULL with the message set.
  * `params` (and its freq_factors) must stay valid until the graph has been computed. */
 GGML_REROPE_API struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_tensor * q,
