@@ -90,8 +90,9 @@ def _stats_line(t) -> str:
 class Chat:
     """A conversation on one Model: history, document, streaming answers."""
 
-    def __init__(self, model, args, document: Optional[str]):
+    def __init__(self, model, args, document: Optional[str], out=None):
         self.model, self.args, self.document = model, args, document
+        self.out = out  # where answers go; None: sys.stdout at the time of writing
         self.base: List[dict] = [{"role": "system", "content": args.system}] if args.system else []
         self.messages: List[dict] = list(self.base)
 
@@ -131,7 +132,7 @@ class Chat:
         """Streams the answer to `text` onto `out`; Ctrl-C stops it (the partial answer stays in
         the conversation). Returns the answer."""
         a = self.args
-        out = out or sys.stdout
+        out = out or self.out or sys.stdout
         self.messages.append({"role": "user", "content": self._user_content(text)})
         progress = ProgressLine(min_tokens=2 * a.batch_size)
         progress.start()
@@ -150,9 +151,9 @@ class Chat:
                 if piece:
                     if progress.shown:
                         progress.end()
-                    pieces.append(piece)
                     out.write(piece)
                     out.flush()
+                    pieces.append(piece)  # after the write: history = what the user saw
                 finish = choice["finish_reason"] or finish
         except KeyboardInterrupt:
             progress.end()
@@ -258,12 +259,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         document = None
         if args.file is not None:
-            with open(args.file, encoding="utf-8", errors="replace") as f:
-                document = f.read()
+            try:
+                with open(args.file, encoding="utf-8", errors="replace") as f:
+                    document = f.read()
+            except OSError as e:
+                raise ValueError(f"cannot read --file {args.file}: {e.strerror or e}") from None
         prompt = args.prompt
         if prompt is None and not sys.stdin.isatty():
-            prompt = sys.stdin.read()
-            if not prompt.strip():
+            prompt = sys.stdin.read().strip()
+            if not prompt:
                 raise ValueError("no prompt: stdin is empty (pass --prompt TEXT, or run in a terminal to chat)")
         with _load(args) as model:
             chat = Chat(model, args, document)
@@ -278,7 +282,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(file=sys.stderr)
         return 130
     except (ReropeError, OSError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        from .errors import ContextFullError
+
+        hint = "; raise -c/--ctx-size" if isinstance(e, ContextFullError) and "ctx-size" not in str(e) else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
         return 1
 
 
