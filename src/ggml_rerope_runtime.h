@@ -69,12 +69,21 @@ GGML_REROPE_API ggml_rerope_context_params ggml_rerope_context_default_params(vo
 /* ReRoPE, window = n_ctx_train / 2, log-n on with L_train from the model. */
 GGML_REROPE_API ggml_rerope_scheme ggml_rerope_scheme_default(const ggml_rerope_model * model);
 
+/* Architectures llama, qwen2, qwen3; weights of every type ggml's CPU backend multiplies.
+ * ERR_IO: missing, not a GGUF, corrupt or truncated (tensor data past the end of the file);
+ * ERR_UNSUPPORTED: another architecture, or a tensor of a type the CPU cannot multiply.
+ * The message names the file and the key, tensor or type at fault. params NULL: defaults. */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_model_load(const char * path, const ggml_rerope_model_params * params,
                                                           ggml_rerope_model ** out);
 GGML_REROPE_API void ggml_rerope_model_free(ggml_rerope_model * model);
 GGML_REROPE_API ggml_rerope_status ggml_rerope_model_get_info(const ggml_rerope_model * model,
                                                               ggml_rerope_model_info * out);
 
+/* KV cache of n_ctx tokens (ERR_NO_MEMORY, before allocating, when it exceeds the memory the
+ * system has available), CPU backend with a pool of n_threads, compute buffer reserved once for
+ * the largest micro-batch (n_batch is clamped to n_ctx). params NULL: defaults.
+ * Debug: GGML_REROPE_RUNTIME_ATTN=ggml in the environment swaps the attention of every layer
+ * for ggml's rope + flash attention (plain RoPE, ignores the scheme) as a cross-check. */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model,
                                                            const ggml_rerope_context_params * params,
                                                            ggml_rerope_context ** out);
@@ -87,7 +96,9 @@ GGML_REROPE_API ggml_rerope_status ggml_rerope_context_set_scheme(ggml_rerope_co
 /* Appends n_tokens at positions n_past .. n_past + n_tokens - 1 (micro-batches of n_batch).
  * logits: NULL for none; else n_vocab floats of the last token (all_logits = 0) or
  * n_tokens * n_vocab floats, one row per token (all_logits = 1).
- * Fails with GGML_REROPE_ERR_CONTEXT_FULL (nothing evaluated) when n_past + n_tokens > n_ctx. */
+ * Fails with GGML_REROPE_ERR_CONTEXT_FULL (nothing evaluated) when n_past + n_tokens > n_ctx,
+ * and with GGML_REROPE_ERR_INVALID_ARG for a token outside 0 .. n_vocab-1. On any failure
+ * n_past is left as it was before the call. */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_eval(ggml_rerope_context * ctx, const int32_t * tokens,
                                                     int32_t n_tokens, float * logits, int32_t all_logits);
 
