@@ -5,6 +5,7 @@
 #include "rt_internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -104,6 +105,10 @@ static ggml_rerope_status setup_compute(ggml_rerope_context * ctx) {
     const bool ok = ggml_gallocr_reserve(ctx->galloc, g.gf);
     ggml_free(g.ctx);
     if (!ok) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate the compute buffer for n_batch = %d", nb);
+    if (getenv("GGML_REROPE_VERBOSE"))
+        fprintf(stderr, "ggml_rerope: KV cache %.1f MiB (%s), compute buffer %.1f MiB (n_batch %d), %d threads\n",
+                ggml_backend_buffer_get_size(ctx->kv.buf) / 1048576.0, ggml_type_name(ctx->kv.type),
+                ggml_gallocr_get_buffer_size(ctx->galloc, 0) / 1048576.0, nb, n_threads);
     return GGML_REROPE_OK;
 }
 
