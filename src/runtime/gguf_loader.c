@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -89,6 +90,14 @@ void rt_file_close(rt_file * f) {
 const void * rt_file_tensor_ptr(const rt_file * f, int64_t tensor_id) {
     if (!f->map) return NULL;
     return (const char *) f->map + f->data_offs + gguf_get_tensor_offset(f->gguf, tensor_id);
+}
+
+void rt_file_release(const rt_file * f, const void * ptr, size_t n) {
+    if (!f->map || n == 0) return;
+    const long page_l = sysconf(_SC_PAGESIZE);
+    const uintptr_t page = page_l > 0 ? (uintptr_t) page_l : 4096;
+    const uintptr_t lo = ((uintptr_t) ptr + page - 1) / page * page, hi = ((uintptr_t) ptr + n) / page * page;
+    if (hi > lo) madvise((void *) lo, hi - lo, MADV_DONTNEED); /* a hint: failure changes nothing */
 }
 
 ggml_rerope_status rt_file_read_tensor(const rt_file * f, int64_t tensor_id, void * dst, size_t n) {

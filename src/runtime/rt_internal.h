@@ -118,6 +118,8 @@ void rt_file_close(rt_file * f);
 /* Reads n bytes of a tensor's data (mapped or pread). */
 ggml_rerope_status rt_file_read_tensor(const rt_file * f, int64_t tensor_id, void * dst, size_t n);
 const void * rt_file_tensor_ptr(const rt_file * f, int64_t tensor_id);
+/* Drops the mapped pages wholly inside [ptr, ptr + n) from this process (data copied elsewhere). */
+void rt_file_release(const rt_file * f, const void * ptr, size_t n);
 bool rt_type_is_matmul_weight(enum ggml_type type);
 
 /* hparams.c */

@@ -266,6 +266,10 @@ static ggml_rerope_status allocate_and_fill(loader * L) {
                 src = tmp;
             }
             ggml_backend_tensor_set(t, src, 0, n); /* repacking buffers convert here */
+            /* The copy is what computes from now on; unless the mmap buffer also uses these bytes
+             * (tied embeddings), drop the mapped pages so they do not count twice in memory. */
+            if (src != tmp && !(m->tok_embd && m->bufs[0] && ggml_get_data(m->tok_embd) == src))
+                rt_file_release(f, src, n);
         }
         free(tmp);
     }
@@ -298,9 +302,10 @@ ggml_rerope_status rt_weights_load(ggml_rerope_model * m, bool use_mmap) {
     }
     if (!s && getenv("GGML_REROPE_VERBOSE")) {
         for (int i = 0; i < m->n_ctx_w; i++) {
-            int n = 0;
-            for (struct ggml_tensor * t = ggml_get_first_tensor(m->ctx_w[i]); t; t = ggml_get_next_tensor(m->ctx_w[i], t)) n++;
-            fprintf(stderr, "ggml_rerope: %d weight tensors in %s (%.1f MiB)\n", n,
+            int count = 0;
+            for (struct ggml_tensor * t = ggml_get_first_tensor(m->ctx_w[i]); t; t = ggml_get_next_tensor(m->ctx_w[i], t))
+                count++;
+            fprintf(stderr, "ggml_rerope: %d weight tensors in %s (%.1f MiB)\n", count,
                     m->buft_w[i] ? ggml_backend_buft_name(m->buft_w[i]) : (L.use_mmap ? "mmap" : "CPU"),
                     m->bufs[i] ? ggml_backend_buffer_get_size(m->bufs[i]) / 1048576.0 : 0.0);
         }
