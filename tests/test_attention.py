@@ -1,7 +1,7 @@
 """The CPU operator against the float64 reference, on fresh random inputs, for every SIMD
 path this machine has plus plain C; and the properties that follow from the math.
 
-Tile sizes of the kernel (src/op/kernel.h): RR_BK = 64 keys, query tiles of 64 / (H/H_kv)
+Tile sizes of the kernel (src/op/kernel.h): RR_BK = 64 keys, query tiles of 256 / (H/H_kv)
 tokens; split-K decode for n_q <= 4 and n_kv >= 1024. Windows around 64 hit the tile edges.
 """
 

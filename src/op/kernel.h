@@ -11,7 +11,7 @@
 /* Key tile: keys per tile (a multiple of every vector width, 16 for AVX-512). */
 #define RR_BK 64
 /* Query rows (tokens x heads of one KV group) a prefill work item aims for. */
-#define RR_ROWS_TARGET 64
+#define RR_ROWS_TARGET 256
 /* Split-K (decode) is used when every KV group's queries fit one tile of at most
  * this many tokens; the keys are then cut into chunks of RR_SPLIT_KEYS keys. */
 #define RR_SPLIT_MAX_Q 4
