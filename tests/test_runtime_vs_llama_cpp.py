@@ -91,6 +91,16 @@ def test_synthetic_f32_cache_matches_llama_cpp(synthetic, arch, wtype):
     assert c["rel_mean"] < bound, (c["rel_mean"], c["mean_abs"])
 
 
+@pytest.mark.parametrize("wtype", ["Q4_0", "F16"])
+def test_tied_output_matches_llama_cpp(tmp_path, wtype):
+    """No output.weight: the head is token_embd (for Q4_0 a repacked copy of it, as llama.cpp makes)."""
+    path = gguf_factory.write_model(tmp_path / "tied.gguf", "qwen2", wtype, seed=11, tie_output=True)
+    tokens = np.random.default_rng(4).integers(3, gguf_factory.DEFAULT_SHAPE["n_vocab"], 128)
+    c = compare(_ours(path, tokens, KV_F32), llama_cpp_logits(path, tokens, flash_attn=False, kv_type=KV_F32))
+    assert c["agree"][c["margin"] >= 0.1].mean() >= 0.99 and c["argmax"] >= 0.97
+    assert c["rel_mean"] < (1e-3 if wtype == "F16" else 1e-2), c["rel_mean"]
+
+
 @pytest.mark.parametrize("arch, wtype", [("llama", "Q4_0"), ("qwen2", "Q8_0"), ("qwen3", "Q4_K"), ("qwen2", "F16")])
 def test_synthetic_f16_cache_within_llama_cpp_noise(synthetic, arch, wtype):
     """Default f16 cache vs llama.cpp with flash attention, bounded by llama.cpp's own FA on/off gap."""
