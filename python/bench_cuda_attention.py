@@ -186,15 +186,48 @@ def bench_decode(n_kv, copies):
     return res
 
 
+def profile_decode(n_kv):
+    """Where a decode call's time goes: kernel times (torch profiler / CUPTI) and host time per call."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    q = torch.randn(1, H, D, device="cuda")
+    k = torch.randn(n_kv, H_KV_DECODE, D, device="cuda").half()
+    v = torch.randn(n_kv, H_KV_DECODE, D, device="cuda").half()
+    out = torch.empty(1, H, D, device="cuda")
+    p = params_for(1024)
+    for _ in range(10):
+        ours(p, q, k, v, out)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(100):
+        ours(p, q, k, v, out)
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    print(f"profile decode n_kv={n_kv}: host {1e6 * (t1 - t0) / 100:.1f} us/call issued, "
+          f"{1e6 * (t2 - t0) / 100:.1f} us/call to completion")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            ours(p, q, k, v, out)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--prefill", default="4096,16384,32768")
     ap.add_argument("--decode", default="8192,32768,131072")
     ap.add_argument("--check-rows", type=int, default=4096, help="sanity-check sizes up to this n")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", action="store_true", help="also profile decode calls (kernel and host times)")
     args = ap.parse_args()
     assert lib.ggml_rerope_cuda_available(), "no CUDA in this build / no device"
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "prefill": [], "decode": []}
+    if args.profile:
+        for n in (8192, 131072):
+            profile_decode(n)
     res["copy"] = copy_bandwidth()
     print(f"copy: {res['copy']['gbs']:.0f} GB/s (read + write)", flush=True)
     for n in [int(x) for x in args.decode.split(",") if x]:

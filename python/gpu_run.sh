@@ -3,7 +3,7 @@
 # kernels (tests/test_cuda.py), benchmark them (python/bench_cuda_attention.py). Logs go
 # to $OUT (the device tool brings that folder back), copies belong in docs/gpu/.
 #
-#   python/gpu_run.sh smoke|test|bench|full
+#   python/gpu_run.sh smoke|test|bench|decode-variants|full
 #
 # The machine is bare: ggml's headers and libraries travel in .dev/ggml (copied from
 # llama-cpp-python's site-packages), cffi and pycparser as wheels in .whl; both folders
@@ -49,9 +49,25 @@ case "$MODE" in
     bench)
         python3 python/bench_cuda_attention.py --json "$OUT/bench.json" || rc=1
         ;;
+    decode-variants)  # decode register cap: 2 blocks/SM (default) against 3
+        python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_minblocks2.json" || rc=1
+        cmake -S . -B build-gpu-mb3 -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+            -DGGML_REROPE_BUILD_TESTS=OFF -DCMAKE_CUDA_FLAGS=-DGGML_REROPE_DECODE_MIN_BLOCKS=3 "${GGML_DIR_ARG[@]}" \
+            >/dev/null && cmake --build build-gpu-mb3 -j 16 >/dev/null || exit 1
+        GGML_REROPE_LIBRARY="$PWD/build-gpu-mb3/src/libggml_rerope.so" python3 -m pytest -q tests/test_cuda.py -k decode || rc=1
+        GGML_REROPE_LIBRARY="$PWD/build-gpu-mb3/src/libggml_rerope.so" \
+            python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_minblocks3.json" || rc=1
+        ;;
+    ncu-decode)  # Nsight Compute sections of one decode launch (n_kv = 131072)
+        ncu --kernel-name regex:decode_kernel --launch-skip 12 --launch-count 1 \
+            --section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats \
+            --section WarpStateStats --section MemoryWorkloadAnalysis --section InstructionStats \
+            python3 python/bench_cuda_attention.py --prefill "" --decode 131072 >"$OUT/ncu_decode.txt" 2>&1 || rc=1
+        grep -vE "^\{|^\||^copy" "$OUT/ncu_decode.txt" | grep -E "[A-Za-z]" | head -150
+        ;;
     full)
         python3 -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/verify.log" || rc=1
-        python3 python/bench_cuda_attention.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" || rc=1
+        python3 python/bench_cuda_attention.py --profile --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" || rc=1
         ;;
 esac
 echo "== done rc=$rc $(date -u +%H:%M:%SZ)"

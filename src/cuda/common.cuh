@@ -22,6 +22,8 @@ struct AttnArgs {
     const int32_t * q_pos;   // n_q positions, or NULL: n_kv - n_q + i
     const int32_t * k_pos;   // n_kv positions, or NULL: j
     const int2 * k_bounds;   // (min, max) position of each key tile when k_pos is given
+    const half * k_near;     // prefill only: R_(k_pos[j]) k_j, f16, same layout as k
+    const half * k_far;      // prefill only, LEAKY / GROUP: R_(far_k_pos(j)) k_j
     int n_q, n_head, n_kv, n_head_kv, group;  // group = n_head / n_head_kv
     int n_rot, rope_mode, far_mode, window, group_size, logn_len, causal;
     double leaky_k;

@@ -14,269 +14,356 @@
 namespace rerope_cuda {
 namespace {
 
-template <typename T> __device__ __forceinline__ void load8(const T * p, float (&x)[8]);
-template <> __device__ __forceinline__ void load8<half>(const half * p, float (&x)[8]) {
-    const uint4 u = *reinterpret_cast<const uint4 *>(p);
-    const __half2 * h = reinterpret_cast<const __half2 *>(&u);
+// 8 consecutive K/V elements (16 bytes of f16, 32 of f32), read from the lane's smem slot.
+template <typename T> struct Raw8;
+template <> struct Raw8<half> {
+    uint4 u;
+    __device__ __forceinline__ void load_shared(const half * p) { u = *reinterpret_cast<const uint4 *>(p); }
+    __device__ __forceinline__ void to_float(float (&x)[8]) const {
+        const __half2 * h = reinterpret_cast<const __half2 *>(&u);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float2 f = __half22float2(h[i]);
-        x[2 * i] = f.x;
-        x[2 * i + 1] = f.y;
+        for (int i = 0; i < 4; ++i) {
+            const float2 f = __half22float2(h[i]);
+            x[2 * i] = f.x, x[2 * i + 1] = f.y;
+        }
+    }
+};
+template <> struct Raw8<float> {
+    float4 a, b;
+    __device__ __forceinline__ void load_shared(const float * p) {
+        a = reinterpret_cast<const float4 *>(p)[0];
+        b = reinterpret_cast<const float4 *>(p)[1];
+    }
+    __device__ __forceinline__ void to_float(float (&x)[8]) const {
+        x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+    }
+};
+
+// A lane's view of the rotation: its 8 dims start at d0; thetas sit in shared memory.
+// Pair indices are recomputed where used (rarely: near keys, leaky / group far keys), to
+// keep registers for the loads in flight.
+struct LaneRot {
+    int d0, n_rot, rope_mode;
+    const double * theta;
+};
+
+// Pair of dimension d: theta index (-1: unrotated), the partner, and whether d is x_a.
+__device__ __forceinline__ int dim_pair(const LaneRot & lr, int d, int & partner, bool & first) {
+    const int half_rot = lr.n_rot / 2;
+    if (d >= lr.n_rot) {
+        partner = d, first = true;
+        return -1;
+    }
+    if (lr.rope_mode == 2) {  // NEOX: (m, m + n_rot/2)
+        first = d < half_rot;
+        partner = first ? d + half_rot : d - half_rot;
+        return first ? d : d - half_rot;
+    }
+    partner = d ^ 1, first = (d & 1) == 0;  // NORM: (2m, 2m+1)
+    return d / 2;
+}
+
+// y = R_pos x on this lane's 8 dims; xp holds each dim's pair partner.
+__device__ __forceinline__ void rotate8(const LaneRot & lr, double pos, const float (&x)[8], const float (&xp)[8],
+                                        float (&y)[8]) {
+#pragma unroll
+    for (int dd = 0; dd < 8; ++dd) {
+        int partner;
+        bool first;
+        const int m = dim_pair(lr, lr.d0 + dd, partner, first);
+        if (m < 0) {
+            y[dd] = x[dd];
+            continue;
+        }
+        float c, s;
+        rot_cos_sin(pos, lr.theta[m], c, s);
+        y[dd] = first ? x[dd] * c - xp[dd] * s : xp[dd] * s + x[dd] * c;
     }
 }
-template <> __device__ __forceinline__ void load8<float>(const float * p, float (&x)[8]) {
-    const float4 a = reinterpret_cast<const float4 *>(p)[0], b = reinterpret_cast<const float4 *>(p)[1];
-    x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
-}
 
-template <typename T> __device__ __forceinline__ float4 load4(const T * p);
-template <> __device__ __forceinline__ float4 load4<half>(const half * p) {
-    const uint2 u = *reinterpret_cast<const uint2 *>(p);
-    const float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&u.x));
-    const float2 b = __half22float2(*reinterpret_cast<const __half2 *>(&u.y));
-    return make_float4(a.x, a.y, b.x, b.y);
-}
-template <> __device__ __forceinline__ float4 load4<float>(const float * p) {
-    return *reinterpret_cast<const float4 *>(p);
-}
-
-// dot(q row (f32, smem), key row (T, smem)) for two query rows at once.
-template <int D, typename T>
-__device__ __forceinline__ void dot2(const float * q0, const float * q1, const T * k, float & s0, float & s1) {
-#pragma unroll 4
-    for (int d = 0; d < D; d += 8) {
-        float x[8];
-        load8<T>(k + d, x);
-        const float4 a0 = *reinterpret_cast<const float4 *>(q0 + d), a1 = *reinterpret_cast<const float4 *>(q0 + d + 4);
-        const float4 b0 = *reinterpret_cast<const float4 *>(q1 + d), b1 = *reinterpret_cast<const float4 *>(q1 + d + 4);
-        s0 += a0.x * x[0] + a0.y * x[1] + a0.z * x[2] + a0.w * x[3] + a1.x * x[4] + a1.y * x[5] + a1.z * x[6] +
-              a1.w * x[7];
-        s1 += b0.x * x[0] + b0.y * x[1] + b0.z * x[2] + b0.w * x[3] + b1.x * x[4] + b1.y * x[5] + b1.z * x[6] +
-              b1.w * x[7];
+// Rotation of a warp's keys through its scratch (partners may live in other lanes).
+// Called by the whole warp (warp-uniform condition).
+template <int D>
+__device__ __forceinline__ void rotate_key(float * scratch, int slot, const LaneRot & lr, double pos,
+                                           const float (&x)[8], float (&y)[8]) {
+    float * row = scratch + slot * D;
+    *reinterpret_cast<float4 *>(row + lr.d0) = make_float4(x[0], x[1], x[2], x[3]);
+    *reinterpret_cast<float4 *>(row + lr.d0 + 4) = make_float4(x[4], x[5], x[6], x[7]);
+    __syncwarp();
+    float xp[8];
+#pragma unroll
+    for (int dd = 0; dd < 8; ++dd) {
+        int partner;
+        bool first;
+        dim_pair(lr, lr.d0 + dd, partner, first);
+        xp[dd] = row[partner];
     }
+    __syncwarp();
+    rotate8(lr, pos, x, xp, y);
 }
 
 template <int D, typename T>
-__global__ void __launch_bounds__(128) decode_kernel(const __grid_constant__ AttnArgs a, const DecodePlan plan,
-                                                     float * work) {
+__global__ void __launch_bounds__(DecodeTraits<D, T>::THREADS, DecodeTraits<D, T>::MIN_BLOCKS) decode_kernel(const __grid_constant__ AttnArgs a,
+                                                                           const DecodePlan plan, float * work) {
     using Tr = DecodeTraits<D, T>;
-    constexpr int KEYS = Tr::KEYS, SD = Tr::SD, MR = Tr::MAX_ROWS, ST = Tr::STAGES;
-    constexpr int TPR = D / 4, RPP = Tr::THREADS / TPR, NPASS = MR / RPP;
+    constexpr int LPK = Tr::LPK, KPW = Tr::KPW, U = Tr::U, MR = Tr::MAX_ROWS, W = Tr::WARPS;
     extern __shared__ __align__(16) unsigned char smem[];
-    double * s_theta = reinterpret_cast<double *>(smem + Tr::OFF_THETA);
-    float * sQn = reinterpret_cast<float *>(smem + Tr::OFF_QN);
-    float * sQf = reinterpret_cast<float *>(smem + Tr::OFF_QF);
-    float * sP = reinterpret_cast<float *>(smem + Tr::OFF_P);
-    float * s_alpha = reinterpret_cast<float *>(smem + Tr::OFF_ALPHA);
-    int * s_qpos = reinterpret_cast<int *>(smem + Tr::OFF_QPOS);
-    int * s_kpos = reinterpret_cast<int *>(smem + Tr::OFF_KPOS);
-    T * sK = reinterpret_cast<T *>(smem + Tr::OFF_K);
-    T * sV = reinterpret_cast<T *>(smem + Tr::OFF_V);
-    T * sKr = reinterpret_cast<T *>(smem + Tr::OFF_KR);
-    T * sKf = reinterpret_cast<T *>(smem + Tr::OFF_KF);
-
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int split = blockIdx.x, kvh = blockIdx.y;
-    const int r0 = blockIdx.z * MR;
+    const int slot = lane / LPK, d0 = (lane % LPK) * 8;
+    float * scratch = reinterpret_cast<float *>(smem + Tr::OFF_SCRATCH) + warp * KPW * D;
+    const int split = blockIdx.x, kvh = blockIdx.y, r0 = blockIdx.z * MR;
     const int nrows = min(MR, plan.rows - r0);
     const T * kg = static_cast<const T *>(a.k);
     const T * vg = static_cast<const T *>(a.v);
 
+    double * s_theta = reinterpret_cast<double *>(smem + Tr::OFF_THETA);
     for (int i = tid; i < a.n_rot / 2; i += Tr::THREADS) s_theta[i] = a.theta[i];
-    if (tid < MR) s_qpos[tid] = q_position(a, (r0 + min(tid, nrows - 1)) / a.group);
     __syncthreads();
-    int qmin = s_qpos[0], qmax = s_qpos[0];
-    for (int r = 1; r < MR; ++r) qmin = min(qmin, s_qpos[r]), qmax = max(qmax, s_qpos[r]);
+    const LaneRot lr = {d0, a.n_rot, a.rope_mode, s_theta};
 
-    // Query rows of this block, rotated for both paths, pre-scaled, in f32.
-    for (int idx = tid; idx < MR * (D / 2); idx += Tr::THREADS) {
-        const int r = idx / (D / 2), u = idx % (D / 2);
-        int da, db;
-        unit_dims(u, a.n_rot, a.rope_mode, da, db);
-        float xa = 0.f, xb = 0.f;
-        const int i = s_qpos[r];
-        if (r < nrows) {
-            const int row = r0 + r;
-            const float * qr = a.q + ((size_t) (row / a.group) * a.n_head + kvh * a.group + row % a.group) * D;
-            xa = qr[da];
-            xb = qr[db];
-        }
-        const float f = query_factor(a, i);
-        float na = xa, nb = xb, fa = xa, fb = xb;
-        if (u < a.n_rot / 2) {
-            float c, s;
-            rot_cos_sin((double) i, s_theta[u], c, s);
-            na = xa * c - xb * s;
-            nb = xa * s + xb * c;
-            rot_cos_sin(far_q_pos(a, i), s_theta[u], c, s);
-            fa = xa * c - xb * s;
-            fb = xa * s + xb * c;
-        }
-        sQn[r * D + da] = na * f;
-        sQn[r * D + db] = nb * f;
-        sQf[r * D + da] = fa * f;
-        sQf[r * D + db] = fb * f;
-    }
-
-    const int t_begin = split * (plan.keys_per_split / KEYS);
-    const int t_end = min((a.n_kv + KEYS - 1) / KEYS, t_begin + plan.keys_per_split / KEYS);
-    auto next_tile = [&](int t) {
-        for (++t; t < t_end; ++t) {
-            const int2 b = key_tile_bounds(a, t, KEYS);
-            if (!(a.causal && b.x > qmax)) break;
-        }
-        return t;
-    };
-    auto issue = [&](int t, int st) {
-        for (int idx = tid; idx < KEYS * Tr::CHUNKS; idx += Tr::THREADS) {
-            const int r = idx / Tr::CHUNKS, c = idx % Tr::CHUNKS;
-            const int j = t * KEYS + r;
-            const size_t off = ((size_t) min(j, a.n_kv - 1) * a.n_head_kv + kvh) * D + c * (16 / sizeof(T));
-            const int bytes = j < a.n_kv ? 16 : 0;
-            cp_async16(sK + st * Tr::TILE + r * SD + c * (16 / sizeof(T)), kg + off, bytes);
-            cp_async16(sV + st * Tr::TILE + r * SD + c * (16 / sizeof(T)), vg + off, bytes);
-        }
-        if (tid < KEYS) {
-            const int j = t * KEYS + tid;
-            s_kpos[st * KEYS + tid] = j < a.n_kv ? k_position(a, j) : KPOS_INVALID;
-        }
-    };
-
-    float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};  // rows warp, warp + 4 (softmax warps)
-    float acc[NPASS][4] = {};
-    const int c4 = (tid % TPR) * 4, rb = tid / TPR;
-
-    int t_issue = next_tile(t_begin - 1), t_cur = t_issue;
-    for (int s = 0; s < ST - 1; ++s) {
-        if (t_issue < t_end) {
-            issue(t_issue, s);
-            t_issue = next_tile(t_issue);
-        }
-        cp_async_commit();
-    }
-    for (int n = 0; t_cur < t_end; ++n, t_cur = next_tile(t_cur)) {
-        if (t_issue < t_end) {
-            issue(t_issue, (n + ST - 1) % ST);
-            t_issue = next_tile(t_issue);
-        }
-        cp_async_commit();
-        cp_async_wait<ST - 1>();
-        __syncthreads();
-
-        const int st = n % ST;
-        const T * k_raw = sK + st * Tr::TILE;
-        const T * v_t = sV + st * Tr::TILE;
-        const int * kp_s = s_kpos + st * KEYS;
-        const int2 kb = key_tile_bounds(a, t_cur, KEYS);
-        const TileClass tc = classify(a, qmin, qmax, kb.x, kb.y);
-        const bool need_mask = (t_cur + 1) * KEYS > a.n_kv || (a.causal && kb.y > qmin);
-        const bool rot_near = !tc.far_all, rot_far = !tc.near_all && a.far_mode != 0;
-        if (rot_near)
-            rotate_rows<D>(k_raw, SD, sKr, SD, KEYS, [&](int r) { return (double) kp_s[r]; }, s_theta, a.n_rot,
-                           a.rope_mode, tid, Tr::THREADS);
-        if (rot_far)
-            rotate_rows<D>(k_raw, SD, sKf, SD, KEYS, [&](int r) { return far_k_pos(a, kp_s[r]); }, s_theta,
-                           a.n_rot, a.rope_mode, tid, Tr::THREADS);
-        if (rot_near || rot_far) __syncthreads();
-
-        // Scores: thread = (key, row pair).
-        {
-            const int key = tid % KEYS, ra = tid / KEYS, rbb = ra + 4;
-            const int kp = kp_s[key];
-            const T * k_far = (a.far_mode == 0 ? k_raw : sKf) + key * SD;
-            float sn0 = 0.f, sn1 = 0.f, sf0 = 0.f, sf1 = 0.f;
-            if (!tc.far_all) dot2<D, T>(sQn + ra * D, sQn + rbb * D, sKr + key * SD, sn0, sn1);
-            if (!tc.near_all) dot2<D, T>(sQf + ra * D, sQf + rbb * D, k_far, sf0, sf1);
-            float sc[2] = {sn0, sn1};
-            const float sfv[2] = {sf0, sf1};
-            const int rr[2] = {ra, rbb};
+    // This lane's 8 dims of each query row, rotated for both paths and pre-scaled. The
+    // far rows stay in registers (most keys of a long context are far); the near rows go
+    // to shared memory, read only for keys within the window.
+    float * s_qn = reinterpret_cast<float *>(smem + Tr::OFF_QN);
+    int qp[MR];
+    float qf[MR][8];
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int qp = s_qpos[rr[h]];
-                if (tc.far_all || (!tc.near_all && (long long) qp - kp >= a.window)) sc[h] = sfv[h];
-                if (need_mask && (kp == KPOS_INVALID || (a.causal && kp > qp))) sc[h] = -INFINITY;
-                sP[rr[h] * KEYS + key] = sc[h];
+    for (int r = 0; r < MR; ++r) {
+        const int row = r0 + min(r, nrows - 1);
+        const int qi = row / a.group;
+        qp[r] = q_position(a, qi);
+        const float * qrow = a.q + ((size_t) qi * a.n_head + kvh * a.group + row % a.group) * D;
+        float x[8], xp[8];
+#pragma unroll
+        for (int dd = 0; dd < 8; ++dd) {
+            int partner;
+            bool first;
+            dim_pair(lr, d0 + dd, partner, first);
+            x[dd] = qrow[d0 + dd], xp[dd] = qrow[partner];
+        }
+        const float f = query_factor(a, qp[r]);
+        float qn[8];
+        rotate8(lr, (double) qp[r], x, xp, qn);
+        rotate8(lr, far_q_pos(a, qp[r]), x, xp, qf[r]);
+#pragma unroll
+        for (int dd = 0; dd < 8; ++dd) qf[r][dd] *= f;
+        if (slot == 0) {
+#pragma unroll
+            for (int dd = 0; dd < 8; ++dd) s_qn[r * D + d0 + dd] = qn[dd] * f;
+        }
+    }
+    __syncthreads();
+
+    float m[MR], l[MR], acc[MR][8];
+#pragma unroll
+    for (int r = 0; r < MR; ++r) {
+        m[r] = -INFINITY, l[r] = 0.f;
+#pragma unroll
+        for (int dd = 0; dd < 8; ++dd) acc[r][dd] = 0.f;
+    }
+
+    const int j_begin = split * plan.keys_per_split;
+    const int j_end = min(a.n_kv, j_begin + plan.keys_per_split);
+    // Each lane copies its own 8 dims of its keys into its own slots of a STAGES-deep
+    // ring (cp.async), and later reads back exactly those bytes: no barrier, and the
+    // loads of the next iterations stay in flight while this one computes.
+    constexpr int PIECE = 8 * (int) sizeof(T);  // bytes per lane per key row (16 or 32)
+    unsigned char * ring = smem + Tr::OFF_RING + (size_t) tid * PIECE;
+    auto slot_k = [&](int st, int u) { return ring + ((size_t) (st * U + u) * 2) * Tr::THREADS * PIECE; };
+    auto slot_v = [&](int st, int u) { return slot_k(st, u) + (size_t) Tr::THREADS * PIECE; };
+    const int n_iter = (j_end - j_begin + Tr::KEYS_PER_ITER - 1) / Tr::KEYS_PER_ITER;
+    auto issue = [&](int it) {
+        const int st = it % Tr::STAGES;
+        const int base = j_begin + it * Tr::KEYS_PER_ITER;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int j = base + (u * W + warp) * KPW + slot;
+            const int bytes = j < j_end ? 16 : 0;
+            const size_t off = ((size_t) min(j, a.n_kv - 1) * a.n_head_kv + kvh) * D + d0;
+#pragma unroll
+            for (int c = 0; c < PIECE; c += 16) {
+                cp_async16(slot_k(st, u) + c, reinterpret_cast<const unsigned char *>(kg + off) + c, bytes);
+                cp_async16(slot_v(st, u) + c, reinterpret_cast<const unsigned char *>(vg + off) + c, bytes);
             }
         }
-        __syncthreads();
-        // Online softmax: warp w owns rows w and w + 4, one key per lane.
+    };
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int r = warp + 4 * h;
-            const float sv = sP[r * KEYS + lane];
-            float mx = sv;
+    for (int it = 0; it < Tr::STAGES - 1; ++it) {
+        if (it < n_iter) issue(it);
+        cp_async_commit();
+    }
+    for (int it = 0; it < n_iter; ++it) {
+        if (it + Tr::STAGES - 1 < n_iter) issue(it + Tr::STAGES - 1);
+        cp_async_commit();
+        cp_async_wait<Tr::STAGES - 1>();
+        const int st = it % Tr::STAGES;
+        const int base = j_begin + it * Tr::KEYS_PER_ITER;
+        int kp[U];
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            const float m_new = fmaxf(m_r[h], mx);
-            const float m_use = m_new == -INFINITY ? 0.f : m_new;
-            const float p = exp2f(sv - m_use);
-            float sum = p;
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-            const float alpha = exp2f(m_r[h] - m_use);
-            l_r[h] = l_r[h] * alpha + sum;
-            m_r[h] = m_new;
-            sP[r * KEYS + lane] = p;
-            if (lane == 0) s_alpha[r] = alpha;
+        for (int u = 0; u < U; ++u) {
+            const int j = base + (u * W + warp) * KPW + slot;
+            kp[u] = j < j_end ? k_position(a, j) : KPOS_INVALID;
         }
-        __syncthreads();
-        // P.V: thread = (4 dims, rows rb + RPP * i).
+        float sc[U][MR];
 #pragma unroll
-        for (int i = 0; i < NPASS; ++i) {
-            const float al = s_alpha[rb + RPP * i];
-            acc[i][0] *= al, acc[i][1] *= al, acc[i][2] *= al, acc[i][3] *= al;
-        }
-#pragma unroll 8
-        for (int key = 0; key < KEYS; ++key) {
-            const float4 v = load4<T>(v_t + key * SD + c4);
+        for (int u = 0; u < U; ++u) {
+            const bool valid = kp[u] != KPOS_INVALID;
+            bool any_near = false, any_far = false;
 #pragma unroll
-            for (int i = 0; i < NPASS; ++i) {
-                const float p = sP[(rb + RPP * i) * KEYS + key];
-                acc[i][0] += p * v.x, acc[i][1] += p * v.y, acc[i][2] += p * v.z, acc[i][3] += p * v.w;
+            for (int r = 0; r < MR; ++r) {
+                const bool nr = (long long) qp[r] - kp[u] < a.window;
+                any_near |= nr, any_far |= !nr;
+            }
+            float x[8], kf[8];
+            Raw8<T> kr;
+            kr.load_shared(reinterpret_cast<const T *>(slot_k(st, u)));
+            kr.to_float(x);
+#pragma unroll
+            for (int dd = 0; dd < 8; ++dd) kf[dd] = x[dd];
+            if (a.far_mode != 0 && __any_sync(0xffffffffu, valid && any_far))
+                rotate_key<D>(scratch, slot, lr, far_k_pos(a, kp[u]), x, kf);
+            const bool warp_near = __any_sync(0xffffffffu, valid && any_near);
+            float kn[8];
+            if (warp_near) rotate_key<D>(scratch, slot, lr, (double) kp[u], x, kn);
+#pragma unroll
+            for (int r = 0; r < MR; ++r) {
+                float s = 0.f;
+                if (!warp_near) {  // the common case at long context: every key far
+#pragma unroll
+                    for (int dd = 0; dd < 8; ++dd) s += qf[r][dd] * kf[dd];
+                } else if ((long long) qp[r] - kp[u] < a.window) {
+                    const float4 q0 = *reinterpret_cast<const float4 *>(s_qn + r * D + d0);
+                    const float4 q1 = *reinterpret_cast<const float4 *>(s_qn + r * D + d0 + 4);
+                    s = q0.x * kn[0] + q0.y * kn[1] + q0.z * kn[2] + q0.w * kn[3] + q1.x * kn[4] + q1.y * kn[5] +
+                        q1.z * kn[6] + q1.w * kn[7];
+                } else {
+#pragma unroll
+                    for (int dd = 0; dd < 8; ++dd) s += qf[r][dd] * kf[dd];
+                }
+#pragma unroll
+                for (int o = LPK / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                const bool masked = !valid || (a.causal && kp[u] > qp[r]);
+                sc[u][r] = masked ? -INFINITY : s;
             }
         }
-        __syncthreads();  // stage st and sP are reused next
-    }
-    cp_async_wait<0>();
-
-    // Partial results of this split (unnormalised), merged by reduce_kernel.
-    const size_t slot = ((size_t) split * a.n_head_kv + kvh) * plan.rows + r0;
-    float * part_o = work + slot * D;
-    float * part_ml = work + (size_t) gridDim.x * a.n_head_kv * plan.rows * D + slot * 2;
+        // Online softmax over the U keys of this slot, then P.V.
 #pragma unroll
-    for (int i = 0; i < NPASS; ++i) {
-        const int r = rb + RPP * i;
-        if (r < nrows)
-            *reinterpret_cast<float4 *>(part_o + (size_t) r * D + c4) =
-                make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
-    }
-    if (lane == 0) {
+        for (int r = 0; r < MR; ++r) {
+            float mx = m[r];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int r = warp + 4 * h;
-            if (r < nrows) part_ml[2 * r] = m_r[h], part_ml[2 * r + 1] = l_r[h];
+            for (int u = 0; u < U; ++u) mx = fmaxf(mx, sc[u][r]);
+            const float m_use = mx == -INFINITY ? 0.f : mx;
+            const float alpha = exp2f(m[r] - m_use);
+            m[r] = mx;
+            l[r] *= alpha;
+#pragma unroll
+            for (int dd = 0; dd < 8; ++dd) acc[r][dd] *= alpha;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const float p = exp2f(sc[u][r] - m_use);
+                l[r] += p;
+                float v[8];
+                Raw8<T> vr;
+                vr.load_shared(reinterpret_cast<const T *>(slot_v(st, u)));
+                vr.to_float(v);
+#pragma unroll
+                for (int dd = 0; dd < 8; ++dd) acc[r][dd] += p * v[dd];
+            }
         }
+    }
+
+    // Merge the key slots of the warp (lanes LPK apart), then the warps through smem.
+#pragma unroll
+    for (int o = LPK; o < 32; o <<= 1) {
+#pragma unroll
+        for (int r = 0; r < MR; ++r) {
+            const float mo = __shfl_xor_sync(0xffffffffu, m[r], o), lo = __shfl_xor_sync(0xffffffffu, l[r], o);
+            const float mm = fmaxf(m[r], mo);
+            const float mu = mm == -INFINITY ? 0.f : mm;
+            const float ws = exp2f(m[r] - mu), wo = exp2f(mo - mu);
+            l[r] = l[r] * ws + lo * wo;
+            m[r] = mm;
+#pragma unroll
+            for (int dd = 0; dd < 8; ++dd)
+                acc[r][dd] = acc[r][dd] * ws + __shfl_xor_sync(0xffffffffu, acc[r][dd], o) * wo;
+        }
+    }
+    float * s_acc = reinterpret_cast<float *>(smem + Tr::OFF_ACC);
+    float * s_ml = reinterpret_cast<float *>(smem + Tr::OFF_ML);
+    if (slot == 0) {
+#pragma unroll
+        for (int r = 0; r < MR; ++r) {
+            float * dst = s_acc + (warp * MR + r) * D + d0;
+            *reinterpret_cast<float4 *>(dst) = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+            *reinterpret_cast<float4 *>(dst + 4) = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+            if (lane == 0) s_ml[(warp * MR + r) * 2] = m[r], s_ml[(warp * MR + r) * 2 + 1] = l[r];
+        }
+    }
+    __syncthreads();
+    // Partial result of this split (unnormalised, relative to its max), merged by reduce_kernel.
+    const size_t slot0 = ((size_t) split * a.n_head_kv + kvh) * plan.rows + r0;
+    float * part_o = work + slot0 * D;
+    float * part_ml = work + (size_t) gridDim.x * a.n_head_kv * plan.rows * D + slot0 * 2;
+    for (int idx = tid; idx < nrows * D; idx += Tr::THREADS) {
+        const int r = idx / D, d = idx % D;
+        float mm = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < W; ++w) mm = fmaxf(mm, s_ml[(w * MR + r) * 2]);
+        const float mu = mm == -INFINITY ? 0.f : mm;
+        float o = 0.f, ls = 0.f;
+#pragma unroll
+        for (int w = 0; w < W; ++w) {
+            const float wt = exp2f(s_ml[(w * MR + r) * 2] - mu);
+            o += wt * s_acc[(w * MR + r) * D + d];
+            ls += wt * s_ml[(w * MR + r) * 2 + 1];
+        }
+        part_o[(size_t) r * D + d] = o;
+        if (d == 0) part_ml[2 * r] = mm, part_ml[2 * r + 1] = ls;
     }
 }
 
-// out row = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s over the splits.
+// out row = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s over the splits. One block per
+// (row, KV head): split weights first, cooperatively, into shared memory; then each
+// thread (one output dim) sums over splits with independent loads in flight.
 template <int D>
-__global__ void reduce_kernel(const __grid_constant__ AttnArgs a, const DecodePlan plan, const float * work) {
-    const int r = blockIdx.x, kvh = blockIdx.y, d = threadIdx.x;
+__global__ void __launch_bounds__(D) reduce_kernel(const __grid_constant__ AttnArgs a, const DecodePlan plan,
+                                                   const float * work) {
+    extern __shared__ float s_w[];  // [n_split] weights
+    __shared__ float s_red[D / 32];
+    const int r = blockIdx.x, kvh = blockIdx.y, d = threadIdx.x, lane = d % 32, warp = d / 32;
     const int n_split = plan.n_split;
-    const float * part_ml = work + (size_t) n_split * a.n_head_kv * plan.rows * D;
+    const size_t stride = (size_t) a.n_head_kv * plan.rows;  // slots between splits
+    const size_t slot0 = (size_t) kvh * plan.rows + r;
+    const float * part_ml = work + (size_t) n_split * stride * D;
+
+    float mx = -INFINITY;
+    for (int s = d; s < n_split; s += D) mx = fmaxf(mx, part_ml[(slot0 + s * stride) * 2]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (lane == 0) s_red[warp] = mx;
+    __syncthreads();
     float M = -INFINITY;
-    for (int s = 0; s < n_split; ++s) M = fmaxf(M, part_ml[(((size_t) s * a.n_head_kv + kvh) * plan.rows + r) * 2]);
-    float num = 0.f, den = 0.f;
-    if (M != -INFINITY) {
-        for (int s = 0; s < n_split; ++s) {
-            const size_t slot = ((size_t) s * a.n_head_kv + kvh) * plan.rows + r;
-            const float w = exp2f(part_ml[slot * 2] - M);
-            num += w * work[slot * D + d];
-            den += w * part_ml[slot * 2 + 1];
-        }
+#pragma unroll
+    for (int w = 0; w < D / 32; ++w) M = fmaxf(M, s_red[w]);
+    const float mu = M == -INFINITY ? 0.f : M;
+    __syncthreads();
+    float den = 0.f;
+    for (int s = d; s < n_split; s += D) {
+        const size_t sl = slot0 + s * stride;
+        const float w = exp2f(part_ml[sl * 2] - mu);
+        s_w[s] = w;
+        den += w * part_ml[sl * 2 + 1];
     }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(0xffffffffu, den, o);
+    if (lane == 0) s_red[warp] = den;
+    __syncthreads();
+    den = 0.f;
+#pragma unroll
+    for (int w = 0; w < D / 32; ++w) den += s_red[w];
+    float num = 0.f;
+#pragma unroll 8
+    for (int s = 0; s < n_split; ++s) num += s_w[s] * work[(slot0 + s * stride) * D + d];
     const int qi = r / a.group, head = kvh * a.group + r % a.group;
     a.out[((size_t) qi * a.n_head + head) * D + d] = den > 0.f ? num / den : 0.f;
 }
@@ -289,7 +376,7 @@ cudaError_t launch(const AttnArgs & a, const DecodePlan & plan, float * work, cu
     if (err != cudaSuccess) return err;
     kernel<<<dim3(plan.n_split, a.n_head_kv, plan.row_chunks), Tr::THREADS, Tr::SMEM, stream>>>(a, plan, work);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    reduce_kernel<D><<<dim3(plan.rows, a.n_head_kv), D, 0, stream>>>(a, plan, work);
+    reduce_kernel<D><<<dim3(plan.rows, a.n_head_kv), D, plan.n_split * sizeof(float), stream>>>(a, plan, work);
     return cudaGetLastError();
 }
 
@@ -303,22 +390,20 @@ __global__ void key_bounds_kernel(const int32_t * k_pos, int n_kv, int tile, int
 
 }  // namespace
 
-int decode_key_tile() { return DecodeTraits<64, half>::KEYS; }
-
 DecodePlan plan_decode(const AttnArgs & a, int head_dim, int sm_count) {
-    constexpr int KEYS = DecodeTraits<64, half>::KEYS, MR = DecodeTraits<64, half>::MAX_ROWS;
+    constexpr int G = DecodeTraits<64, half>::SPLIT_GRANULE, MR = DecodeTraits<64, half>::MAX_ROWS;
     DecodePlan p;
     p.rows = a.n_q * a.group;
     p.row_chunks = (p.rows + MR - 1) / MR;
-    const int tiles = (a.n_kv + KEYS - 1) / KEYS;
-    // About four blocks per multiprocessor (two resident, two waves) over heads x row chunks.
+    const int granules = (a.n_kv + G - 1) / G;
+    // About eight blocks of 4 warps per multiprocessor over heads x row chunks x splits.
     const long long per_split = (long long) a.n_head_kv * p.row_chunks;
-    long long want = (4LL * (sm_count > 0 ? sm_count : 1) + per_split - 1) / per_split;
+    long long want = (8LL * (sm_count > 0 ? sm_count : 1) + per_split - 1) / per_split;
     if (want < 1) want = 1;
-    if (want > tiles) want = tiles;
-    const int tiles_per_split = (int) ((tiles + want - 1) / want);
-    p.keys_per_split = tiles_per_split * KEYS;
-    p.n_split = (tiles + tiles_per_split - 1) / tiles_per_split;
+    if (want > granules) want = granules;
+    const int granules_per_split = (int) ((granules + want - 1) / want);
+    p.keys_per_split = granules_per_split * G;
+    p.n_split = (granules + granules_per_split - 1) / granules_per_split;
     (void) head_dim;
     return p;
 }

@@ -11,6 +11,11 @@ namespace rerope_cuda {
 // kv_is_f16: 1 for half K/V, 0 for float. head_dim is 64 or 128.
 cudaError_t launch_prefill(const AttnArgs & args, int head_dim, int kv_is_f16, cudaStream_t stream);
 
+// Prefill's key pre-pass (rotate_keys.cu): k_near = R_j k_j (f16, layout of k); k_far
+// (NULL unless far_mode is LEAKY or GROUP) = R_(far_k_pos(j)) k_j.
+cudaError_t launch_rotate_keys(const AttnArgs & args, int head_dim, int kv_is_f16, half * k_near, half * k_far,
+                               cudaStream_t stream);
+
 // Flash-decoding: needs n_split x n_head_kv x rows x (head_dim + 2) floats of workspace
 // (decode_workspace_floats); `work` must hold that many.
 struct DecodePlan {
@@ -24,8 +29,7 @@ cudaError_t launch_decode(const AttnArgs & args, const DecodePlan & plan, int he
 // Per key tile (min, max) positions of k_pos into bounds (ceil(n_kv / tile) entries).
 cudaError_t launch_key_bounds(const int32_t * k_pos, int n_kv, int tile, int2 * bounds, cudaStream_t stream);
 
-// Key tile sizes the kernels use (for launch_key_bounds).
+// Key tile size of the prefill kernel (for launch_key_bounds).
 int prefill_key_tile();
-int decode_key_tile();
 
 }  // namespace rerope_cuda

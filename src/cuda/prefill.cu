@@ -5,9 +5,12 @@
 //   near  (every i - j < w): S = (R_i q) . (R_j k)        -- key rotated in smem at j
 //   far   (every i - j >= w): S = (R_far(i) q) . (R_far(j) k) -- CLAMP: raw key, query at w
 //   mixed (the band around w): both, selected per element.
-// so each score is computed once except in the band. Keys arrive raw (unrotated) and are
-// rotated in shared memory as they are loaded. Queries are rotated once per path, with
-// lambda_i * scale * log2(e) folded in; the softmax is online and in base 2.
+// so each score is computed once except in the band. The cache holds raw keys; each call
+// rotates them once into a transient f16 workspace (rotate_keys.cu: O(n d), against the
+// O(n^2 d) here) -- rotating every key tile in shared memory per query tile repeated that
+// work n/64 times and ran 2.5x slower on the H100 (docs/gpu/bench_run1_v1kernels.log).
+// Queries are rotated once per path, with lambda_i * scale * log2(e) folded in; the softmax
+// is online and in base 2.
 #include <math.h>
 
 #include "launch.cuh"
@@ -76,14 +79,13 @@ __device__ __forceinline__ void qk_tile(float (&s)[Tr::BLOCK_N / 8][4], const ui
 }
 
 template <int D, typename T>
-__global__ void __launch_bounds__(PrefillTraits<D>::THREADS, 2) prefill_kernel(const __grid_constant__ AttnArgs a) {
+__global__ void __launch_bounds__(PrefillTraits<D>::THREADS, PrefillTraits<D>::MIN_BLOCKS) prefill_kernel(const __grid_constant__ AttnArgs a) {
     using Tr = PrefillTraits<D>;
     constexpr int BM = Tr::BLOCK_M, BN = Tr::BLOCK_N, SD = Tr::SD, NB = BN / 8;
     extern __shared__ __align__(16) unsigned char smem[];
-    half * sK = reinterpret_cast<half *>(smem + Tr::OFF_K);
-    half * sKr = reinterpret_cast<half *>(smem + Tr::OFF_KR);
-    half * sKf = reinterpret_cast<half *>(smem + Tr::OFF_KF);
-    half * sV = reinterpret_cast<half *>(smem + Tr::OFF_V);
+    half * sKn0 = reinterpret_cast<half *>(smem + Tr::OFF_KN);  // [STAGES] near-rotated keys
+    half * sKf0 = reinterpret_cast<half *>(smem + Tr::OFF_KF);  // [STAGES] raw (CLAMP) or far-rotated keys
+    half * sV0 = reinterpret_cast<half *>(smem + Tr::OFF_V);    // [STAGES] values
     int * s_kpos = reinterpret_cast<int *>(smem + Tr::OFF_KPOS);
     int * s_qpos = reinterpret_cast<int *>(smem + Tr::OFF_QPOS);
     double * s_theta = reinterpret_cast<double *>(smem + Tr::OFF_THETA);
@@ -99,14 +101,18 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, 2) prefill_kernel(c
     for (int i = tid; i < a.n_rot / 2; i += Tr::THREADS) s_theta[i] = a.theta[i];
     if (tid < BM) s_qpos[tid] = q_position(a, q0 + min(tid, rows - 1));  // pad rows repeat the last
     __syncthreads();
-    int qmin = min(s_qpos[lane], s_qpos[lane + 32]), qmax = max(s_qpos[lane], s_qpos[lane + 32]);
+    int qmin = s_qpos[lane], qmax = s_qpos[lane];
+#pragma unroll
+    for (int r = lane + 32; r < BM; r += 32) qmin = min(qmin, s_qpos[r]), qmax = max(qmax, s_qpos[r]);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         qmin = min(qmin, __shfl_xor_sync(0xffffffffu, qmin, o));
         qmax = max(qmax, __shfl_xor_sync(0xffffffffu, qmax, o));
     }
 
-    // Query rows, rotated for both paths and pre-scaled, staged in the rotated-K buffers.
+    // Query rows, rotated for both paths and pre-scaled, staged in the key buffers.
+    half * sQn = sKn0;
+    half * sQf = sKf0;
     for (int idx = tid; idx < BM * (D / 2); idx += Tr::THREADS) {
         const int r = idx / (D / 2), u = idx % (D / 2);
         int da, db;
@@ -129,18 +135,18 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, 2) prefill_kernel(c
             fa = xa * c - xb * s;
             fb = xa * s + xb * c;
         }
-        sKr[r * SD + da] = __float2half_rn(na * f);
-        sKr[r * SD + db] = __float2half_rn(nb * f);
-        sKf[r * SD + da] = __float2half_rn(fa * f);
-        sKf[r * SD + db] = __float2half_rn(fb * f);
+        sQn[r * SD + da] = __float2half_rn(na * f);
+        sQn[r * SD + db] = __float2half_rn(nb * f);
+        sQf[r * SD + da] = __float2half_rn(fa * f);
+        sQf[r * SD + db] = __float2half_rn(fb * f);
     }
     __syncthreads();
     uint32_t qn[D / 16][4], qf[D / 16][4];
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
         const int off = (warp * 16 + lane % 16) * SD + ks * 16 + (lane / 16) * 8;
-        ldsm_x4(qn[ks], sKr + off);
-        ldsm_x4(qf[ks], sKf + off);
+        ldsm_x4(qn[ks], sQn + off);
+        ldsm_x4(qf[ks], sQf + off);
     }
     __syncthreads();
 
@@ -159,19 +165,27 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, 2) prefill_kernel(c
         }
         return t;
     };
-    auto load_k = [&](int t, int buf) {
-        load_tile<Tr>(sK, kg, a, kvh, t * BN, tid);
+    // A tile's key buffers: near-rotated keys where some pair is near; raw (CLAMP) or
+    // far-rotated keys where some pair is far. Rotated keys come from the per-call
+    // workspace (rotate_keys.cu), so no block repeats a rotation. Two stages: tile t+1
+    // loads while tile t computes.
+    auto issue = [&](int t, int st) {
+        const int2 b = key_tile_bounds(a, t, BN);
+        const TileClass c = classify(a, qmin, qmax, b.x, b.y);
+        if (!c.far_all) load_tile<Tr>(sKn0 + st * Tr::TILE_HALVES, a.k_near, a, kvh, t * BN, tid);
+        if (!c.near_all) {
+            if (a.far_mode == 0) load_tile<Tr>(sKf0 + st * Tr::TILE_HALVES, kg, a, kvh, t * BN, tid);
+            else load_tile<Tr>(sKf0 + st * Tr::TILE_HALVES, a.k_far, a, kvh, t * BN, tid);
+        }
+        load_tile<Tr>(sV0 + st * Tr::TILE_HALVES, vg, a, kvh, t * BN, tid);
         if (tid < BN) {
             const int j = t * BN + tid;
-            s_kpos[buf * BN + tid] = j < a.n_kv ? k_position(a, j) : KPOS_INVALID;
+            s_kpos[st * BN + tid] = j < a.n_kv ? k_position(a, j) : KPOS_INVALID;
         }
     };
-    const half * far_k = a.far_mode == 0 ? sK : sKf;
 
     int kt = next_tile(-1), pb = 0;
-    if (kt < nt) load_k(kt, 0);
-    cp_async_commit();
-    if (kt < nt) load_tile<Tr>(sV, vg, a, kvh, kt * BN, tid);
+    if (kt < nt) issue(kt, 0);
     cp_async_commit();
 
     while (kt < nt) {
@@ -179,15 +193,13 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, 2) prefill_kernel(c
         const TileClass tc = classify(a, qmin, qmax, kb.x, kb.y);
         const bool need_mask = (kt + 1) * BN > a.n_kv || (a.causal && kb.y > qmin);
         const int * kp_s = s_kpos + pb * BN;
-
-        cp_async_wait<1>();  // K tile (V may still be in flight)
-        __syncthreads();
-        if (!tc.far_all)
-            rotate_rows<D>(sK, SD, sKr, SD, BN, [&](int r) { return (double) kp_s[r]; }, s_theta, a.n_rot,
-                           a.rope_mode, tid, Tr::THREADS);
-        if (!tc.near_all && a.far_mode != 0)
-            rotate_rows<D>(sK, SD, sKf, SD, BN, [&](int r) { return far_k_pos(a, kp_s[r]); }, s_theta, a.n_rot,
-                           a.rope_mode, tid, Tr::THREADS);
+        const half * sKr = sKn0 + pb * Tr::TILE_HALVES;
+        const half * far_k = sKf0 + pb * Tr::TILE_HALVES;
+        const half * sV = sV0 + pb * Tr::TILE_HALVES;
+        const int kn = next_tile(kt);
+        if (kn < nt) issue(kn, pb ^ 1);  // that stage was released by the last barrier
+        cp_async_commit();
+        cp_async_wait<1>();  // this tile's group
         __syncthreads();
 
         float s[NB][4];
@@ -218,11 +230,6 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, 2) prefill_kernel(c
                 }
             }
         }
-        __syncthreads();  // every warp is done with the K buffers
-        const int kn = next_tile(kt);
-        if (kn < nt) load_k(kn, pb ^ 1);
-        cp_async_commit();
-
         if (need_mask) {
 #pragma unroll
             for (int nb = 0; nb < NB; ++nb)
@@ -259,8 +266,6 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, 2) prefill_kernel(c
             }
         }
 
-        if (kn < nt) cp_async_wait<1>(); else cp_async_wait<0>();  // V tile
-        __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
             const uint32_t p[4] = {pack_half2(s[2 * kk][0], s[2 * kk][1]), pack_half2(s[2 * kk][2], s[2 * kk][3]),
@@ -276,9 +281,7 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, 2) prefill_kernel(c
                 mma_16816(o[2 * dp + 1], p, b[2], b[3]);
             }
         }
-        __syncthreads();  // every warp is done with V
-        if (kn < nt) load_tile<Tr>(sV, vg, a, kvh, kn * BN, tid);
-        cp_async_commit();
+        __syncthreads();  // every warp is done with this stage
         kt = kn;
         pb ^= 1;
     }
