@@ -93,11 +93,13 @@ def write_model(
     n_ctx_train: int = 4096,
     rope_base: float = 10000.0,
     tie_output: bool = False,
+    rope_freqs: bool = False,
     tensor_type_override: dict | None = None,
     **shape,
 ) -> pathlib.Path:
     """Writes a random-weight model; returns its path.
 
+    rope_freqs: write a rope_freqs.weight tensor (per-frequency divisors, as Llama 3 GGUFs carry).
     tensor_type_override: {tensor name: numpy array} written as given (e.g. an int32 array to make
     an unsupported tensor type)."""
     s = dict(DEFAULT_SHAPE, **shape)
@@ -144,6 +146,8 @@ def write_model(
     vec("output_norm.weight", n_embd)
     if not tie_output:
         mat("output.weight", n_vocab, n_embd, 3.0 / np.sqrt(n_embd))
+    if rope_freqs:  # divisors from 1 (high frequencies) to 8 (low), like Llama 3's scaling
+        w.add_tensor("rope_freqs.weight", np.geomspace(1.0, 8.0, hd // 2).astype(np.float32))
     for il in range(n_layer):
         p = f"blk.{il}."
         vec(p + "attn_norm.weight", n_embd)

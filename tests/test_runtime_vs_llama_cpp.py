@@ -101,6 +101,18 @@ def test_tied_output_matches_llama_cpp(tmp_path, wtype):
     assert c["rel_mean"] < (1e-3 if wtype == "F16" else 1e-2), c["rel_mean"]
 
 
+def test_rope_freqs_tensor_matches_llama_cpp(tmp_path):
+    """A llama model carrying rope_freqs (GGUF divisors): we pass 1/rope_freqs to the operator."""
+    path = gguf_factory.write_model(tmp_path / "freqs.gguf", "llama", "F32", seed=12, rope_freqs=True)
+    tokens = np.random.default_rng(5).integers(3, gguf_factory.DEFAULT_SHAPE["n_vocab"], 128)
+    with Runtime(path, n_ctx=16) as rt:
+        assert rt.info.has_rope_freqs == 1
+    c = compare(_ours(path, tokens, KV_F32), llama_cpp_logits(path, tokens, flash_attn=False, kv_type=KV_F32))
+    assert c["argmax"] >= 0.99 and c["rel_mean"] < 1e-3, (c["argmax"], c["rel_mean"])
+    plain = gguf_factory.write_model(tmp_path / "plain.gguf", "llama", "F32", seed=12)
+    assert compare(_ours(plain, tokens, KV_F32), _ours(path, tokens, KV_F32))["rel_mean"] > 1e-2  # it matters
+
+
 @pytest.mark.parametrize("arch, wtype", [("llama", "Q4_0"), ("qwen2", "Q8_0"), ("qwen3", "Q4_K"), ("qwen2", "F16")])
 def test_synthetic_f16_cache_within_llama_cpp_noise(synthetic, arch, wtype):
     """Default f16 cache vs llama.cpp with flash attention, bounded by llama.cpp's own FA on/off gap."""
