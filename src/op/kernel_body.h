@@ -356,97 +356,6 @@ static void RR_FN(rr_qk)(const float * Q, const float * Kt, float * S, int rows_
     }
 }
 
-/* ---- decode kernels: one block of RR_RB rows against K/V read straight from the cache
- * (f16 converted in registers), no staging copy, no transposed tile. Used for full far
- * tiles whose keys need no rotation (ReRoPE clamp), the bulk of a long-context decode. */
-
-RR_INLINE rr_vec RR_FN(rr_kv_load)(const char * p, const int f16) {
-    return f16 ? rr_load_f16((const uint16_t *) p) : rr_load((const float *) p);
-}
-
-RR_INLINE void RR_FN(rr_qk_direct)(const float * Q, const char * K, size_t ks, const char * V, size_t vs, float * S,
-                                   int d, int dp, const int f16) {
-    const int esz = f16 ? 2 : 4;
-    for (int t = 0; t < RR_BK; t++) {
-        const char * kr = K + (size_t) t * ks;
-        /* strided rows of one head: prefetch every line of K a few rows ahead, and of V (used next) */
-        for (int b = 0; b < d * esz; b += 64) {
-            __builtin_prefetch(kr + RR_PF_ROWS * ks + b, 0, 3);
-            __builtin_prefetch(V + (size_t) t * vs + b, 0, 3);
-        }
-        rr_vec acc[RR_RB];
-        for (int a = 0; a < RR_RB; a++) acc[a] = rr_zero();
-        for (int c = 0; c < d; c += RR_VL) {
-            const rr_vec kv = RR_FN(rr_kv_load)(kr + (size_t) c * esz, f16);
-            for (int a = 0; a < RR_RB; a++) acc[a] = rr_fma(rr_load(Q + (size_t) a * dp + c), kv, acc[a]);
-        }
-        for (int a = 0; a < RR_RB; a++) S[(size_t) a * RR_BK + t] = rr_hsum(acc[a]);
-    }
-}
-
-RR_INLINE void RR_FN(rr_pv_direct_block)(const float * P, const char * V, size_t vs, float * O, int v0, int dp,
-                                         const int CB, const int f16) {
-    const int esz = f16 ? 2 : 4;
-    rr_vec acc[RR_RB][RR_CB];
-    for (int a = 0; a < RR_RB; a++)
-        for (int b = 0; b < CB; b++) acc[a][b] = rr_load(O + (size_t) a * dp + (v0 + b) * RR_VL);
-    for (int t = 0; t < RR_BK; t++) {
-        const char * vr = V + (size_t) t * vs + (size_t) v0 * RR_VL * esz;
-        rr_vec vv[RR_CB];
-        for (int b = 0; b < CB; b++) vv[b] = RR_FN(rr_kv_load)(vr + (size_t) b * RR_VL * esz, f16);
-        for (int a = 0; a < RR_RB; a++) {
-            const rr_vec pv = rr_set1(P[(size_t) a * RR_BK + t]);
-            for (int b = 0; b < CB; b++) acc[a][b] = rr_fma(pv, vv[b], acc[a][b]);
-        }
-    }
-    for (int a = 0; a < RR_RB; a++)
-        for (int b = 0; b < CB; b++) rr_store(O + (size_t) a * dp + (v0 + b) * RR_VL, acc[a][b]);
-}
-
-RR_INLINE void RR_FN(rr_pv_direct_t)(const float * P, const char * V, size_t vs, float * O, int d, int dp, const int f16) {
-    const int nv = d / RR_VL;
-    int v0 = 0;
-    for (; v0 + RR_CB <= nv; v0 += RR_CB) RR_FN(rr_pv_direct_block)(P, V, vs, O, v0, dp, RR_CB, f16);
-    for (; v0 < nv; v0++) RR_FN(rr_pv_direct_block)(P, V, vs, O, v0, dp, 1, f16);
-}
-
-static void RR_FN(rr_qk_direct_any)(const float * Q, const char * K, size_t ks, const char * V, size_t vs, float * S,
-                                    int d, int dp, int f16) {
-    if (f16) RR_FN(rr_qk_direct)(Q, K, ks, V, vs, S, d, dp, 1);
-    else RR_FN(rr_qk_direct)(Q, K, ks, V, vs, S, d, dp, 0);
-}
-
-static void RR_FN(rr_pv_direct)(const float * P, const char * V, size_t vs, float * O, int d, int dp, int f16) {
-    if (f16) RR_FN(rr_pv_direct_t)(P, V, vs, O, d, dp, 1);
-    else RR_FN(rr_pv_direct_t)(P, V, vs, O, d, dp, 0);
-}
-
-/* O[rows][dp] += P[rows][BK] . V[BK][dp] for value vectors [v0, v0 + CB). */
-RR_INLINE void RR_FN(rr_pv_block)(const float * P, const float * V, float * O, int r, int v0, int dp, const int CB) {
-    rr_vec acc[RR_RB][RR_CB];
-    for (int a = 0; a < RR_RB; a++)
-        for (int b = 0; b < CB; b++) acc[a][b] = rr_load(O + (size_t) (r + a) * dp + (v0 + b) * RR_VL);
-    for (int t = 0; t < RR_BK; t++) {
-        rr_vec vv[RR_CB];
-        for (int b = 0; b < CB; b++) vv[b] = rr_load(V + (size_t) t * dp + (v0 + b) * RR_VL);
-        for (int a = 0; a < RR_RB; a++) {
-            const rr_vec pv = rr_set1(P[(size_t) (r + a) * RR_BK + t]);
-            for (int b = 0; b < CB; b++) acc[a][b] = rr_fma(pv, vv[b], acc[a][b]);
-        }
-    }
-    for (int a = 0; a < RR_RB; a++)
-        for (int b = 0; b < CB; b++) rr_store(O + (size_t) (r + a) * dp + (v0 + b) * RR_VL, acc[a][b]);
-}
-
-static void RR_FN(rr_pv)(const float * P, const float * V, float * O, int rows_pad, int dp) {
-    const int nv = dp / RR_VL;
-    for (int r = 0; r < rows_pad; r += RR_RB) {
-        int v0 = 0;
-        for (; v0 + RR_CB <= nv; v0 += RR_CB) RR_FN(rr_pv_block)(P, V, O, r, v0, dp, RR_CB);
-        for (; v0 < nv; v0++) RR_FN(rr_pv_block)(P, V, O, r, v0, dp, 1);
-    }
-}
-
 /* Online softmax of one tile: running max M and sum Lsum per row, O rescaled when the max
  * grows; the probabilities overwrite S (rows past `rows` and fully masked rows get zeros). */
 static void RR_FN(rr_softmax_update)(float * S, float * O, float * M, float * Lsum, int rows, int rows_pad, int dp) {
@@ -482,6 +391,105 @@ static void RR_FN(rr_softmax_update)(float * S, float * O, float * M, float * Ls
             M[r] = mnew;
         }
         Lsum[r] += rr_hsum(vs);
+    }
+}
+
+/* ---- decode kernels: one block of RR_RB rows against K/V read straight from the cache
+ * (f16 converted in registers), no staging copy, no transposed tile. Used for full far
+ * tiles whose keys need no rotation (ReRoPE clamp), the bulk of a long-context decode. */
+
+RR_INLINE rr_vec RR_FN(rr_kv_load)(const char * p, const int f16) {
+    return f16 ? rr_load_f16((const uint16_t *) p) : rr_load((const float *) p);
+}
+
+RR_INLINE void RR_FN(rr_qk_direct)(const float * Q, const char * K, size_t ks, const char * V, size_t vs, float * S,
+                                   int d, int dp, const int R, const int f16) {
+    const int esz = f16 ? 2 : 4;
+    for (int t = 0; t < RR_BK; t++) {
+        const char * kr = K + (size_t) t * ks;
+        /* strided rows of one head: prefetch every line of K a few rows ahead, and of V (used next) */
+        for (int b = 0; b < d * esz; b += 64) {
+            __builtin_prefetch(kr + RR_PF_ROWS * ks + b, 0, 3);
+            __builtin_prefetch(V + (size_t) t * vs + b, 0, 3);
+        }
+        rr_vec acc[RR_RB];
+        for (int a = 0; a < R; a++) acc[a] = rr_zero();
+        for (int c = 0; c < d; c += RR_VL) {
+            const rr_vec kv = RR_FN(rr_kv_load)(kr + (size_t) c * esz, f16);
+            for (int a = 0; a < R; a++) acc[a] = rr_fma(rr_load(Q + (size_t) a * dp + c), kv, acc[a]);
+        }
+        for (int a = 0; a < R; a++) S[(size_t) a * RR_BK + t] = rr_hsum(acc[a]);
+    }
+}
+
+RR_INLINE void RR_FN(rr_pv_direct_block)(const float * P, const char * V, size_t vs, float * O, int v0, int dp,
+                                         const int R, const int CB, const int f16) {
+    const int esz = f16 ? 2 : 4;
+    rr_vec acc[RR_RB][RR_CB];
+    for (int a = 0; a < R; a++)
+        for (int b = 0; b < CB; b++) acc[a][b] = rr_load(O + (size_t) a * dp + (v0 + b) * RR_VL);
+    for (int t = 0; t < RR_BK; t++) {
+        const char * vr = V + (size_t) t * vs + (size_t) v0 * RR_VL * esz;
+        rr_vec vv[RR_CB];
+        for (int b = 0; b < CB; b++) vv[b] = RR_FN(rr_kv_load)(vr + (size_t) b * RR_VL * esz, f16);
+        for (int a = 0; a < R; a++) {
+            const rr_vec pv = rr_set1(P[(size_t) a * RR_BK + t]);
+            for (int b = 0; b < CB; b++) acc[a][b] = rr_fma(pv, vv[b], acc[a][b]);
+        }
+    }
+    for (int a = 0; a < R; a++)
+        for (int b = 0; b < CB; b++) rr_store(O + (size_t) a * dp + (v0 + b) * RR_VL, acc[a][b]);
+}
+
+RR_INLINE void RR_FN(rr_direct_t)(const float * Q, const char * K, size_t ks, const char * V, size_t vs, float * S,
+                                  float * O, float * M, float * Lsum, int d, int dp, const int R, const int f16) {
+    RR_FN(rr_qk_direct)(Q, K, ks, V, vs, S, d, dp, R, f16);
+    RR_FN(rr_softmax_update)(S, O, M, Lsum, R, R, dp);
+    const int nv = d / RR_VL;
+    int v0 = 0;
+    for (; v0 + RR_CB <= nv; v0 += RR_CB) RR_FN(rr_pv_direct_block)(S, V, vs, O, v0, dp, R, RR_CB, f16);
+    for (; v0 < nv; v0++) RR_FN(rr_pv_direct_block)(S, V, vs, O, v0, dp, R, 1, f16);
+}
+
+/* One full far-clamp tile of one head block with R <= RR_RB real rows, K/V from the cache:
+ * scores, online softmax, P.V. Instantiated per row count so padded rows cost nothing. */
+static void RR_FN(rr_direct_tile)(const float * Q, const char * K, size_t ks, const char * V, size_t vs, float * S,
+                                  float * O, float * M, float * Lsum, int d, int dp, int rows, int f16) {
+#define RR_DIRECT(R)                                                                              \
+    (f16 ? RR_FN(rr_direct_t)(Q, K, ks, V, vs, S, O, M, Lsum, d, dp, R, 1)                         \
+         : RR_FN(rr_direct_t)(Q, K, ks, V, vs, S, O, M, Lsum, d, dp, R, 0))
+    switch (rows) {
+        case 1: RR_DIRECT(1); break;
+        case 2: RR_DIRECT(2); break;
+        case 3: RR_DIRECT(3); break;
+        default: RR_DIRECT(RR_RB); break;
+    }
+#undef RR_DIRECT
+}
+
+/* O[rows][dp] += P[rows][BK] . V[BK][dp] for value vectors [v0, v0 + CB). */
+RR_INLINE void RR_FN(rr_pv_block)(const float * P, const float * V, float * O, int r, int v0, int dp, const int CB) {
+    rr_vec acc[RR_RB][RR_CB];
+    for (int a = 0; a < RR_RB; a++)
+        for (int b = 0; b < CB; b++) acc[a][b] = rr_load(O + (size_t) (r + a) * dp + (v0 + b) * RR_VL);
+    for (int t = 0; t < RR_BK; t++) {
+        rr_vec vv[RR_CB];
+        for (int b = 0; b < CB; b++) vv[b] = rr_load(V + (size_t) t * dp + (v0 + b) * RR_VL);
+        for (int a = 0; a < RR_RB; a++) {
+            const rr_vec pv = rr_set1(P[(size_t) (r + a) * RR_BK + t]);
+            for (int b = 0; b < CB; b++) acc[a][b] = rr_fma(pv, vv[b], acc[a][b]);
+        }
+    }
+    for (int a = 0; a < RR_RB; a++)
+        for (int b = 0; b < CB; b++) rr_store(O + (size_t) (r + a) * dp + (v0 + b) * RR_VL, acc[a][b]);
+}
+
+static void RR_FN(rr_pv)(const float * P, const float * V, float * O, int rows_pad, int dp) {
+    const int nv = dp / RR_VL;
+    for (int r = 0; r < rows_pad; r += RR_RB) {
+        int v0 = 0;
+        for (; v0 + RR_CB <= nv; v0 += RR_CB) RR_FN(rr_pv_block)(P, V, O, r, v0, dp, RR_CB);
+        for (; v0 < nv; v0++) RR_FN(rr_pv_block)(P, V, O, r, v0, dp, 1);
     }
 }
 
@@ -575,11 +583,11 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h0, int nh, int 
             const char * kh = job->k + (size_t) j0 * job->k_nb_tok + (size_t) (h0 + hb) * job->k_nb_head;
             const char * vh = job->v + (size_t) j0 * job->v_nb_tok + (size_t) (h0 + hb) * job->v_nb_head;
             if (direct) {
-                RR_FN(rr_qk_direct_any)(st->f + L->qf + blk * dp, kh, job->k_nb_tok, vh, job->v_nb_tok, S, d, dp,
-                                        job->kv_f16);
-            } else {
-                RR_FN(rr_scores_staged)(st, job, hb, use_near, use_far, rot_near, rot_far);
+                RR_FN(rr_direct_tile)(st->f + L->qf + blk * dp, kh, job->k_nb_tok, vh, job->v_nb_tok, S, O, M, Lsum, d,
+                                      dp, rows, job->kv_f16);
+                continue;
             }
+            RR_FN(rr_scores_staged)(st, job, hb, use_near, use_far, rot_near, rot_far);
 
             if (mask || (use_near && use_far)) {
                 for (int r = 0; r < rows; r++) {
@@ -593,8 +601,7 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h0, int nh, int 
                 }
             }
             RR_FN(rr_softmax_update)(S, O, M, Lsum, rows, rows_pad, dp);
-            if (direct) RR_FN(rr_pv_direct)(S, vh, job->v_nb_tok, O, d, dp, job->kv_f16);
-            else RR_FN(rr_pv)(S, st->f + L->vt + (size_t) hb * RR_BK * dp, O, rows_pad, dp);
+            RR_FN(rr_pv)(S, st->f + L->vt + (size_t) hb * RR_BK * dp, O, rows_pad, dp);
         }
     }
 }
