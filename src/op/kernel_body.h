@@ -441,28 +441,53 @@ RR_INLINE void RR_FN(rr_pv_direct_block)(const float * P, const char * V, size_t
         for (int b = 0; b < CB; b++) rr_store(O + (size_t) a * dp + (v0 + b) * RR_VL, acc[a][b]);
 }
 
-RR_INLINE void RR_FN(rr_direct_t)(const float * Q, const char * K, size_t ks, const char * V, size_t vs, float * S,
-                                  float * O, float * M, float * Lsum, int d, int dp, const int R, const int f16) {
-    RR_FN(rr_qk_direct)(Q, K, ks, V, vs, S, d, dp, R, f16);
-    RR_FN(rr_softmax_update)(S, O, M, Lsum, R, R, dp);
+RR_INLINE void RR_FN(rr_pv_direct_t)(const float * P, const char * V, size_t vs, float * O, int d, int dp, const int R,
+                                     const int f16) {
     const int nv = d / RR_VL;
     int v0 = 0;
-    for (; v0 + RR_CB <= nv; v0 += RR_CB) RR_FN(rr_pv_direct_block)(S, V, vs, O, v0, dp, R, RR_CB, f16);
-    for (; v0 < nv; v0++) RR_FN(rr_pv_direct_block)(S, V, vs, O, v0, dp, R, 1, f16);
+    for (; v0 + RR_CB <= nv; v0 += RR_CB) RR_FN(rr_pv_direct_block)(P, V, vs, O, v0, dp, R, RR_CB, f16);
+    for (; v0 < nv; v0++) RR_FN(rr_pv_direct_block)(P, V, vs, O, v0, dp, R, 1, f16);
 }
 
-/* One full far-clamp tile of one head block with R <= RR_RB real rows, K/V from the cache:
- * scores, online softmax, P.V. Instantiated per row count so padded rows cost nothing. */
+/* Scores and P.V of a full far-clamp tile for R <= RR_RB real rows, K/V from the cache: one
+ * pair of functions per (row count, K/V type), so padded rows cost nothing. */
+#define RR_DIRECT_FNS(R, F16)                                                                                       \
+    static __attribute__((noinline)) void RR_FN(rr_dqk_##R##_##F16)(const float * Q, const char * K, size_t ks,  \
+                                                                    const char * V, size_t vs, float * S, int d,   \
+                                                                    int dp) {                                      \
+        RR_FN(rr_qk_direct)(Q, K, ks, V, vs, S, d, dp, R, F16);                                                    \
+    }                                                                                                               \
+    static __attribute__((noinline)) void RR_FN(rr_dpv_##R##_##F16)(const float * P, const char * V, size_t vs,   \
+                                                                    float * O, int d, int dp) {                    \
+        RR_FN(rr_pv_direct_t)(P, V, vs, O, d, dp, R, F16);                                                         \
+    }
+RR_DIRECT_FNS(1, 0)
+RR_DIRECT_FNS(2, 0)
+RR_DIRECT_FNS(3, 0)
+RR_DIRECT_FNS(4, 0)
+RR_DIRECT_FNS(1, 1)
+RR_DIRECT_FNS(2, 1)
+RR_DIRECT_FNS(3, 1)
+RR_DIRECT_FNS(4, 1)
+#undef RR_DIRECT_FNS
+_Static_assert(RR_RB == 4, "the decode variants cover 1..4 rows");
+
+/* One full far-clamp tile of one head block (rows <= RR_RB): scores, online softmax, P.V. */
 static void RR_FN(rr_direct_tile)(const float * Q, const char * K, size_t ks, const char * V, size_t vs, float * S,
                                   float * O, float * M, float * Lsum, int d, int dp, int rows, int f16) {
-#define RR_DIRECT(R)                                                                              \
-    (f16 ? RR_FN(rr_direct_t)(Q, K, ks, V, vs, S, O, M, Lsum, d, dp, R, 1)                         \
-         : RR_FN(rr_direct_t)(Q, K, ks, V, vs, S, O, M, Lsum, d, dp, R, 0))
+#define RR_DIRECT(R)                                                                                  \
+    do {                                                                                              \
+        if (f16) RR_FN(rr_dqk_##R##_1)(Q, K, ks, V, vs, S, d, dp);                                    \
+        else RR_FN(rr_dqk_##R##_0)(Q, K, ks, V, vs, S, d, dp);                                        \
+        RR_FN(rr_softmax_update)(S, O, M, Lsum, R, R, dp);                                            \
+        if (f16) RR_FN(rr_dpv_##R##_1)(S, V, vs, O, d, dp);                                           \
+        else RR_FN(rr_dpv_##R##_0)(S, V, vs, O, d, dp);                                               \
+    } while (0)
     switch (rows) {
         case 1: RR_DIRECT(1); break;
         case 2: RR_DIRECT(2); break;
         case 3: RR_DIRECT(3); break;
-        default: RR_DIRECT(RR_RB); break;
+        default: RR_DIRECT(4); break;
     }
 #undef RR_DIRECT
 }
