@@ -244,6 +244,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every column")
     ap.add_argument("--sizes", type=int, nargs="+", help="prefill lengths (default 2048 8192 16384)")
     ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES))
+    ap.add_argument("--decode-only", action="store_true", help="skip the prefill table")
     ap.add_argument("--save", metavar="PATH", help="also write the JSON result to PATH")
     ap.add_argument("--naive-max-n", type=int, default=8192, help="largest n the naive version runs at")
     args = ap.parse_args(argv)
@@ -255,7 +256,7 @@ def main(argv=None):
         args.repeats = min(args.repeats, 2)
     rng = np.random.default_rng()
     log = (lambda row: None) if args.json else (lambda row: print("  measured", row, flush=True))
-    prefill = [bench_prefill(s, n, args, rng, log) for s in args.shapes for n in sizes]
+    prefill = [] if args.decode_only else [bench_prefill(s, n, args, rng, log) for s in args.shapes for n in sizes]
     decode = [bench_decode(s, n_decode, args, rng, log) for s in args.shapes]
     simd = _binding.ffi.string(_binding.lib.ggml_rerope_simd_name(_binding.lib.ggml_rerope_get_simd())).decode()
     result = {"threads": args.threads, "repeats": args.repeats, "simd": simd, "window": WINDOW,
