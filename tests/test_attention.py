@@ -106,6 +106,15 @@ def test_explicit_positions(simd, far):
     check(q, k, v, seed, window=150, q_pos=q_pos, k_pos=k_pos, causal=False, **far)
 
 
+@pytest.mark.parametrize("n_q, h, h_kv", [(1, 2, 2), (1, 4, 2), (1, 6, 2), (2, 4, 2), (4, 3, 3)],
+                         ids=["rows1", "rows2", "rows3", "rows4", "rows4-tokens"])
+@pytest.mark.parametrize("kv_dtype", [np.float32, np.float16], ids=["f32", "f16"])
+def test_decode_fast_path_row_counts(simd, n_q, h, h_kv, kv_dtype):
+    """The cache-direct decode tile has one variant per real row count (n_q * H/H_kv = 1..4)."""
+    q, k, v, _, seed = make(n_q, 1500, h, h_kv, 64, kv_dtype)
+    check(q, k, v, seed, window=200, threads=2)
+
+
 def test_no_visible_key_gives_zeros(simd):
     q, k, v, _, _ = make(3, 100, 2, 1, 64)
     out = ggml_rerope.rerope_attention(q, k, v, window=10, q_pos=[5, 0, 1000], k_pos=np.arange(100) + 50)
