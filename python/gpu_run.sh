@@ -49,14 +49,14 @@ case "$MODE" in
     bench)
         python3 python/bench_cuda_attention.py --json "$OUT/bench.json" || rc=1
         ;;
-    decode-variants)  # decode register cap: 2 blocks/SM (default) against 3
-        python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_minblocks2.json" || rc=1
-        cmake -S . -B build-gpu-mb3 -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-            -DGGML_REROPE_BUILD_TESTS=OFF -DCMAKE_CUDA_FLAGS=-DGGML_REROPE_DECODE_MIN_BLOCKS=3 "${GGML_DIR_ARG[@]}" \
-            >/dev/null && cmake --build build-gpu-mb3 -j 16 >/dev/null || exit 1
-        GGML_REROPE_LIBRARY="$PWD/build-gpu-mb3/src/libggml_rerope.so" python3 -m pytest -q tests/test_cuda.py -k decode || rc=1
-        GGML_REROPE_LIBRARY="$PWD/build-gpu-mb3/src/libggml_rerope.so" \
-            python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_minblocks3.json" || rc=1
+    decode-variants)  # tensor-core decode ring depth: 2 stages (default, 2 blocks/SM) against 4 (1 block/SM)
+        python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_stages2.json" || rc=1
+        cmake -S . -B build-gpu-st4 -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+            -DGGML_REROPE_BUILD_TESTS=OFF -DCMAKE_CUDA_FLAGS=-DGGML_REROPE_DECODE_MMA_STAGES=4 "${GGML_DIR_ARG[@]}" \
+            >/dev/null && cmake --build build-gpu-st4 -j 16 >/dev/null || exit 1
+        GGML_REROPE_LIBRARY="$PWD/build-gpu-st4/src/libggml_rerope.so" python3 -m pytest -q tests/test_cuda.py -k decode || rc=1
+        GGML_REROPE_LIBRARY="$PWD/build-gpu-st4/src/libggml_rerope.so" \
+            python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_stages4.json" || rc=1
         ;;
     ncu-decode)  # Nsight Compute sections of one decode launch (n_kv = 131072)
         ncu --kernel-name regex:decode_kernel --launch-skip 12 --launch-count 1 \

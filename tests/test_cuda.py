@@ -2,9 +2,9 @@
 on fresh random inputs. Needs a CUDA build (GGML_REROPE_CUDA=ON) and a visible GPU; otherwise
 every GPU test is skipped with the reason, and only the 'no device' error path runs.
 
-Kernels: n_q <= 4 runs the decode (split-K, f32 math) kernel, more queries the prefill kernel
-(tensor cores, f16 operands, f32 accumulation); prefill tiles are 64 queries x 64 keys, decode
-tiles 32 keys, so windows of 31/32/33/63/64/65 hit the tile edges. The library poisons the
+Kernels: n_q <= 4 runs a decode (split-K) kernel -- tensor cores for f16 K/V (16-key tiles),
+scalar f32 math for f32 K/V -- more queries the prefill kernel (tensor cores, f16 operands, f32
+accumulation, 128-query x 64-key tiles), so windows of 31/32/33/63/64/65 hit tile edges. The library poisons the
 device output with NaN before each run, so an unwritten element fails the finiteness check.
 """
 
@@ -23,8 +23,8 @@ HAVE_GPU = bool(_binding.lib.ggml_rerope_cuda_available())
 needs_gpu = pytest.mark.skipif(
     not HAVE_GPU, reason="no CUDA device visible, or the library was built with GGML_REROPE_CUDA=OFF")
 
-# Relative error bounds: prefill rounds q, rotated keys and P to f16 (tensor-core operands);
-# decode computes in f32 (near-rotated f16 keys are rounded once more to f16).
+# Relative error bounds: prefill and f16 decode round q, rotated keys and P to f16 (tensor-core
+# operands, f32 accumulation) over short key ranges here; f32 decode computes in f32.
 TOL_PREFILL = 5e-3
 TOL_DECODE = 2e-3
 

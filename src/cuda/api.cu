@@ -115,12 +115,14 @@ ggml_rerope_status run(AttnArgs a, int head_dim, int kv_type, cudaStream_t strea
 
     rerope_cuda::DecodePlan plan = {};
     size_t bytes = 0, bounds_bytes = 0;
-    const int tile = rerope_cuda::prefill_key_tile();
-    if (a.k_pos && !decode) bounds_bytes = (size_t) ((a.n_kv + tile - 1) / tile) * sizeof(int2);
+    // f16 decode runs on tensor cores; f32 K/V decode on the scalar split-K kernel.
+    const bool decode_mma = decode && f16;
+    const int tile = decode_mma ? rerope_cuda::decode_mma_key_tile() : rerope_cuda::prefill_key_tile();
+    if (a.k_pos && (!decode || decode_mma)) bounds_bytes = (size_t) ((a.n_kv + tile - 1) / tile) * sizeof(int2);
     bytes = (bounds_bytes + 255) / 256 * 256;
     const size_t rot_bytes = (size_t) a.n_kv * a.n_head_kv * head_dim * sizeof(half);
     if (decode) {
-        plan = rerope_cuda::plan_decode(a, head_dim, sm_count);
+        plan = decode_mma ? rerope_cuda::plan_decode_mma(a, sm_count) : rerope_cuda::plan_decode(a, head_dim, sm_count);
         bytes += rerope_cuda::decode_workspace_floats(plan, a, head_dim) * sizeof(float);
     } else {
         bytes += rot_bytes * (a.far_mode == GGML_REROPE_FAR_CLAMP ? 1 : 2);  // rotated keys
@@ -135,7 +137,10 @@ ggml_rerope_status run(AttnArgs a, int head_dim, int kv_type, cudaStream_t strea
     }
     if (decode) {
         float * work = reinterpret_cast<float *>(base + (bounds_bytes + 255) / 256 * 256);
-        REROPE_CUDA_TRY(rerope_cuda::launch_decode(a, plan, head_dim, f16, work, stream));
+        if (decode_mma)
+            REROPE_CUDA_TRY(rerope_cuda::launch_decode_mma(a, plan, head_dim, work, stream));
+        else
+            REROPE_CUDA_TRY(rerope_cuda::launch_decode(a, plan, head_dim, f16, work, stream));
     } else {
         half * k_near = reinterpret_cast<half *>(base + (bounds_bytes + 255) / 256 * 256);
         half * k_far = a.far_mode == GGML_REROPE_FAR_CLAMP ? nullptr : k_near + rot_bytes / sizeof(half);

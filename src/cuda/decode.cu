@@ -376,8 +376,7 @@ cudaError_t launch(const AttnArgs & a, const DecodePlan & plan, float * work, cu
     if (err != cudaSuccess) return err;
     kernel<<<dim3(plan.n_split, a.n_head_kv, plan.row_chunks), Tr::THREADS, Tr::SMEM, stream>>>(a, plan, work);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    reduce_kernel<D><<<dim3(plan.rows, a.n_head_kv), D, plan.n_split * sizeof(float), stream>>>(a, plan, work);
-    return cudaGetLastError();
+    return launch_decode_reduce(a, plan, D, work, stream);
 }
 
 __global__ void key_bounds_kernel(const int32_t * k_pos, int n_kv, int tile, int n_tiles, int2 * bounds) {
@@ -417,6 +416,16 @@ cudaError_t launch_decode(const AttnArgs & a, const DecodePlan & plan, int head_
     if (head_dim == 64)
         return kv_is_f16 ? launch<64, half>(a, plan, work, stream) : launch<64, float>(a, plan, work, stream);
     return kv_is_f16 ? launch<128, half>(a, plan, work, stream) : launch<128, float>(a, plan, work, stream);
+}
+
+cudaError_t launch_decode_reduce(const AttnArgs & a, const DecodePlan & plan, int head_dim, const float * work,
+                                 cudaStream_t stream) {
+    const size_t smem = plan.n_split * sizeof(float);
+    if (head_dim == 64)
+        reduce_kernel<64><<<dim3(plan.rows, a.n_head_kv), 64, smem, stream>>>(a, plan, work);
+    else
+        reduce_kernel<128><<<dim3(plan.rows, a.n_head_kv), 128, smem, stream>>>(a, plan, work);
+    return cudaGetLastError();
 }
 
 cudaError_t launch_key_bounds(const int32_t * k_pos, int n_kv, int tile, int2 * bounds, cudaStream_t stream) {

@@ -26,6 +26,16 @@ size_t decode_workspace_floats(const DecodePlan & plan, const AttnArgs & args, i
 cudaError_t launch_decode(const AttnArgs & args, const DecodePlan & plan, int head_dim, int kv_is_f16, float * work,
                           cudaStream_t stream);
 
+// Decode on tensor cores for f16 K/V (decode_mma.cu): same workspace layout and merge.
+DecodePlan plan_decode_mma(const AttnArgs & args, int sm_count);
+cudaError_t launch_decode_mma(const AttnArgs & args, const DecodePlan & plan, int head_dim, float * work,
+                              cudaStream_t stream);
+int decode_mma_key_tile();  // key tile size (for launch_key_bounds)
+
+// Merges the splits' partials into args.out (both decode kernels).
+cudaError_t launch_decode_reduce(const AttnArgs & args, const DecodePlan & plan, int head_dim, const float * work,
+                                 cudaStream_t stream);
+
 // Per key tile (min, max) positions of k_pos into bounds (ceil(n_kv / tile) entries).
 cudaError_t launch_key_bounds(const int32_t * k_pos, int n_kv, int tile, int2 * bounds, cudaStream_t stream);
 

@@ -99,7 +99,11 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, PrefillTraits<D>::M
     const T * vg = static_cast<const T *>(a.v);
 
     for (int i = tid; i < a.n_rot / 2; i += Tr::THREADS) s_theta[i] = a.theta[i];
-    if (tid < BM) s_qpos[tid] = q_position(a, q0 + min(tid, rows - 1));  // pad rows repeat the last
+    __shared__ float s_qfac[BM];  // lambda_i * scale * log2(e) per row, computed once
+    if (tid < BM) {
+        s_qpos[tid] = q_position(a, q0 + min(tid, rows - 1));  // pad rows repeat the last
+        s_qfac[tid] = query_factor(a, s_qpos[tid]);
+    }
     __syncthreads();
     int qmin = s_qpos[lane], qmax = s_qpos[lane];
 #pragma unroll
@@ -124,7 +128,7 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, PrefillTraits<D>::M
             xa = qr[da];
             xb = qr[db];
         }
-        const float f = query_factor(a, i);
+        const float f = s_qfac[r];
         float na = xa, nb = xb, fa = xa, fb = xb;
         if (u < a.n_rot / 2) {
             float c, s;

@@ -55,7 +55,7 @@ template <int D_, typename T> struct DecodeTraits {
     static constexpr int KEYS_PER_ITER = WARPS * KPW * U;
     static constexpr int MAX_ROWS = 4;
     // Blocks per SM the register cap aims at: 2 keeps every variable in registers (~220),
-    // 3 caps at 168 and spills a little; python/gpu_run.sh times both (-D override).
+    // 3 caps at 168 and spills a little; timed alike on the H100 (docs/gpu/decode_variants_*).
 #ifdef GGML_REROPE_DECODE_MIN_BLOCKS
     static constexpr int MIN_BLOCKS = GGML_REROPE_DECODE_MIN_BLOCKS;
 #else
@@ -74,6 +74,39 @@ template <int D_, typename T> struct DecodeTraits {
     static constexpr size_t OFF_RING = (OFF_THETA + MAX_PAIRS * sizeof(double) + 15) / 16 * 16;
     // [STAGES][U][K|V][THREADS] pieces of 8 elements
     static constexpr size_t SMEM = OFF_RING + (size_t) STAGES * U * 2 * THREADS * 8 * sizeof(T);
+};
+
+// Decode on tensor cores (f16 K/V): the query rows of one KV head's group (up to 16:
+// n_q x n_head/n_head_kv, zero-padded) form the m16 operand of mma.sync, so a key costs
+// a few warp instructions instead of ~140 for the per-lane dot products above. Each warp
+// streams its own key tiles (KEYS keys, every WARPS-th tile of the block's split) through
+// its own STAGES-deep cp.async ring: no block barrier in the loop. Per warp, in halves, row
+// stride D + 8: [STAGES] K | [STAGES] V | near-rotated K | far-rotated K; key positions.
+// The query staging and the final warp merge reuse the rings.
+template <int D_> struct DecodeMmaTraits {
+    static constexpr int D = D_;
+    static constexpr int WARPS = 4;
+    static constexpr int THREADS = WARPS * 32;
+    static constexpr int KEYS = 16;
+#ifdef GGML_REROPE_DECODE_MMA_STAGES
+    static constexpr int STAGES = GGML_REROPE_DECODE_MMA_STAGES;
+#else
+    // 2 stages, two blocks (8 warps) per SM: 1057 GB/s at 32k on the H100; 4 stages with one
+    // block per SM: 848 (docs/gpu/decode_mma_stages_run9.log).
+    static constexpr int STAGES = 2;
+#endif
+    static constexpr int MIN_BLOCKS = STAGES <= 2 ? 2 : 1;
+    static constexpr int ROWS = 16;
+    static constexpr int SD = D + 8;
+    static constexpr int TILE_HALVES = KEYS * SD;
+    static constexpr int SPLIT_GRANULE = KEYS * WARPS;
+    static constexpr size_t WARP_BYTES = (2 * STAGES + 2) * TILE_HALVES * sizeof(half) + STAGES * KEYS * sizeof(int);
+    static constexpr size_t OFF_WARPS = 0;
+    static constexpr size_t OFF_THETA = (OFF_WARPS + WARPS * WARP_BYTES + 15) / 16 * 16;
+    static constexpr size_t OFF_QPOS = OFF_THETA + MAX_PAIRS * sizeof(double);
+    static constexpr size_t SMEM = OFF_QPOS + ROWS * sizeof(int);
+    static_assert(2 * ROWS * SD * sizeof(half) <= WARPS * WARP_BYTES, "query staging fits the rings");
+    static_assert(WARPS * ROWS * (D + 2) * sizeof(float) <= WARPS * WARP_BYTES, "warp merge fits the rings");
 };
 
 }  // namespace rerope_cuda

@@ -1,0 +1,296 @@
+// Decode attention on tensor cores, for f16 K/V (DecodeMmaTraits in traits.cuh).
+//
+// Grid: (split of the key axis, KV head, chunk of 16 query rows). The rows of a KV head's
+// group (n_q x n_head/n_head_kv) share every key, so they form one zero-padded m16 tile:
+// each K/V head is read once for its whole group. Each warp takes every WARPS-th key
+// tile of the split, loads it with cp.async into its own ring, rotates it in shared
+// memory only when a key is near (or the far path is leaky / group), and runs the same
+// near / far / mixed scoring and online softmax as the prefill kernel. Warps merge at the
+// end; reduce_kernel (decode.cu) merges the splits.
+#include <math.h>
+
+#include "launch.cuh"
+#include "mma.cuh"
+#include "rotary.cuh"
+#include "traits.cuh"
+
+namespace rerope_cuda {
+namespace {
+
+template <int D>
+__global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, DecodeMmaTraits<D>::MIN_BLOCKS)
+    decode_mma_kernel(const __grid_constant__ AttnArgs a, const DecodePlan plan, float * work) {
+    using Tr = DecodeMmaTraits<D>;
+    constexpr int SD = Tr::SD, KEYS = Tr::KEYS, W = Tr::WARPS, ROWS = Tr::ROWS, TH = Tr::TILE_HALVES;
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int split = blockIdx.x, kvh = blockIdx.y, r0 = blockIdx.z * ROWS;
+    const int nrows = min(ROWS, plan.rows - r0);
+    double * s_theta = reinterpret_cast<double *>(smem + Tr::OFF_THETA);
+    int * s_qpos = reinterpret_cast<int *>(smem + Tr::OFF_QPOS);
+    unsigned char * wbase = smem + Tr::OFF_WARPS + warp * Tr::WARP_BYTES;
+    half * sK0 = reinterpret_cast<half *>(wbase);            // [STAGES]
+    half * sV0 = sK0 + Tr::STAGES * TH;                       // [STAGES]
+    half * sKr = sV0 + Tr::STAGES * TH;                       // near-rotated
+    half * sKf = sKr + TH;                                    // far-rotated (leaky / group)
+    int * s_kpos = reinterpret_cast<int *>(sKf + TH);         // [STAGES][KEYS]
+    const half * kg = static_cast<const half *>(a.k);
+    const half * vg = static_cast<const half *>(a.v);
+
+    for (int i = tid; i < a.n_rot / 2; i += Tr::THREADS) s_theta[i] = a.theta[i];
+    __shared__ float s_qfac[ROWS];  // lambda_i * scale * log2(e) per row, computed once
+    if (tid < ROWS) {
+        s_qpos[tid] = q_position(a, (r0 + min(tid, nrows - 1)) / a.group);
+        s_qfac[tid] = query_factor(a, s_qpos[tid]);
+    }
+    __syncthreads();
+    int qmin = s_qpos[0], qmax = s_qpos[0];
+    for (int r = 1; r < ROWS; ++r) qmin = min(qmin, s_qpos[r]), qmax = max(qmax, s_qpos[r]);
+
+    // Query rows (zero past nrows), rotated for both paths, pre-scaled, staged as f16.
+    half * sQn = reinterpret_cast<half *>(smem + Tr::OFF_WARPS);
+    half * sQf = sQn + ROWS * SD;
+    for (int idx = tid; idx < ROWS * (D / 2); idx += Tr::THREADS) {
+        const int r = idx / (D / 2), u = idx % (D / 2);
+        int da, db;
+        unit_dims(u, a.n_rot, a.rope_mode, da, db);
+        const int i = s_qpos[r];
+        float xa = 0.f, xb = 0.f;
+        if (r < nrows) {
+            const int row = r0 + r;
+            const float * qr = a.q + ((size_t) (row / a.group) * a.n_head + kvh * a.group + row % a.group) * D;
+            xa = qr[da];
+            xb = qr[db];
+        }
+        const float f = s_qfac[r];
+        float na = xa, nb = xb, fa = xa, fb = xb;
+        if (u < a.n_rot / 2) {
+            float c, s;
+            rot_cos_sin((double) i, s_theta[u], c, s);
+            na = xa * c - xb * s, nb = xa * s + xb * c;
+            rot_cos_sin(far_q_pos(a, i), s_theta[u], c, s);
+            fa = xa * c - xb * s, fb = xa * s + xb * c;
+        }
+        sQn[r * SD + da] = __float2half_rn(na * f), sQn[r * SD + db] = __float2half_rn(nb * f);
+        sQf[r * SD + da] = __float2half_rn(fa * f), sQf[r * SD + db] = __float2half_rn(fb * f);
+    }
+    __syncthreads();
+    uint32_t qn[D / 16][4], qf[D / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        const int off = (lane % 16) * SD + ks * 16 + (lane / 16) * 8;
+        ldsm_x4(qn[ks], sQn + off);
+        ldsm_x4(qf[ks], sQf + off);
+    }
+    __syncthreads();  // the staging area belongs to the rings from here
+
+    const int g = lane / 4, tq = lane % 4;
+    const int qp[2] = {s_qpos[g], s_qpos[g + 8]};
+    float o[D / 8][4];
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.f;
+    float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
+
+    const int t_begin = split * (plan.keys_per_split / KEYS);
+    const int t_end = min((a.n_kv + KEYS - 1) / KEYS, t_begin + plan.keys_per_split / KEYS);
+    auto next_tile = [&](int t) {  // this warp's tiles: every W-th one, skipping masked-out tiles
+        for (t += W; t < t_end; t += W) {
+            const int2 b = key_tile_bounds(a, t, KEYS);
+            if (!(a.causal && b.x > qmax)) break;
+        }
+        return t;
+    };
+    auto issue = [&](int t, int st) {
+        constexpr int CH = D / 8;
+        for (int idx = lane; idx < KEYS * CH; idx += 32) {
+            const int r = idx / CH, c = idx % CH;
+            const int j = t * KEYS + r;
+            const size_t off = ((size_t) min(j, a.n_kv - 1) * a.n_head_kv + kvh) * D + c * 8;
+            const int bytes = j < a.n_kv ? 16 : 0;
+            cp_async16(sK0 + st * TH + r * SD + c * 8, kg + off, bytes);
+            cp_async16(sV0 + st * TH + r * SD + c * 8, vg + off, bytes);
+        }
+        if (lane < KEYS) {
+            const int j = t * KEYS + lane;
+            s_kpos[st * KEYS + lane] = j < a.n_kv ? k_position(a, j) : KPOS_INVALID;
+        }
+    };
+
+    constexpr int ST = Tr::STAGES;
+    int kt = t_begin + warp;
+    if (kt < t_end) {
+        const int2 b = key_tile_bounds(a, kt, KEYS);
+        if (a.causal && b.x > qmax) kt = next_tile(kt);
+    }
+    int t_issue = kt;
+#pragma unroll
+    for (int st = 0; st < ST - 1; ++st) {
+        if (t_issue < t_end) {
+            issue(t_issue, st);
+            t_issue = next_tile(t_issue);
+        }
+        cp_async_commit();
+    }
+    for (int n = 0; kt < t_end; ++n, kt = next_tile(kt)) {
+        if (t_issue < t_end) {  // its stage was released by the __syncwarp closing the last tile
+            issue(t_issue, (n + ST - 1) % ST);
+            t_issue = next_tile(t_issue);
+        }
+        cp_async_commit();
+        cp_async_wait<ST - 1>();
+        __syncwarp();
+        const int pb = n % ST;
+
+        const int2 kb = key_tile_bounds(a, kt, KEYS);
+        const TileClass tc = classify(a, qmin, qmax, kb.x, kb.y);
+        const bool need_mask = (kt + 1) * KEYS > a.n_kv || (a.causal && kb.y > qmin);
+        const int * kp_s = s_kpos + pb * KEYS;
+        const half * k_raw = sK0 + pb * TH;
+        const half * sV = sV0 + pb * TH;
+        if (!tc.far_all)
+            rotate_rows<D>(k_raw, SD, sKr, SD, KEYS, [&](int r) { return (double) kp_s[r]; }, s_theta, a.n_rot,
+                           a.rope_mode, lane, 32);
+        if (!tc.near_all && a.far_mode != 0)
+            rotate_rows<D>(k_raw, SD, sKf, SD, KEYS, [&](int r) { return far_k_pos(a, kp_s[r]); }, s_theta,
+                           a.n_rot, a.rope_mode, lane, 32);
+        if (!tc.far_all || (!tc.near_all && a.far_mode != 0)) __syncwarp();
+        const half * far_k = a.far_mode == 0 ? k_raw : sKf;
+
+        // Scores of the 16 rows x 16 keys: two n8 blocks.
+        float s[2][4] = {}, t2[2][4] = {};
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+            uint32_t b[4];
+            const int key = (lane % 8) + (lane / 16) * 8;
+            const int dim = ks * 16 + ((lane / 8) % 2) * 8;
+            if (!tc.far_all) {
+                ldsm_x4(b, sKr + key * SD + dim);
+                mma_16816(s[0], qn[ks], b[0], b[1]);
+                mma_16816(s[1], qn[ks], b[2], b[3]);
+            }
+            if (!tc.near_all) {
+                ldsm_x4(b, far_k + key * SD + dim);
+                mma_16816(t2[0], qf[ks], b[0], b[1]);
+                mma_16816(t2[1], qf[ks], b[2], b[3]);
+            }
+        }
+#pragma unroll
+        for (int nb = 0; nb < 2; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int kp = kp_s[nb * 8 + 2 * tq + (e & 1)];
+                const int q = qp[e >> 1];
+                if (tc.far_all || (!tc.near_all && (long long) q - kp >= a.window)) s[nb][e] = t2[nb][e];
+                if (need_mask && (kp == KPOS_INVALID || (a.causal && kp > q))) s[nb][e] = -INFINITY;
+            }
+        // Online softmax (base 2), rows g and g + 8.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float mx = fmaxf(fmaxf(s[0][2 * h], s[0][2 * h + 1]), fmaxf(s[1][2 * h], s[1][2 * h + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m_r[h], mx);
+            const float m_use = m_new == -INFINITY ? 0.f : m_new;
+            const float alpha = exp2f(m_r[h] - m_use);
+            float sum = 0.f;
+#pragma unroll
+            for (int nb = 0; nb < 2; ++nb) {
+                s[nb][2 * h] = exp2f(s[nb][2 * h] - m_use);
+                s[nb][2 * h + 1] = exp2f(s[nb][2 * h + 1] - m_use);
+                sum += s[nb][2 * h] + s[nb][2 * h + 1];
+            }
+            l_r[h] = l_r[h] * alpha + sum;
+            m_r[h] = m_new;
+#pragma unroll
+            for (int nb = 0; nb < D / 8; ++nb) o[nb][2 * h] *= alpha, o[nb][2 * h + 1] *= alpha;
+        }
+        const uint32_t p[4] = {pack_half2(s[0][0], s[0][1]), pack_half2(s[0][2], s[0][3]),
+                               pack_half2(s[1][0], s[1][1]), pack_half2(s[1][2], s[1][3])};
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+            uint32_t b[4];
+            const int key = (lane % 8) + ((lane / 8) % 2) * 8;
+            const int dim = dp * 16 + (lane / 16) * 8;
+            ldsm_x4_trans(b, sV + key * SD + dim);
+            mma_16816(o[2 * dp], p, b[0], b[1]);
+            mma_16816(o[2 * dp + 1], p, b[2], b[3]);
+        }
+        __syncwarp();  // this stage may be refilled next
+    }
+    cp_async_wait<0>();
+
+    // Merge the warps (their partial rows in the rings' space), then write this split's partial.
+    __syncthreads();
+    float * s_o = reinterpret_cast<float *>(smem + Tr::OFF_WARPS);  // [WARPS][ROWS][D]
+    float * s_ml = s_o + W * ROWS * D;                                // [WARPS][ROWS][2]
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float l = l_r[h];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int r = g + 8 * h;
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb)
+            *reinterpret_cast<float2 *>(s_o + (warp * ROWS + r) * D + nb * 8 + 2 * tq) =
+                make_float2(o[nb][2 * h], o[nb][2 * h + 1]);
+        if (tq == 0) s_ml[(warp * ROWS + r) * 2] = m_r[h], s_ml[(warp * ROWS + r) * 2 + 1] = l;
+    }
+    __syncthreads();
+    const size_t slot0 = ((size_t) split * a.n_head_kv + kvh) * plan.rows + r0;
+    float * part_o = work + slot0 * D;
+    float * part_ml = work + (size_t) gridDim.x * a.n_head_kv * plan.rows * D + slot0 * 2;
+    for (int idx = tid; idx < nrows * D; idx += Tr::THREADS) {
+        const int r = idx / D, d = idx % D;
+        float mm = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < W; ++w) mm = fmaxf(mm, s_ml[(w * ROWS + r) * 2]);
+        const float mu = mm == -INFINITY ? 0.f : mm;
+        float acc = 0.f, ls = 0.f;
+#pragma unroll
+        for (int w = 0; w < W; ++w) {
+            const float wt = exp2f(s_ml[(w * ROWS + r) * 2] - mu);
+            acc += wt * s_o[(w * ROWS + r) * D + d];
+            ls += wt * s_ml[(w * ROWS + r) * 2 + 1];
+        }
+        part_o[(size_t) r * D + d] = acc;
+        if (d == 0) part_ml[2 * r] = mm, part_ml[2 * r + 1] = ls;
+    }
+}
+
+template <int D> cudaError_t launch(const AttnArgs & a, const DecodePlan & plan, float * work, cudaStream_t stream) {
+    using Tr = DecodeMmaTraits<D>;
+    auto kernel = decode_mma_kernel<D>;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) Tr::SMEM);
+    if (err != cudaSuccess) return err;
+    kernel<<<dim3(plan.n_split, a.n_head_kv, plan.row_chunks), Tr::THREADS, Tr::SMEM, stream>>>(a, plan, work);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    return launch_decode_reduce(a, plan, D, work, stream);
+}
+
+}  // namespace
+
+int decode_mma_key_tile() { return DecodeMmaTraits<64>::KEYS; }
+
+DecodePlan plan_decode_mma(const AttnArgs & a, int sm_count) {
+    constexpr int G = DecodeMmaTraits<64>::SPLIT_GRANULE, ROWS = DecodeMmaTraits<64>::ROWS;
+    DecodePlan p;
+    p.rows = a.n_q * a.group;
+    p.row_chunks = (p.rows + ROWS - 1) / ROWS;
+    const int granules = (a.n_kv + G - 1) / G;
+    // About four blocks per multiprocessor (two resident) over heads x row chunks x splits.
+    const long long per_split = (long long) a.n_head_kv * p.row_chunks;
+    long long want = (4LL * (sm_count > 0 ? sm_count : 1) + per_split - 1) / per_split;
+    if (want < 1) want = 1;
+    if (want > granules) want = granules;
+    const int granules_per_split = (int) ((granules + want - 1) / want);
+    p.keys_per_split = granules_per_split * G;
+    p.n_split = (granules + granules_per_split - 1) / granules_per_split;
+    return p;
+}
+
+cudaError_t launch_decode_mma(const AttnArgs & a, const DecodePlan & plan, int head_dim, float * work,
+                              cudaStream_t stream) {
+    return head_dim == 64 ? launch<64>(a, plan, work, stream) : launch<128>(a, plan, work, stream);
+}
+
+}  // namespace rerope_cuda
