@@ -226,7 +226,7 @@ def main():
     assert lib.ggml_rerope_cuda_available(), "no CUDA in this build / no device"
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "prefill": [], "decode": []}
     if args.profile:
-        for n in (8192, 131072):
+        for n in (8192, 32768, 131072):
             profile_decode(n)
     res["copy"] = copy_bandwidth()
     print(f"copy: {res['copy']['gbs']:.0f} GB/s (read + write)", flush=True)

@@ -3,7 +3,7 @@
 # kernels (tests/test_cuda.py), benchmark them (python/bench_cuda_attention.py). Logs go
 # to $OUT (the device tool brings that folder back), copies belong in docs/gpu/.
 #
-#   python/gpu_run.sh smoke|test|bench|decode-variants|full
+#   python/gpu_run.sh smoke|test|bench|decode-variants|decode-waves|ncu-decode|full
 #
 # The machine is bare: ggml's headers and libraries travel in .dev/ggml (copied from
 # llama-cpp-python's site-packages), cffi and pycparser as wheels in .whl; both folders
@@ -57,6 +57,15 @@ case "$MODE" in
         GGML_REROPE_LIBRARY="$PWD/build-gpu-st4/src/libggml_rerope.so" python3 -m pytest -q tests/test_cuda.py -k decode || rc=1
         GGML_REROPE_LIBRARY="$PWD/build-gpu-st4/src/libggml_rerope.so" \
             python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_stages4.json" || rc=1
+        ;;
+    decode-waves)  # tensor-core decode split count: adaptive (default) against always 1 wave
+        python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_waves_auto.json" || rc=1
+        cmake -S . -B build-gpu-w1 -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+            -DGGML_REROPE_BUILD_TESTS=OFF -DCMAKE_CUDA_FLAGS=-DGGML_REROPE_DECODE_MMA_WAVES=1 "${GGML_DIR_ARG[@]}" \
+            >/dev/null && cmake --build build-gpu-w1 -j 16 >/dev/null || exit 1
+        GGML_REROPE_LIBRARY="$PWD/build-gpu-w1/src/libggml_rerope.so" python3 -m pytest -q tests/test_cuda.py -k decode || rc=1
+        GGML_REROPE_LIBRARY="$PWD/build-gpu-w1/src/libggml_rerope.so" \
+            python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_waves1.json" || rc=1
         ;;
     ncu-decode)  # Nsight Compute sections of one decode launch (n_kv = 131072)
         ncu --kernel-name regex:decode_kernel --launch-skip 12 --launch-count 1 \

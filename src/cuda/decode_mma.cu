@@ -271,21 +271,35 @@ template <int D> cudaError_t launch(const AttnArgs & a, const DecodePlan & plan,
 
 int decode_mma_key_tile() { return DecodeMmaTraits<64>::KEYS; }
 
-DecodePlan plan_decode_mma(const AttnArgs & a, int sm_count) {
+namespace {
+DecodePlan plan_with_waves(const AttnArgs & a, int sm_count, int waves) {
     constexpr int G = DecodeMmaTraits<64>::SPLIT_GRANULE, ROWS = DecodeMmaTraits<64>::ROWS;
     DecodePlan p;
     p.rows = a.n_q * a.group;
     p.row_chunks = (p.rows + ROWS - 1) / ROWS;
     const int granules = (a.n_kv + G - 1) / G;
-    // About four blocks per multiprocessor (two resident) over heads x row chunks x splits.
+    // waves x two resident blocks per multiprocessor, over heads x row chunks x splits.
     const long long per_split = (long long) a.n_head_kv * p.row_chunks;
-    long long want = (4LL * (sm_count > 0 ? sm_count : 1) + per_split - 1) / per_split;
+    long long want = (2LL * waves * (sm_count > 0 ? sm_count : 1) + per_split - 1) / per_split;
     if (want < 1) want = 1;
     if (want > granules) want = granules;
     const int granules_per_split = (int) ((granules + want - 1) / want);
     p.keys_per_split = granules_per_split * G;
     p.n_split = (granules + granules_per_split - 1) / granules_per_split;
     return p;
+}
+}  // namespace
+
+// One wave of long splits when each split gets >= 2048 keys, else two waves of shorter
+// ones. Kernel times on the H100 (docs/gpu/decode_mma_waves_run12.log): 128k keys 192 us
+// (one wave) vs 271 us (two); 32k keys 127 us (one) vs 97 us (two).
+DecodePlan plan_decode_mma(const AttnArgs & a, int sm_count) {
+#ifdef GGML_REROPE_DECODE_MMA_WAVES
+    return plan_with_waves(a, sm_count, GGML_REROPE_DECODE_MMA_WAVES);
+#else
+    const DecodePlan one = plan_with_waves(a, sm_count, 1);
+    return one.keys_per_split >= 2048 ? one : plan_with_waves(a, sm_count, 2);
+#endif
 }
 
 cudaError_t launch_decode_mma(const AttnArgs & a, const DecodePlan & plan, int head_dim, float * work,
