@@ -7,21 +7,22 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
-    if [ -n "${VIRTUAL_ENV:-}" ]; then PY=python; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+    if [ -n "${VIRTUAL_ENV:-}" ]; then PY=python; elif [ -x .venv/bin/python ]; then PY=$PWD/.venv/bin/python; else PY=python3; fi
 fi
+PY=$(command -v "$PY")  # absolute: CMake asks this Python where llama-cpp-python put ggml
 sanitize=${CI:-false}
 [ "${1:-}" = "--sanitize" ] && sanitize=true
 jobs=$(nproc 2>/dev/null || echo 2)
 
 echo "== C library and C tests (CTest)"
-cmake -S . -B build/ctest -DPython3_EXECUTABLE="$(command -v "$PY")" >/dev/null
+cmake -S . -B build/ctest -DPython3_EXECUTABLE="$PY" >/dev/null
 cmake --build build/ctest -j "$jobs"
 ctest --test-dir build/ctest --output-on-failure
 
 if [ "$sanitize" = true ]; then
     echo "== C tests with AddressSanitizer and UndefinedBehaviorSanitizer"
     cmake -S . -B build/asan -DGGML_REROPE_SANITIZE=ON -DGGML_REROPE_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DPython3_EXECUTABLE="$(command -v "$PY")" >/dev/null
+        -DPython3_EXECUTABLE="$PY" >/dev/null
     cmake --build build/asan -j "$jobs"
     # The install test builds outside programs without the sanitizer runtime: plain build only.
     ASAN_OPTIONS=detect_leaks=0 ctest --test-dir build/asan --output-on-failure -E install_and_build_example
