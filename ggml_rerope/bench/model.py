@@ -13,7 +13,9 @@ include the parent's pages). Both engines get the same token ids.
 from __future__ import annotations
 
 import argparse
+import builtins
 import ctypes
+import functools
 import json
 import os
 import pathlib
@@ -311,12 +313,14 @@ def run(args) -> dict:
                     row[kind]["peak_rss_bytes"] = peak_rss_child(kind, path, tf, n, args)
         row["verdicts"] = verdicts(row)
         result["rows"].append(row)
-        if not args.json:
-            print_row(row, first=len(result["rows"]) == 1, result=result)
+        # the table goes to stdout, or to stderr when stdout carries the JSON
+        print_row(row, first=len(result["rows"]) == 1, result=result, out=sys.stderr if args.json else sys.stdout)
     return result
 
 
-def print_row(row: dict, first: bool, result: dict) -> None:
+def print_row(row: dict, first: bool, result: dict, out=None) -> None:
+    out = out or sys.stdout
+    print = functools.partial(builtins.print, file=out)  # noqa: A001
     kinds = [k for k in ("ours", "llama.cpp") if k in row]
     if first:
         print(f"model {os.path.basename(result['model'])}, {result['threads']} threads, batch {result['batch']}, "
@@ -339,7 +343,7 @@ def print_row(row: dict, first: bool, result: dict) -> None:
         if len(kinds) == 2:
             tail = f"{row['ours'][key] / row['llama.cpp'][key]:>8.2f}x  {v.get(vk, '')}"
         print(f"{(str(n) if i == 0 else ''):>6}  {label:<16}{cells}{tail}")
-    sys.stdout.flush()
+    out.flush()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
