@@ -7,12 +7,11 @@ tokens; split-K decode for n_q <= 4 and n_kv >= 1024. Windows around 64 hit the 
 
 from __future__ import annotations
 
-import secrets
-
 import numpy as np
 import pytest
 
 import ggml_rerope
+from attention_inputs import random_qkv, rel_err
 from ggml_rerope import _binding, reference
 
 BK = 64
@@ -30,16 +29,7 @@ def simd(request):
 
 
 def make(n_q, n_kv, h, h_kv, d, kv_dtype=np.float32, seed=None):
-    seed = secrets.randbits(32) if seed is None else seed
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((n_q, h, d)).astype(np.float32)
-    k = rng.standard_normal((n_kv, h_kv, d)).astype(kv_dtype)
-    v = rng.standard_normal((n_kv, h_kv, d)).astype(kv_dtype)
-    return q, k, v, rng, seed
-
-
-def rel_err(out, ref):
-    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    return random_qkv(n_q, n_kv, h, h_kv, d, kv_dtype, seed)
 
 
 def check(q, k, v, seed, rows=None, **kw):

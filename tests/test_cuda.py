@@ -10,12 +10,11 @@ device output with NaN before each run, so an unwritten element fails the finite
 
 from __future__ import annotations
 
-import secrets
-
 import numpy as np
 import pytest
 
 import ggml_rerope
+from attention_inputs import random_qkv, rel_err
 from ggml_rerope import _binding, reference
 from ggml_rerope.errors import CudaError, UnsupportedError
 
@@ -30,16 +29,7 @@ TOL_DECODE = 2e-3
 
 
 def make(n_q, n_kv, h, h_kv, d, kv_dtype=np.float16, seed=None):
-    seed = secrets.randbits(32) if seed is None else seed
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((n_q, h, d)).astype(np.float32)
-    k = rng.standard_normal((n_kv, h_kv, d)).astype(kv_dtype)
-    v = rng.standard_normal((n_kv, h_kv, d)).astype(kv_dtype)
-    return q, k, v, rng, seed
-
-
-def rel_err(out, ref):
-    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    return random_qkv(n_q, n_kv, h, h_kv, d, kv_dtype, seed)
 
 
 def sample_rows(rng, n_q, n_max=24):
