@@ -177,6 +177,26 @@ def test_cli_rejects_a_flag_of_another_scheme():
     assert out.returncode == 2 and "--rerope-window" in out.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["/nonexistent/text.txt", "--ctx", "64"], "cannot read text file /nonexistent/text.txt"),
+    ([TEXT, "--ctx", "0"], "n_ctx must be >= 1, got 0"),
+    ([TEXT, "--ctx", "64", "--bucket", "0"], "bucket must be >= 1, got 0"),
+    ([TEXT, "--ctx", "64", "--score-last", "8"], "--score-last and --end-token go together"),
+])
+def test_cli_bad_input_is_one_error_line(args, message):
+    out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", *args, "--no-progress"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), out.stderr  # no traceback
+
+
+def test_cli_rejects_negative_chunks():
+    out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", TEXT, "--ctx", "64", "--chunks", "-1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--chunks must be >= 0" in out.stderr
+
+
 def test_llama_cpp_peer_agrees_with_runtime_on_plain_rope(text_tokens):
     from ggml_rerope.evaluators import open_evaluator
 
