@@ -130,3 +130,17 @@ def test_cli_json():
     assert d["n_ctx"] == 256 and d["trials"] == 1 and [x["depth"] for x in d["per_depth"]] == [0.0, 1.0]
     assert "k=4" in d["scheme"] and 0.0 <= d["accuracy"] <= 1.0
     assert "ETA" in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ctx", "10"], "context too small for the passkey prompt"),
+    (["--ctx", "0"], "n_ctx must be >= 1, got 0"),
+    (["--ctx", "200", "--trials", "0"], "trials must be >= 1, got 0"),
+    (["--ctx", "200", "--filler", "/nonexistent/filler.txt"], "/nonexistent/filler.txt"),
+])
+def test_cli_bad_input_is_one_error_line(args, message):
+    out = subprocess.run([sys.executable, "-m", "ggml_rerope.passkey", *args, "--no-progress"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr  # no traceback
