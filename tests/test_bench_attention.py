@@ -26,3 +26,11 @@ def test_bench_attention_quick():
 def test_bench_dispatcher_usage():
     proc = subprocess.run([sys.executable, "-m", "ggml_rerope.bench", "nonsense"], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def test_bench_attention_rejects_sizes_below_one():
+    for bad in ("0", "-5"):
+        proc = subprocess.run([sys.executable, "-m", "ggml_rerope.bench", "attention", "--sizes", "64", bad],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and f"--sizes must be >= 1, got {bad}" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -250,6 +250,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads < 1 or args.repeats < 1:
         ap.error("--threads and --repeats must be >= 1")
+    if args.sizes is not None and min(args.sizes) < 1:
+        ap.error(f"--sizes must be >= 1, got {min(args.sizes)}")
     sizes = args.sizes or ([128, 320] if args.quick else [2048, 8192, 16384])
     n_decode = 2048 if args.quick else 16384
     if args.quick:
