@@ -38,6 +38,9 @@ def _array3(name, x, dtypes):
         raise ValueError(f"{name} must have 3 dimensions (tokens, heads, head_dim), got shape {x.shape}")
     if 0 in x.shape:
         raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    # the kernel's online softmax drops NaN scores (a NaN row came back as zeros): refuse them here
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} must be finite: it holds NaN or infinity")
     return np.ascontiguousarray(x)
 
 
