@@ -155,10 +155,10 @@ def rerope_attention(q, k, v, *, window, leaky=None, logn_train_len=None, base=1
         raise TypeError(f"k and v must have the same dtype, got {k.dtype} and {v.dtype}")
     n_q, n_head, d = q.shape
     n_kv, n_head_kv, dk = k.shape
+    if dk != d:  # before the v check: a wrong k must not be reported as a wrong v
+        raise ValueError(f"k head size {dk} differs from q head size {d}")
     if v.shape != k.shape:
         raise ValueError(f"v must have the shape of k {k.shape}, got {v.shape}")
-    if dk != d:
-        raise ValueError(f"k head size {dk} differs from q head size {d}")
     if not 1 <= d <= 256:
         raise ValueError(f"q head size must be in 1..256, got {d}")
     if n_head % n_head_kv:

@@ -39,6 +39,7 @@ BAD_CALLS = [
     ("v NaN f16", lambda a: a.update(v=np.full((9, 2, 64), np.nan, np.float16), k=a["k"].astype(np.float16)),
      ValueError, "v must be finite"),
     ("head size", lambda a: a.update(k=a["k"][..., :32], v=a["v"][..., :32]), ValueError, "head size"),
+    ("k head size only", lambda a: a.update(k=a["k"][..., :32]), ValueError, "k head size 32 differs from q head size 64"),
     ("heads not multiple", lambda a: a.update(q=np.zeros((5, 3, 64), np.float32)), ValueError, "heads"),
     ("window 0", lambda a: a.update(window=0), ValueError, "window"),
     ("window float", lambda a: a.update(window=3.5), TypeError, "window"),
