@@ -5,7 +5,9 @@
  * -> ggml_rerope_attn in every layer -> logits. The KV cache holds RAW (unrotated) keys,
  * so the position scheme can change on a live context without recomputing anything.
  *
- * Every function returns a ggml_rerope_status; ggml_rerope_last_error() has the message.
+ * Every function that can fail returns a ggml_rerope_status; ggml_rerope_last_error() has the
+ * message. The getters (n_past, n_ctx, kv_bytes_per_token) return 0 for a NULL context, and
+ * the *_free functions accept NULL. A model must outlive every context made from it.
  */
 #ifndef GGML_REROPE_RUNTIME_H
 #define GGML_REROPE_RUNTIME_H
@@ -54,9 +56,9 @@ typedef struct ggml_rerope_context_params {
 typedef struct ggml_rerope_scheme {
     int32_t window;             /* ReRoPE window w >= 1 (INT32_MAX: plain RoPE)            */
     int32_t far_mode;           /* ggml_rerope_far_mode                                     */
-    float leaky_k;              /* FAR_LEAKY                                                */
-    int32_t group_size;         /* FAR_GROUP (Self-Extend)                                  */
-    int32_t logn_train_len;     /* 0: log-n off                                             */
+    float leaky_k;              /* FAR_LEAKY slope divisor k >= 1                           */
+    int32_t group_size;         /* FAR_GROUP (Self-Extend) G >= 1                           */
+    int32_t logn_train_len;     /* L_train of log-n; 0: off, else >= 2                      */
     float rope_base;            /* 0: the model's base                                      */
     const float * freq_factors; /* NULL: the model's (1 / rope_freqs, or ones); else n_rot/2
                                    multipliers of theta_m, copied by the call               */
@@ -64,9 +66,12 @@ typedef struct ggml_rerope_scheme {
                                    0 means 1                                                */
 } ggml_rerope_scheme;
 
+/* n_gpu_layers 0, use_mmap 1. */
 GGML_REROPE_API ggml_rerope_model_params ggml_rerope_model_default_params(void);
+/* n_ctx 4096, n_batch 512, n_threads 0 (all cores), kv_type F16. */
 GGML_REROPE_API ggml_rerope_context_params ggml_rerope_context_default_params(void);
-/* ReRoPE, window = n_ctx_train / 2, log-n on with L_train from the model. */
+/* ReRoPE, window = n_ctx_train / 2, log-n on with L_train from the model (window 1 and
+ * log-n off when the model has no n_ctx_train >= 2, or model is NULL). */
 GGML_REROPE_API ggml_rerope_scheme ggml_rerope_scheme_default(const ggml_rerope_model * model);
 
 /* Architectures llama, qwen2, qwen3; weights of every type ggml's CPU backend multiplies.
@@ -75,7 +80,9 @@ GGML_REROPE_API ggml_rerope_scheme ggml_rerope_scheme_default(const ggml_rerope_
  * The message names the file and the key, tensor or type at fault. params NULL: defaults. */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_model_load(const char * path, const ggml_rerope_model_params * params,
                                                           ggml_rerope_model ** out);
+/* Frees the model (NULL: no-op). Free its contexts first. */
 GGML_REROPE_API void ggml_rerope_model_free(ggml_rerope_model * model);
+/* Copies the model's hyperparameters into *out (ERR_INVALID_ARG when either is NULL). */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_model_get_info(const ggml_rerope_model * model,
                                                               ggml_rerope_model_info * out);
 
@@ -87,9 +94,11 @@ GGML_REROPE_API ggml_rerope_status ggml_rerope_model_get_info(const ggml_rerope_
 GGML_REROPE_API ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model,
                                                            const ggml_rerope_context_params * params,
                                                            ggml_rerope_context ** out);
+/* Frees the context and its KV cache (NULL: no-op). */
 GGML_REROPE_API void ggml_rerope_context_free(ggml_rerope_context * ctx);
 
-/* Sets the position scheme; applies to every later eval, over the cache as it is. */
+/* Sets the position scheme; applies to every later eval, over the cache as it is.
+ * Checked like ggml_rerope_check_params (ERR_INVALID_ARG with the field named). */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_context_set_scheme(ggml_rerope_context * ctx,
                                                                   const ggml_rerope_scheme * scheme);
 
@@ -98,13 +107,15 @@ GGML_REROPE_API ggml_rerope_status ggml_rerope_context_set_scheme(ggml_rerope_co
  * n_tokens * n_vocab floats, one row per token (all_logits = 1).
  * Fails with GGML_REROPE_ERR_CONTEXT_FULL (nothing evaluated) when n_past + n_tokens > n_ctx,
  * and with GGML_REROPE_ERR_INVALID_ARG for a token outside 0 .. n_vocab-1. On any failure
- * n_past is left as it was before the call. */
+ * n_past is left as it was before the call. n_tokens = 0 with logits NULL does nothing. */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_eval(ggml_rerope_context * ctx, const int32_t * tokens,
                                                     int32_t n_tokens, float * logits, int32_t all_logits);
 
+/* Tokens in the cache now (the next eval's first position). */
 GGML_REROPE_API int32_t ggml_rerope_n_past(const ggml_rerope_context * ctx);
+/* Tokens the cache holds at most (context_params.n_ctx). */
 GGML_REROPE_API int32_t ggml_rerope_n_ctx(const ggml_rerope_context * ctx);
-/* Keeps the first n_keep tokens of the cache (0 = reset). */
+/* Keeps the first n_keep tokens of the cache (0 = reset); n_keep must be in 0 .. n_past. */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_keep);
 /* Bytes of K + V cache per token, all layers. */
 GGML_REROPE_API size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx);
