@@ -285,7 +285,9 @@ def render(args, rows, cache: Cache) -> str:
         out.append("| row | " + " | ".join(_fmt_ctx(c) for c in ctxs["loss"]) + " |")
         out.append("|---|" + "---:|" * len(ctxs["loss"]))
         for row in shown:
-            cells = [cell(row, "loss", c, lambda r: f"{r.get('tokens_per_s', 0):.0f}") for c in ctxs["loss"]]
+            # rows measured elsewhere (e.g. the device machine: `device_tokens_per_s`) have no 2-core speed
+            cells = [cell(row, "loss", c, lambda r: f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "-")
+                     for c in ctxs["loss"]]
             if any(cells):
                 out.append(f"| {row.label} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
