@@ -114,6 +114,8 @@ typedef enum ggml_rerope_kv_type { GGML_REROPE_KV_F32 = 0, GGML_REROPE_KV_F16 = 
  * q_pos: n_q positions (NULL: n_kv - n_q .. n_kv - 1); k_pos: n_kv positions
  * (NULL: 0 .. n_kv - 1). Positions are >= 0. n_threads <= 0 picks the CPU count.
  * A query with no visible key gets an output row of zeros.
+ * q, k and v must be finite: they are not scanned here (the Python wrapper does), and
+ * non-finite values give unspecified output (on x86 a NaN query row came back as zeros).
  * On error `out` is left untouched. */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_attn_host(const ggml_rerope_params * params, const float * q,
                                                          int32_t n_q, int32_t n_head, const int32_t * q_pos,
@@ -132,11 +134,14 @@ typedef enum ggml_rerope_simd {
 
 /* 1 if this CPU and build can run the path. */
 GGML_REROPE_API int ggml_rerope_simd_supported(int32_t simd);
-/* Forces a path for later calls (AUTO = best supported); the environment variable
- * GGML_REROPE_SIMD=scalar|avx2|avx512|neon does the same at load time. */
+/* Forces a path for later calls (AUTO = best supported); ERR_INVALID_ARG for a value
+ * outside AUTO..NEON, ERR_UNSUPPORTED for a path this CPU or build lacks. The environment
+ * variable GGML_REROPE_SIMD=scalar|avx2|avx512|neon|auto does the same at first use, unless
+ * set_simd came first; an unknown or unsupported value there is ignored (best path). */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_set_simd(int32_t simd);
 /* The path calls use now. */
 GGML_REROPE_API int32_t ggml_rerope_get_simd(void);
+/* "auto", "scalar", "avx2", "avx512", "neon", or "unknown" for another value. */
 GGML_REROPE_API const char * ggml_rerope_simd_name(int32_t simd);
 
 /* ------------------------------------------------------------------ ggml node */
