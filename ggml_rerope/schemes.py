@@ -298,6 +298,14 @@ def _scale(hyper: ModelHyper, n_ctx: int, scale: Optional[float], orig_ctx: Opti
     return max(1.0, float(n_ctx) / float(orig))
 
 
+def _finite(name: str, value, positive: bool = False) -> float:
+    """value as a float; ValueError naming it when it is not finite (or not > 0 if positive)."""
+    x = float(value)
+    if not math.isfinite(x) or (positive and x <= 0):
+        raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value}")
+    return x
+
+
 def _check_n_ctx(n_ctx):
     if n_ctx is None or int(n_ctx) < 1:
         raise ValueError(f"n_ctx must be an integer >= 1, got {n_ctx!r}")
@@ -440,12 +448,15 @@ def yarn(hyper, n_ctx, *, scale=None, beta_fast=None, beta_slow=None, ext_factor
     if scale is None and g.get("factor") and float(g["factor"]) > 1:
         scale = float(g["factor"])
     s = _scale(hyper, n_ctx, scale, orig)
-    beta_fast = float(beta_fast if beta_fast is not None else g.get("beta_fast", 32.0))
-    beta_slow = float(beta_slow if beta_slow is not None else g.get("beta_slow", 1.0))
-    ext = float(ext_factor if ext_factor is not None else g.get("ext_factor", 1.0))
+    beta_fast = _finite("beta_fast", beta_fast if beta_fast is not None else g.get("beta_fast", 32.0), positive=True)
+    beta_slow = _finite("beta_slow", beta_slow if beta_slow is not None else g.get("beta_slow", 1.0), positive=True)
+    ext = _finite("ext_factor", ext_factor if ext_factor is not None else g.get("ext_factor", 1.0))
     if ext < 0:
         ext = 1.0  # llama.cpp: negative means "not set", 1 under YaRN
-    rope_af = float(attn_factor if attn_factor is not None else g.get("attn_factor", 1.0))
+    rope_af = _finite("attn_factor", attn_factor if attn_factor is not None else g.get("attn_factor", 1.0),
+                      positive=True)
+    if orig < 1:
+        raise ValueError(f"orig_ctx must be >= 1, got {orig}")
     low, high = yarn_corr_dims(hyper.n_rot, orig, hyper.rope_base, beta_fast, beta_slow)
     factors = hyper.model_factors() * yarn_factors(hyper.n_rot, s, low, high, ext)
     mscale = yarn_mscale(s, ext, float(g.get("log_mul", 0.0) or 0.0), rope_af)

@@ -233,6 +233,15 @@ def test_yarn_ext_factor_zero_is_linear_without_temperature():
     assert sch.attn_factor == 1.0
 
 
+@pytest.mark.parametrize("option, value", [
+    ("beta_fast", float("nan")), ("beta_fast", 0.0), ("beta_slow", -1.0), ("ext_factor", float("inf")),
+    ("attn_factor", 0.0), ("orig_ctx", -4),
+])
+def test_yarn_bad_option_names_it(option, value):
+    with pytest.raises(ValueError, match=option):
+        make_scheme("yarn", HYPER, N, scale=2.0, **{option: value})
+
+
 # ------------------------------------------------------------------ longrope, giraffe
 
 
