@@ -25,6 +25,7 @@ Conventions worth knowing:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import math
@@ -679,8 +680,8 @@ def _parse_factors(text: str):
     raw = p.read_text() if p.is_file() else text
     try:
         return [float(x) for x in raw.replace(",", " ").split()]
-    except ValueError as e:
-        raise ValueError(f"--longrope-factors: not a list of numbers: {e}") from None
+    except ValueError as e:  # ArgumentTypeError: argparse shows this message, not "invalid _parse_factors value"
+        raise argparse.ArgumentTypeError(f"not a file nor a list of numbers: {e}") from None
 
 
 def scheme_options_from_args(args) -> tuple:

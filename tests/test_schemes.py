@@ -452,6 +452,17 @@ def test_cli_flag_for_another_scheme_is_an_error():
         scheme_options_from_args(parse(["--rope-scaling", "bogus"]))
 
 
+def test_cli_bad_longrope_factors_say_why(capsys, tmp_path):
+    f = tmp_path / "factors.txt"
+    f.write_text("1.0 2.0\n3.5\n")
+    assert parse(["--rope-scaling", "longrope", "--longrope-factors", str(f)]).longrope_factors == [1.0, 2.0, 3.5]
+    for bad in ("1,2,x", str(tmp_path / "missing.txt")):
+        with pytest.raises(SystemExit):
+            parse(["--rope-scaling", "longrope", "--longrope-factors", bad])
+        err = capsys.readouterr().err
+        assert "--longrope-factors: not a file nor a list of numbers" in err and "_parse_factors" not in err
+
+
 def test_c_struct_conversion():
     from ggml_rerope.schemes import c_scheme
 
