@@ -351,6 +351,7 @@ class Model:
     @property
     def tokenizer(self) -> Tokenizer:
         """The vocabulary (loaded on first use, so pure token-in/logits-out use skips it)."""
+        self._live()  # a closed model must not load (and leak) a fresh vocabulary
         if self._tokenizer is None:
             tok = Tokenizer(self.model_path)  # its load log is llama.cpp noise, even when verbose
             if tok.n_vocab != self.n_vocab:

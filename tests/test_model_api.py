@@ -308,6 +308,8 @@ def test_close_and_context_manager():
     m.close()  # twice is fine
     with pytest.raises(ValueError, match="closed"):
         m.eval([1])
+    with pytest.raises(ValueError, match="closed"):
+        m.tokenize("hi")
     with Model(n_ctx=32) as m2:
         assert m2.eval([1, 2, 3]).shape == (m2.n_vocab,)
     with pytest.raises(ValueError, match="closed"):
