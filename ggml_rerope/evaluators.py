@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import inspect
 import os
+import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -247,3 +248,27 @@ def open_evaluator(model_path=None, n_ctx: int = 4096, scheme="rerope", *, engin
     if engine == "llama.cpp":
         return LlamaCppEvaluator(model_path, n_ctx, scheme, n_threads=n_threads, n_batch=n_batch, **options)
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+
+
+def run_measurement(args, scheme: str, options: dict, measure):
+    """The tools' common run: open the evaluator the CLI arguments name (model, ctx, engine,
+    threads, batch), call measure(ev), close it, and label the result with the scheme and engine.
+    Returns (exit code, result): Ctrl-C gives 130; a load error or bad input prints one
+    'error:' line and gives 1."""
+    from .errors import ReropeError
+
+    try:
+        ev = open_evaluator(args.model, n_ctx=args.ctx, scheme=scheme, engine=args.engine, n_threads=args.threads,
+                            n_batch=args.batch, **options)
+        try:
+            res = measure(ev)
+            res.scheme, res.engine = ev.describe(), ev.engine
+        finally:
+            ev.close()
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130, None
+    except (ReropeError, OSError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1, None
+    return 0, res

@@ -219,27 +219,17 @@ def main(argv=None) -> int:
     except ValueError as e:
         p.error(str(e))
     try:
-        from .errors import ReropeError
-        from .evaluators import open_evaluator
+        from .evaluators import run_measurement
     except Exception as e:  # the library itself failed to load
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    try:
-        ev = open_evaluator(args.model, n_ctx=args.ctx, scheme=name, engine=args.engine, n_threads=args.threads,
-                            n_batch=args.batch, **options)
-        try:
-            res = passkey(ev, args.ctx, trials=args.trials, depths=args.depths, seed=args.seed,
-                          gen_tokens=args.gen_tokens, filler=args.filler, show_progress=not args.no_progress)
-            res.scheme, res.engine = ev.describe(), ev.engine
-        finally:
-            ev.close()
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    except (ReropeError, OSError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    rc, res = run_measurement(
+        args, name, options,
+        lambda ev: passkey(ev, args.ctx, trials=args.trials, depths=args.depths, seed=args.seed,
+                           gen_tokens=args.gen_tokens, filler=args.filler, show_progress=not args.no_progress))
+    if rc:
+        return rc
     if args.json:
         print(json.dumps(res.to_dict()))
     else:

@@ -250,34 +250,27 @@ def main(argv=None) -> int:
     if args.chunks < 0:
         p.error(f"--chunks must be >= 0 (0: all), got {args.chunks}")
     try:
-        from .errors import ReropeError
-        from .evaluators import open_evaluator
+        from .evaluators import run_measurement
     except Exception as e:  # the library itself failed to load
         print(f"error: {e}", file=sys.stderr)
         return 1
 
     chunks = None if args.chunks == 0 else args.chunks
     try:
-        try:
-            text = read_text(args.text)
-        except OSError as e:
-            raise ValueError(f"cannot read text file {args.text}: {e.strerror or e}") from None
-        ev = open_evaluator(args.model, n_ctx=args.ctx, scheme=name, engine=args.engine, n_threads=args.threads,
-                            n_batch=args.batch, **options)
-        try:
-            tokens = tokenize_prefix(ev, text, tokens_needed(args.ctx, chunks, args.end_token))
-            res = perplexity(ev, tokens, args.ctx, chunks=chunks, bucket=args.bucket, score_last=args.score_last,
-                             end_token=args.end_token, show_progress=not args.no_progress,
-                             label=f"{ev.engine} {name} {args.ctx}")
-            res.scheme, res.engine = ev.describe(), ev.engine
-        finally:
-            ev.close()
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    except (ReropeError, OSError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        text = read_text(args.text)
+    except OSError as e:
+        print(f"error: cannot read text file {args.text}: {e.strerror or e}", file=sys.stderr)
         return 1
+
+    def measure(ev):
+        tokens = tokenize_prefix(ev, text, tokens_needed(args.ctx, chunks, args.end_token))
+        return perplexity(ev, tokens, args.ctx, chunks=chunks, bucket=args.bucket, score_last=args.score_last,
+                          end_token=args.end_token, show_progress=not args.no_progress,
+                          label=f"{ev.engine} {name} {args.ctx}")
+
+    rc, res = run_measurement(args, name, options, measure)
+    if rc:
+        return rc
     if args.json:
         print(json.dumps(res.to_dict()))
     else:
