@@ -3,7 +3,12 @@
 # kernels (tests/test_cuda.py), benchmark them (python/bench_cuda_attention.py). Logs go
 # to $OUT (the device tool brings that folder back), copies belong in docs/gpu/.
 #
-#   python/gpu_run.sh smoke|test|bench|decode-variants|decode-waves|ncu-decode|full
+#   python/gpu_run.sh smoke|test|bench|decode-variants|decode-waves|ncu-decode|model|full
+#
+# model: end to end (python/bench_gpu_model.py), ours vs llama.cpp CUDA with flash attention on a
+# random-weight Llama-3-8B-shaped Q4_0 GGUF written on the machine (/tmp, about 4.5 GB), prefill and
+# decode tok/s at 8k and 32k. It needs gguf and a CUDA build of llama-cpp-python
+# (CMAKE_ARGS="-DGGML_CUDA=on") among the .whl wheels, and the CUDA runtime (n_gpu_layers=-1).
 #
 # The machine is bare: ggml's headers and libraries travel in .dev/ggml (copied from
 # llama-cpp-python's site-packages), cffi and pycparser as wheels in .whl; both folders
@@ -73,6 +78,9 @@ case "$MODE" in
             --section WarpStateStats --section MemoryWorkloadAnalysis --section InstructionStats \
             python3 python/bench_cuda_attention.py --prefill "" --decode 131072 >"$OUT/ncu_decode.txt" 2>&1 || rc=1
         grep -vE "^\{|^\||^copy" "$OUT/ncu_decode.txt" | grep -E "[A-Za-z]" | head -150
+        ;;
+    model)
+        python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/bench_model.json" || rc=1
         ;;
     full)
         python3 -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/verify.log" || rc=1

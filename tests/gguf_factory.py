@@ -7,7 +7,7 @@ weight types F32, F16, Q8_0, Q4_0 (gguf.quants) and the K-quant Q4_K (gguf.quant
 K-quants, so ggml's own ggml_quantize_chunk from the process's libggml-base does it).
 
 The tokenizer is a minimal SentencePiece-style vocabulary (specials + the 256 byte tokens + filler
-pieces) so llama.cpp accepts the file; the tests feed token ids directly.
+pieces, ggml_rerope/bench/gguf_vocab.py) so llama.cpp accepts the file; the tests feed token ids directly.
 """
 
 from __future__ import annotations
@@ -18,26 +18,13 @@ import pathlib
 import gguf
 import numpy as np
 
+from ggml_rerope.bench.gguf_vocab import add_minimal_vocab
+
 ARCHS = ("llama", "qwen2", "qwen3")
 WEIGHT_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_K")
 
 # Shapes: every row length is a multiple of 256 (the K-quant block), 4 query heads over 2 KV heads.
 DEFAULT_SHAPE = dict(n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512, n_layer=2, n_vocab=384)
-
-
-def _vocab(n_vocab: int):
-    tokens, scores, types = ["<unk>", "<s>", "</s>"], [0.0, 0.0, 0.0], [2, 3, 3]
-    for b in range(256):
-        tokens.append(f"<0x{b:02X}>")
-        scores.append(0.0)
-        types.append(6)  # byte
-    i = 0
-    while len(tokens) < n_vocab:
-        tokens.append(f"\u2581tok{i}")
-        scores.append(-float(i))
-        types.append(1)
-        i += 1
-    return tokens, scores, types
 
 
 _ggml_base = None
@@ -120,14 +107,7 @@ def write_model(
     w.add_rope_freq_base(rope_base)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(0)
-    tokens, scores, types = _vocab(n_vocab)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
+    add_minimal_vocab(w, n_vocab)
 
     override = tensor_type_override or {}
 
