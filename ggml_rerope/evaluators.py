@@ -37,10 +37,11 @@ class RuntimeEvaluator:
 
     engine = "ggml-rerope"
 
-    def __init__(self, model_path, n_ctx: int, scheme="rerope", *, n_threads=None, n_batch=512, **options):
+    def __init__(self, model_path, n_ctx: int, scheme="rerope", *, n_threads=None, n_batch=512, n_gpu_layers=0,
+                 **options):
         from .model import Model
 
-        self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch)
+        self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers)
         try:
             self.scheme = self._set_scheme(scheme, n_ctx, options)
         except BaseException:
@@ -131,7 +132,7 @@ class LlamaCppEvaluator:
     engine = "llama.cpp"
 
     def __init__(self, model_path, n_ctx: int, scheme="none", *, n_threads=None, n_batch=512, flash_attn=True,
-                 **options):
+                 n_gpu_layers=0, **options):
         import llama_cpp
         from llama_cpp._utils import suppress_stdout_stderr
 
@@ -144,7 +145,7 @@ class LlamaCppEvaluator:
         with suppress_stdout_stderr(disable=False):
             self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
                                        n_threads=n_threads, n_threads_batch=n_threads, flash_attn=flash_attn,
-                                       logits_all=False, verbose=False, **self.params)
+                                       n_gpu_layers=n_gpu_layers, logits_all=False, verbose=False, **self.params)
         self._ctx = self.llm._ctx.ctx
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self.n_ctx, self.n_vocab, self.n_batch = int(self.llm.n_ctx()), int(self.llm.n_vocab()), n_batch
@@ -237,16 +238,19 @@ class LlamaCppEvaluator:
 
 
 def open_evaluator(model_path=None, n_ctx: int = 4096, scheme="rerope", *, engine: str = "ggml-rerope",
-                   n_threads: Optional[int] = None, n_batch: int = 512, **options):
-    """An evaluator of `engine` ("ggml-rerope" or "llama.cpp") for the model (None: default)."""
+                   n_threads: Optional[int] = None, n_batch: int = 512, n_gpu_layers: int = 0, **options):
+    """An evaluator of `engine` ("ggml-rerope" or "llama.cpp") for the model (None: default);
+    n_gpu_layers -1 runs it on the GPU (CUDA builds of both)."""
     if model_path is None:
         from .default_model import default_model_path
 
         model_path = default_model_path()
     if engine == "ggml-rerope":
-        return RuntimeEvaluator(model_path, n_ctx, scheme, n_threads=n_threads, n_batch=n_batch, **options)
+        return RuntimeEvaluator(model_path, n_ctx, scheme, n_threads=n_threads, n_batch=n_batch,
+                                n_gpu_layers=n_gpu_layers, **options)
     if engine == "llama.cpp":
-        return LlamaCppEvaluator(model_path, n_ctx, scheme, n_threads=n_threads, n_batch=n_batch, **options)
+        return LlamaCppEvaluator(model_path, n_ctx, scheme, n_threads=n_threads, n_batch=n_batch,
+                                 n_gpu_layers=n_gpu_layers, **options)
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
 
 
@@ -259,7 +263,7 @@ def run_measurement(args, scheme: str, options: dict, measure):
 
     try:
         ev = open_evaluator(args.model, n_ctx=args.ctx, scheme=scheme, engine=args.engine, n_threads=args.threads,
-                            n_batch=args.batch, **options)
+                            n_batch=args.batch, n_gpu_layers=getattr(args, "n_gpu_layers", 0), **options)
         try:
             res = measure(ev)
             res.scheme, res.engine = ev.describe(), ev.engine

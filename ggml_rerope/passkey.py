@@ -165,11 +165,13 @@ def passkey(ev, n_ctx: int, *, trials: int = 5, depths: Sequence[float] = DEFAUL
     keys = make_keys(seed, trials)
     budget = n_ctx - gen_tokens
     t0 = time.perf_counter()
-    per_depth, samples = [], []
-    total = len(depths) * trials
+    per_depth, samples = {}, []
+    total = len(set(depths)) * trials
     done = 0
     ev.reset()
-    for depth in depths:
+    # Deepest needle first: a prompt shares its filler up to the needle with the one before it, so
+    # after one full prefill each trial evaluates only the tokens from its needle on.
+    for depth in sorted(set(depths), reverse=True):
         ok = 0
         for key in keys:
             pr = builder.build(budget, key, depth)
@@ -185,8 +187,9 @@ def passkey(ev, n_ctx: int, *, trials: int = 5, depths: Sequence[float] = DEFAUL
                 sys.stderr.write(f"passkey {n_ctx}: {done}/{total} trials, depth {depth:g} key {key} -> "
                                  f"{answer.strip()[:24]!r} {'ok' if hit else 'WRONG'}  elapsed {el:.0f} s, "
                                  f"ETA {el / done * (total - done):.0f} s\n")
-        per_depth.append(dict(depth=depth, accuracy=ok / trials, correct=ok, trials=trials))
-    acc = sum(d["correct"] for d in per_depth) / total
+        per_depth[depth] = dict(depth=depth, accuracy=ok / trials, correct=ok, trials=trials)
+    per_depth = [per_depth[d] for d in sorted(per_depth)]
+    acc = sum(d["correct"] for d in per_depth) / sum(d["trials"] for d in per_depth)
     return PasskeyResult(n_ctx=n_ctx, trials=trials, depths=depths, accuracy=acc, per_depth=per_depth,
                          samples=samples, seconds=time.perf_counter() - t0)
 
@@ -210,6 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--engine", choices=("ggml-rerope", "llama.cpp"), default="ggml-rerope")
     p.add_argument("--threads", type=int)
     p.add_argument("--batch", type=int, default=512)
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="-1: run on the GPU (CUDA builds)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
     add_scheme_arguments(p)

@@ -239,6 +239,7 @@ def main(argv=None) -> int:
                    help="llama.cpp: the peer through llama-cpp-python (schemes none, linear, yarn, ntk)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.add_argument("--batch", type=int, default=512, help="micro-batch size")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="-1: run on the GPU (CUDA builds)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
     add_scheme_arguments(p)

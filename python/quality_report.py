@@ -160,7 +160,7 @@ def run(args, rows, cache: Cache, log) -> None:
         log(f"[{i + 1}/{len(plan)}] {row.label} @ {ctx}: {', '.join(todo)}")
         try:
             ev = open_evaluator(args.model, n_ctx=ctx, scheme=row.scheme, engine=row.engine, n_threads=args.threads,
-                                n_batch=args.batch, **row.options)
+                                n_batch=args.batch, n_gpu_layers=args.n_gpu_layers, **row.options)
         except Exception as e:  # a scheme that cannot run here: recorded, not fatal
             for m in todo:
                 cache.put(dict(id=Cache.ident(row, m, ctx, setups[m]), row=row.key, label=row.label, engine=row.engine,
@@ -397,6 +397,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch", type=int, default=512)
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                   help="-1: both engines on the GPU (CUDA builds; the loss/passkey numbers do not depend on it)")
     p.add_argument("--cache", default=str(ROOT / "docs" / "quality" / "cache.jsonl"))
     p.add_argument("--out", default=str(ROOT / "docs" / "quality.md"))
     p.add_argument("--partial", default="", help="label the page as partial, with this explanation")

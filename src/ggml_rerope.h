@@ -172,6 +172,10 @@ GGML_REROPE_API ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_param
                                                          int32_t n_kv, int32_t n_head_kv,
                                                          const int32_t * k_pos, float * out, void * stream);
 
+/* Waits until the work queued on `stream` (NULL = default stream) has finished;
+ * GGML_REROPE_ERR_CUDA with CUDA's message if any of it failed. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_cuda_synchronize(void * stream);
+
 /* Same contract on host buffers (like ggml_rerope_attn_host): copies the inputs to the
  * device, runs ggml_rerope_attn_cuda on a private stream, copies `out` back, waits.
  * For tests and benchmarks; n_q <= 4 runs the decode (split-K) kernel, more the prefill

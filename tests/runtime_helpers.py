@@ -25,11 +25,13 @@ def check(status: int) -> None:
 class Runtime:
     """One model + one context, freed on close()."""
 
-    def __init__(self, path, n_ctx=512, n_batch=512, n_threads=2, kv_type=KV_F16):
+    def __init__(self, path, n_ctx=512, n_batch=512, n_threads=2, kv_type=KV_F16, n_gpu_layers=0):
         self.model = None
         self.ctx = None
         mp = ffi.new("ggml_rerope_model **")
-        check(lib.ggml_rerope_model_load(str(path).encode(), ffi.NULL, mp))
+        params = ffi.new("ggml_rerope_model_params *", lib.ggml_rerope_model_default_params())
+        params.n_gpu_layers = n_gpu_layers
+        check(lib.ggml_rerope_model_load(str(path).encode(), params, mp))
         self.model = mp[0]
         self.info = ffi.new("ggml_rerope_model_info *")
         check(lib.ggml_rerope_model_get_info(self.model, self.info))
@@ -82,13 +84,13 @@ class Runtime:
         self.close()
 
 
-def llama_cpp_logits(path, tokens, *, flash_attn: bool, kv_type: int, n_threads=2) -> np.ndarray:
+def llama_cpp_logits(path, tokens, *, flash_attn: bool, kv_type: int, n_threads=2, n_gpu_layers=0) -> np.ndarray:
     """Per-position logits of llama.cpp (llama-cpp-python) for the same tokens."""
     import llama_cpp
 
     llm = llama_cpp.Llama(str(path), n_ctx=len(tokens) + 16, logits_all=True, n_threads=n_threads,
                           n_threads_batch=n_threads, flash_attn=flash_attn, type_k=kv_type, type_v=kv_type,
-                          verbose=False)
+                          n_gpu_layers=n_gpu_layers, verbose=False)
     try:
         llm.eval(list(map(int, tokens)))
         return np.array(llm.scores[: len(tokens)], dtype=np.float32)

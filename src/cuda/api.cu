@@ -182,6 +182,12 @@ ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_params * params, cons
     return run(a, params->head_dim, kv_type, static_cast<cudaStream_t>(stream));
 }
 
+ggml_rerope_status ggml_rerope_cuda_synchronize(void * stream) {
+    rerope_clear_error();
+    REROPE_CUDA_TRY(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+    return GGML_REROPE_OK;
+}
+
 ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_params * params, const float * q, int32_t n_q,
                                                    int32_t n_head, const int32_t * q_pos, const void * k,
                                                    const void * v, int32_t kv_type, int32_t n_kv, int32_t n_head_kv,

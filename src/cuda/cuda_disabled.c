@@ -11,6 +11,11 @@ ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_params * params, cons
     return rerope_fail(GGML_REROPE_ERR_CUDA, "this build of ggml_rerope has no CUDA kernels (GGML_REROPE_CUDA=OFF)");
 }
 
+ggml_rerope_status ggml_rerope_cuda_synchronize(void * stream) {
+    (void) stream;
+    return rerope_fail(GGML_REROPE_ERR_CUDA, "this build of ggml_rerope has no CUDA kernels (GGML_REROPE_CUDA=OFF)");
+}
+
 ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_params * params, const float * q, int32_t n_q,
                                                    int32_t n_head, const int32_t * q_pos, const void * k,
                                                    const void * v, int32_t kv_type, int32_t n_kv, int32_t n_head_kv,

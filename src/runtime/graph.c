@@ -51,16 +51,18 @@ ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shap
     g->gf = ggml_new_graph_custom(c, rt_graph_max_nodes(m), false);
 
     g->tokens = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_tokens);
-    g->q_pos = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_tokens);
-    g->k_pos = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_kv);
     ggml_set_input(g->tokens);
-    ggml_set_input(g->q_pos);
-    ggml_set_input(g->k_pos);
+    if (ctx->attn_mode != RT_ATTN_OUTSIDE) { /* outside the graph the kernel's default positions apply */
+        g->q_pos = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_tokens);
+        g->k_pos = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_kv);
+        ggml_set_input(g->q_pos);
+        ggml_set_input(g->k_pos);
+    }
     if (sh->n_out > 0 && sh->n_out < n_tokens) {
         g->out_ids = ggml_new_tensor_1d(c, GGML_TYPE_I32, sh->n_out);
         ggml_set_input(g->out_ids);
     }
-    if (ctx->use_ggml_attn) {
+    if (ctx->attn_mode == RT_ATTN_GGML) {
         g->kq_mask = ggml_new_tensor_2d(c, GGML_TYPE_F16, n_kv, n_tokens);
         ggml_set_input(g->kq_mask);
         if (m->freq_factors) {
@@ -99,8 +101,12 @@ ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shap
 
         struct ggml_tensor * kall = ggml_view_3d(c, kc, hd, I->n_head_kv, n_kv, kc->nb[1], kc->nb[2], 0);
         struct ggml_tensor * vall = ggml_view_3d(c, vc, hd, I->n_head_kv, n_kv, vc->nb[1], vc->nb[2], 0);
-        struct ggml_tensor * att = ctx->use_ggml_attn ? attn_ggml(c, ctx, g, q, kall, vall)
-                                                      : ggml_rerope_attn(c, q, kall, vall, g->q_pos, g->k_pos, &ctx->attn);
+        struct ggml_tensor * att;
+        switch (ctx->attn_mode) {
+        case RT_ATTN_GGML: att = attn_ggml(c, ctx, g, q, kall, vall); break;
+        case RT_ATTN_OUTSIDE: att = rt_attn_placeholder(c, q, il); break;
+        default: att = ggml_rerope_attn(c, q, kall, vall, g->q_pos, g->k_pos, &ctx->attn); break;
+        }
         if (!att) {
             char why[384];
             snprintf(why, sizeof(why), "%s", ggml_rerope_last_error());

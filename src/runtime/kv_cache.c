@@ -19,11 +19,12 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
     kv->n_layer = I->n_layer;
 
     const size_t bytes = rt_kv_bytes_per_token(I, type) * (size_t) n_ctx;
-    const size_t avail = rt_mem_available();
+    size_t avail = rt_mem_available(), total = 0;
+    if (m->gpu_dev) ggml_backend_dev_memory(m->gpu_dev, &avail, &total);
     if (avail && bytes > avail)
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY,
-                           "n_ctx = %d needs a KV cache of %zu MiB, but only %zu MiB of memory are available", n_ctx,
-                           bytes >> 20, avail >> 20);
+                           "n_ctx = %d needs a KV cache of %zu MiB, but only %zu MiB of %s memory are available", n_ctx,
+                           bytes >> 20, avail >> 20, m->gpu_dev ? ggml_backend_dev_name(m->gpu_dev) : "host");
 
     kv->k = calloc((size_t) I->n_layer, sizeof(*kv->k));
     kv->v = calloc((size_t) I->n_layer, sizeof(*kv->v));
@@ -41,7 +42,8 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
         ggml_format_name(kv->v[il], "cache_v_l%d", il);
     }
     /* Not cleared: attention only reads rows that were written, and untouched pages stay unresident. */
-    kv->buf = ggml_backend_alloc_ctx_tensors_from_buft(kv->ctx, ggml_backend_cpu_buffer_type());
+    kv->buf = ggml_backend_alloc_ctx_tensors_from_buft(
+        kv->ctx, m->gpu_dev ? ggml_backend_dev_buffer_type(m->gpu_dev) : ggml_backend_cpu_buffer_type());
     if (!kv->buf) {
         rt_kv_free(kv);
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate a KV cache of %zu MiB for n_ctx = %d",

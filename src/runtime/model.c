@@ -18,6 +18,34 @@ void ggml_rerope_model_free(ggml_rerope_model * m) {
     free(m);
 }
 
+/* n_gpu_layers != 0: the CUDA device of ggml (llama-cpp-python's libggml) for the whole model. */
+static ggml_rerope_status pick_gpu(ggml_rerope_model * m, int32_t n_gpu_layers) {
+    if (n_gpu_layers == 0) return GGML_REROPE_OK;
+    const int32_t n_layer = m->info.n_layer;
+    if (n_gpu_layers > 0 && n_gpu_layers < n_layer)
+        return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED,
+                           "n_gpu_layers = %d would split the %d layers between CPU and GPU, which is not "
+                           "supported: use 0 (CPU) or -1 (everything on the GPU)",
+                           n_gpu_layers, n_layer);
+    for (size_t i = 0; i < ggml_backend_dev_count() && !m->gpu_dev; i++) {
+        ggml_backend_dev_t d = ggml_backend_dev_get(i);
+        if (ggml_backend_dev_type(d) == GGML_BACKEND_DEVICE_TYPE_GPU && strncmp(ggml_backend_dev_name(d), "CUDA", 4) == 0)
+            m->gpu_dev = d;
+    }
+    if (!m->gpu_dev)
+        return rerope_fail(GGML_REROPE_ERR_CUDA,
+                           "n_gpu_layers = %d asks for the GPU, but ggml (llama-cpp-python's libggml) sees no CUDA "
+                           "device: it needs an NVIDIA GPU and llama-cpp-python built with "
+                           "CMAKE_ARGS=\"-DGGML_CUDA=on\" (or use n_gpu_layers = 0)",
+                           n_gpu_layers);
+    if (!ggml_rerope_cuda_available())
+        return rerope_fail(GGML_REROPE_ERR_CUDA,
+                           "n_gpu_layers = %d asks for the GPU, but this libggml_rerope has no CUDA kernels "
+                           "(rebuild it with nvcc on the PATH, GGML_REROPE_CUDA=ON)",
+                           n_gpu_layers);
+    return GGML_REROPE_OK;
+}
+
 ggml_rerope_status ggml_rerope_model_load(const char * path, const ggml_rerope_model_params * params,
                                           ggml_rerope_model ** out) {
     rerope_clear_error();
@@ -25,13 +53,8 @@ ggml_rerope_status ggml_rerope_model_load(const char * path, const ggml_rerope_m
     *out = NULL;
     if (!path || !path[0]) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "path is NULL or empty");
     ggml_rerope_model_params p = params ? *params : ggml_rerope_model_default_params();
-    if (p.n_gpu_layers != 0 && !ggml_rerope_cuda_available())
-        return rerope_fail(GGML_REROPE_ERR_CUDA,
-                           "n_gpu_layers = %d asks for the GPU, but this build has no CUDA runtime support "
-                           "(use n_gpu_layers = 0)",
-                           p.n_gpu_layers);
-    if (p.n_gpu_layers != 0)
-        return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "GPU offload of the runtime is not implemented yet (n_gpu_layers = 0)");
+    if (p.n_gpu_layers < -1)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_gpu_layers must be >= -1, got %d", p.n_gpu_layers);
 
     ggml_rerope_model * m = calloc(1, sizeof(*m));
     if (!m) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for the model");
@@ -43,6 +66,7 @@ ggml_rerope_status ggml_rerope_model_load(const char * path, const ggml_rerope_m
         m->cpu_dev = reg && ggml_backend_reg_dev_count(reg) > 0 ? ggml_backend_reg_dev_get(reg, 0) : NULL;
         if (!m->cpu_dev) s = rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "ggml has no CPU device");
     }
+    if (!s) s = pick_gpu(m, p.n_gpu_layers);
     if (!s) s = rt_weights_load(m, p.use_mmap != 0);
     if (s) {
         ggml_rerope_model_free(m);

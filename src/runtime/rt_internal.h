@@ -47,6 +47,8 @@ struct ggml_rerope_model {
     rt_file file;
 
     ggml_backend_dev_t cpu_dev;
+    ggml_backend_dev_t gpu_dev; /* n_gpu_layers != 0: every layer, the head and the KV cache here;
+                                   the token embedding stays in host memory (looked up there) */
     /* Weight tensors live in ctx_w[i], allocated in bufs[i]; i = 0 is the plain/mmap one. */
     struct ggml_context * ctx_w[RT_MAX_BUFS];
     ggml_backend_buffer_type_t buft_w[RT_MAX_BUFS];
@@ -91,6 +93,14 @@ typedef struct rt_graph {
     struct ggml_tensor * logits; /* F32 {n_vocab, n_out}, NULL when n_out = 0 */
 } rt_graph;
 
+/* How attention runs inside the graph. */
+typedef enum rt_attn_mode {
+    RT_ATTN_NODE = 0,    /* the ggml_rerope_attn custom node, computed by ggml's CPU threads          */
+    RT_ATTN_GGML = 1,    /* debug: ggml rope + flash attention (plain RoPE)                           */
+    RT_ATTN_OUTSIDE = 2, /* placeholder nodes: the graph runs in pieces on the backend and the kernel
+                            (CUDA, or the host one as a CPU check) runs on its buffers in between     */
+} rt_attn_mode;
+
 struct ggml_rerope_context {
     ggml_rerope_model * model;
     ggml_rerope_context_params cparams;
@@ -100,9 +110,14 @@ struct ggml_rerope_context {
     ggml_rerope_scheme scheme;
     float * scheme_freq_factors; /* owned copy of scheme.freq_factors */
     ggml_rerope_params attn;     /* per-layer attention parameters, alive while graphs compute */
-    bool use_ggml_attn;          /* debug: ggml rope + flash attention (plain RoPE) */
+    rt_attn_mode attn_mode;
 
-    ggml_backend_t backend;
+    ggml_backend_t backend;      /* CPU */
+    ggml_backend_t gpu;          /* the GPU device's, when the model is there (else NULL) */
+    ggml_backend_sched_t sched;  /* RT_ATTN_OUTSIDE: splits the graph between backends and
+                                    stops it at every attention placeholder */
+    ggml_rerope_status attn_status; /* first failure of an outside attention call in this eval */
+    int32_t n_kv_now;               /* cache rows the attention of the running graph reads */
     struct ggml_threadpool * threadpool;
     ggml_gallocr_t galloc;
     void * graph_mem; /* tensor + graph metadata, reused by every build */
@@ -137,6 +152,12 @@ size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type
 /* graph.c */
 size_t rt_graph_max_nodes(const ggml_rerope_model * m);
 ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shape * shape, rt_graph * out);
+
+/* attn_outside.c: attention run by the scheduler's eval callback (RT_ATTN_OUTSIDE). */
+/* The node whose data the callback overwrites with layer il's attention output (F32 like q). */
+struct ggml_tensor * rt_attn_placeholder(struct ggml_context * c, struct ggml_tensor * q, int il);
+/* ggml_backend_sched_eval_callback; user_data is the context. Failures land in ctx->attn_status. */
+bool rt_attn_eval_callback(struct ggml_tensor * t, bool ask, void * user_data);
 
 /* memory.c */
 /* Bytes the system can still give (MemAvailable), or 0 when unknown. */

@@ -2,7 +2,9 @@
  *   - matmul weights into ggml-cpu's extra (repacked) buffer types where one supports that
  *     tensor's mul_mat (a trial op through the device's supports_op), the data copied in
  *     (the buffer repacks it on set_tensor);
- *   - everything else zero-copy from the file mapping (or a CPU buffer without mmap). */
+ *   - everything else zero-copy from the file mapping (or a CPU buffer without mmap).
+ * A model on the GPU (m->gpu_dev) has every tensor but the token embedding in the GPU's buffer;
+ * the embedding stays mapped and its rows are looked up on the CPU, as llama.cpp does. */
 #include "errors.h"
 #include "ggml-cpu.h"
 #include "rt_internal.h"
@@ -95,7 +97,12 @@ static ggml_rerope_status get_tensor(loader * L, const char * name, w_kind kind,
                                            "Q4_0..Q8_0, K-quants, IQ types, TQ, MXFP4");
 
     ggml_backend_buffer_type_t buft = NULL; /* NULL: plain (mmap or CPU) */
-    if (kind == W_MATMUL) {
+    if (m->gpu_dev && kind != W_EMBD) {
+        buft = ggml_backend_dev_buffer_type(m->gpu_dev);
+        if (kind == W_MATMUL && !buft_supports_matmul(m->gpu_dev, buft, type, ne))
+            return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which %s cannot multiply",
+                               f->path, name, ggml_type_name(type), ggml_backend_dev_name(m->gpu_dev));
+    } else if (kind == W_MATMUL) {
         for (int i = 0; i < L->n_extra && !buft; i++)
             if (buft_supports_matmul(m->cpu_dev, L->extra[i], type, ne)) buft = L->extra[i];
     }
@@ -132,9 +139,14 @@ static ggml_rerope_status create_tensors(loader * L) {
          * buffer type takes it: get_rows needs the plain layout, the head's matmul wants the repacked one. */
         m->output = m->tok_embd;
         const enum ggml_type t = m->tok_embd->type;
-        for (int i = 0; i < L->n_extra; i++) {
-            if (!buft_supports_matmul(m->cpu_dev, L->extra[i], t, m->tok_embd->ne)) continue;
-            const int ci = ctx_index(L, L->extra[i]);
+        ggml_backend_buffer_type_t gpu_buft = m->gpu_dev ? ggml_backend_dev_buffer_type(m->gpu_dev) : NULL;
+        if (gpu_buft && !buft_supports_matmul(m->gpu_dev, gpu_buft, t, m->tok_embd->ne))
+            return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s: the tied output head has type %s, which %s cannot multiply",
+                               m->file.path, ggml_type_name(t), ggml_backend_dev_name(m->gpu_dev));
+        for (int i = 0; i < (gpu_buft ? 1 : L->n_extra); i++) {
+            ggml_backend_buffer_type_t buft = gpu_buft ? gpu_buft : L->extra[i];
+            if (!gpu_buft && !buft_supports_matmul(m->cpu_dev, buft, t, m->tok_embd->ne)) continue;
+            const int ci = ctx_index(L, buft);
             if (ci < 0) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory creating a weight context");
             m->output = ggml_new_tensor(m->ctx_w[ci], t, 2, m->tok_embd->ne);
             ggml_set_name(m->output, "output.weight (tied)");
@@ -209,15 +221,24 @@ static int64_t gguf_id_of(const loader * L, const struct ggml_tensor * t) {
 static ggml_rerope_status allocate_and_fill(loader * L) {
     ggml_rerope_model * m = L->m;
     rt_file * f = &m->file;
-    size_t copied = 0;
-    for (int i = 0; i < m->n_ctx_w; i++)
+    size_t copied = 0, on_gpu = 0;
+    for (int i = 0; i < m->n_ctx_w; i++) {
+        const bool gpu = m->gpu_dev && m->buft_w[i] == ggml_backend_dev_buffer_type(m->gpu_dev);
         if (m->buft_w[i] || !L->use_mmap)
             for (struct ggml_tensor * t = ggml_get_first_tensor(m->ctx_w[i]); t; t = ggml_get_next_tensor(m->ctx_w[i], t))
-                copied += ggml_nbytes(t);
+                *(gpu ? &on_gpu : &copied) += ggml_nbytes(t);
+    }
     const size_t avail = rt_mem_available();
     if (avail && copied > avail)
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "%s: weights need %zu MiB of memory, %zu MiB available", f->path,
                            copied >> 20, avail >> 20);
+    if (on_gpu) {
+        size_t free_b = 0, total_b = 0;
+        ggml_backend_dev_memory(m->gpu_dev, &free_b, &total_b);
+        if (free_b && on_gpu > free_b)
+            return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "%s: weights need %zu MiB of %s memory, %zu MiB free", f->path,
+                               on_gpu >> 20, ggml_backend_dev_name(m->gpu_dev), free_b >> 20);
+    }
 
     for (int i = 0; i < m->n_ctx_w; i++) {
         struct ggml_context * c = m->ctx_w[i];

@@ -1,0 +1,99 @@
+"""The runtime on the GPU (n_gpu_layers = -1): weights, KV cache and compute on the device, the
+attention by our CUDA kernel in the scheduler's eval callback (src/runtime/attn_outside.c).
+
+Needs an NVIDIA GPU, libggml_rerope built with CUDA and llama-cpp-python built with
+CMAKE_ARGS="-DGGML_CUDA=on"; otherwise skipped with that reason (the CPU check of the same
+execution path is tests/test_runtime_outside.py).
+
+Bounds: a GPU program is not the CPU's float program (ggml-cuda's matmuls round activations and
+partial sums differently; our kernel rounds q and P to f16 for the tensor cores), so our GPU-vs-CPU
+gap is bounded by llama.cpp's own GPU-vs-CPU gap on the same file and tokens, measured in the same
+test, as tests/test_runtime_vs_llama_cpp.py does for flash attention on vs off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gguf_factory
+from ggml_rerope._cuda import cuda_available
+from runtime_helpers import INT32_MAX, KV_F16, Runtime, compare, llama_cpp_logits
+from test_runtime_vs_llama_cpp import TEXT, _default_model_path
+
+
+def _llama_cpp_has_gpu() -> bool:
+    try:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_supports_gpu_offload())
+    except Exception:
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    not (cuda_available() and _llama_cpp_has_gpu()),
+    reason="needs a GPU, libggml_rerope with CUDA kernels and llama-cpp-python built with -DGGML_CUDA=on")
+
+
+def ours(path, tokens, ngl, n_batch=64, **scheme):
+    with Runtime(path, n_ctx=len(tokens) + 8, n_batch=n_batch, kv_type=KV_F16, n_gpu_layers=ngl) as rt:
+        if scheme:
+            rt.set_scheme(**scheme)
+        return rt.eval(tokens, all_logits=True)
+
+
+@pytest.mark.parametrize("arch, wtype", [("llama", "Q4_0"), ("qwen2", "Q8_0"), ("qwen3", "F16"), ("llama", "Q4_K")])
+def test_gpu_matches_cpu_within_llama_cpp_gpu_cpu_gap(tmp_path, arch, wtype):
+    path = gguf_factory.write_model(tmp_path / "m.gguf", arch, wtype, seed=5)
+    tokens = np.random.default_rng(4).integers(3, gguf_factory.DEFAULT_SHAPE["n_vocab"], 160)
+    floor = compare(llama_cpp_logits(path, tokens, flash_attn=True, kv_type=KV_F16, n_gpu_layers=-1),
+                    llama_cpp_logits(path, tokens, flash_attn=True, kv_type=KV_F16))
+    for scheme in (dict(window=INT32_MAX, logn_train_len=0), dict(window=9, logn_train_len=64)):
+        cpu = ours(path, tokens, 0, **scheme)
+        gpu = ours(path, tokens, -1, **scheme)
+        assert np.isfinite(gpu).all()
+        c = compare(gpu, cpu)
+        print(f"{arch} {wtype} {scheme}: ours GPU vs CPU mean|d| {c['mean_abs']:.4g} argmax {c['argmax']:.3f} | "
+              f"llama.cpp GPU vs CPU mean|d| {floor['mean_abs']:.4g} argmax {floor['argmax']:.3f}")
+        assert c["mean_abs"] <= 1.5 * floor["mean_abs"] + 2e-3 * cpu.std(), (c["mean_abs"], floor["mean_abs"])
+        assert c["argmax"] >= floor["argmax"] - 0.02
+
+
+def test_gpu_decode_after_prefill_equals_one_prefill(tmp_path):
+    """Prefill 150 then decode 10 one by one (decode kernel) = the same 160 tokens in one prefill,
+    with the window (20) far below the length: near, far and mixed tiles on both kernels."""
+    path = gguf_factory.write_model(tmp_path / "m.gguf", "qwen2", "F16", seed=6)
+    tokens = np.random.default_rng(8).integers(3, 384, 160)
+    full = ours(path, tokens, -1, window=20, logn_train_len=64)
+    with Runtime(path, n_ctx=170, n_batch=64, n_gpu_layers=-1) as rt:
+        rt.set_scheme(window=20, logn_train_len=64)
+        rows = [rt.eval(tokens[:150], all_logits=True)]
+        rows += [rt.eval(tokens[i:i + 1]).reshape(1, -1) for i in range(150, 160)]
+        assert rt.n_past == 160
+    step = np.concatenate(rows)
+    c = compare(step, full)
+    assert c["rel_mean"] < 2e-3 and c["agree"][c["margin"] >= 0.05].all(), (c["rel_mean"], c["argmax"])
+
+
+@pytest.mark.skipif(_default_model_path() is None or not TEXT.exists(), reason="SmolLM2 or the shared text missing")
+def test_smollm2_gpu_matches_llama_cpp_cuda():
+    """SmolLM2 (head size 64), 1000 tokens, window covering them: ours on the GPU vs llama.cpp CUDA
+    with flash attention, bounded by llama.cpp CUDA's own flash-attention on/off gap."""
+    import llama_cpp
+
+    path = _default_model_path()
+    vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    tokens = np.array(vocab.tokenize(TEXT.read_text()[:20000].encode())[:1000], np.int32)
+    ref = llama_cpp_logits(path, tokens, flash_attn=True, kv_type=KV_F16, n_gpu_layers=-1)
+    alt = llama_cpp_logits(path, tokens, flash_attn=False, kv_type=KV_F16, n_gpu_layers=-1)
+    floor = compare(alt, ref)
+    got = ours(path, tokens, -1, n_batch=512, window=INT32_MAX, logn_train_len=0)
+    c = compare(got, ref)
+    confident = c["margin"] >= 1.0
+    print(f"SmolLM2 GPU: ours vs llama.cpp CUDA argmax {c['argmax']:.3f} (margin >= 1: "
+          f"{c['agree'][confident].mean():.3f} of {confident.sum()}) mean|d| {c['mean_abs']:.4f} | "
+          f"llama.cpp CUDA FA on/off argmax {floor['argmax']:.3f} mean|d| {floor['mean_abs']:.4f}")
+    assert c["mean_abs"] <= 1.3 * floor["mean_abs"] + 2e-3 * ref.std()
+    assert c["argmax"] >= floor["argmax"] - 0.02
+    assert c["agree"][confident].mean() >= 0.99
