@@ -10,6 +10,7 @@ from .attention import rerope_attention
 from .errors import (
     ContextFullError,
     CudaError,
+    LibraryNotFoundError,
     ModelLoadError,
     OutOfMemoryError,
     ReropeError,
@@ -36,6 +37,7 @@ __all__ = [
     "ModelLoadError",
     "ContextFullError",
     "CudaError",
+    "LibraryNotFoundError",
     "OutOfMemoryError",
 ]
 __version__ = "0.1.0"

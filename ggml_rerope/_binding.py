@@ -11,6 +11,8 @@ import pathlib
 
 import cffi
 
+from .errors import LibraryNotFoundError
+
 ffi = cffi.FFI()
 
 # --- src/ggml_rerope.h --------------------------------------------------------------
@@ -152,16 +154,34 @@ def _load():
     tried = []
     for path in _candidates():
         if path.exists():
-            return ffi.dlopen(str(path)), path
+            try:
+                return ffi.dlopen(str(path)), path
+            except OSError as e:
+                raise LibraryNotFoundError(f"cannot load {path}: {e}") from None
         tried.append(str(path))
-    raise ImportError(
+    raise LibraryNotFoundError(
         "libggml_rerope not found (looked in: " + ", ".join(tried) + "). Install the package with "
         "`pip install --no-build-isolation .`, or build it with `cmake -B build && cmake --build build`, "
         "or set GGML_REROPE_LIBRARY to the library's path."
     )
 
 
-lib, library_path = _load()
+class _Library:
+    """libggml_rerope, opened at its first use rather than at import, so that `import ggml_rerope`
+    and the command-line tools' argument parsing work without it, and a missing library surfaces
+    as a LibraryNotFoundError (a ReropeError) where the tools report errors, not as a traceback."""
+
+    def __init__(self):
+        self._lib = None
+        self.path = None
+
+    def __getattr__(self, name):
+        if self._lib is None:
+            self._lib, self.path = _load()
+        return getattr(self._lib, name)
+
+
+lib = _Library()
 
 
 def last_error() -> str:

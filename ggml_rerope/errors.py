@@ -7,6 +7,10 @@ class ReropeError(Exception):
     """Base class of every error raised by ggml_rerope."""
 
 
+class LibraryNotFoundError(ReropeError, ImportError):
+    """libggml_rerope could not be found or loaded."""
+
+
 class UnsupportedError(ReropeError):
     """A model architecture, tensor type or feature this build cannot run."""
 

@@ -29,4 +29,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..errors import LibraryNotFoundError
+
+    try:
+        sys.exit(main())
+    except LibraryNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
