@@ -33,7 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ggml_rerope.evaluators import open_evaluator  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ggml_rerope import schemes  # noqa: E402
+from ggml_rerope.evaluators import llama_cpp_params, open_evaluator  # noqa: E402
 from ggml_rerope.passkey import passkey  # noqa: E402
 from ggml_rerope.perplexity import perplexity, read_text, tokenize_prefix  # noqa: E402
 
@@ -98,6 +101,38 @@ def select_rows(rows, spec):
     return out
 
 
+def computation(row: Row, ctx: int, hyper):
+    """What a row computes at context ctx, as a hashable key. Rows with equal keys run the same
+    computation, so one measurement serves them all: every scaling scheme is plain RoPE at
+    N <= the trained context (factor 1), a ReRoPE window >= N is no window, log-n scales
+    nothing below the trained length, and Leaky ReRoPE with k = 1 is RoPE."""
+    if row.engine == "llama.cpp":
+        p = llama_cpp_params(row.scheme, hyper, ctx)
+        plain = p.get("rope_freq_scale", 1.0) == 1.0 and p.get("rope_freq_base", hyper.rope_base) == hyper.rope_base
+        return ("llama.cpp", "none" if plain else row.scheme)
+    try:
+        scheme = schemes.make_scheme(row.scheme, hyper, ctx, **row.options)
+    except ValueError:
+        return ("ggml-rerope", row.key)  # cannot run here (longrope without factors): its own key
+    s = scheme.resolve(ctx)
+    window, far, k, group = s.window, s.far_mode, s.leaky_k, s.group_size
+    if window >= ctx or (far == schemes.FAR_LEAKY and k == 1.0):
+        window, far, k, group = None, None, None, None
+    logn = s.logn_train_len if s.logn_train_len and ctx > s.logn_train_len else 0
+    base = s.rope_base if s.rope_base > 0 else hyper.rope_base
+    factors = tuple(np.round(s.factors(hyper), 9))
+    key = ("ggml-rerope", window, far, k, group, logn, base, factors, s.attn_factor)
+    if scheme.dynamic and key != computation(Row("", "ggml-rerope", "none"), ctx, hyper):
+        return ("ggml-rerope", row.key)  # recomputed as the sequence grows: like no other row
+    return key
+
+
+def order_rows(rows):
+    """Rows in the report's order (so the plain row is measured first and the others refer to it)."""
+    index = {r.key: i for i, r in enumerate(all_rows())}
+    return sorted(rows, key=lambda r: index.get(r.key, len(index)))
+
+
 # ------------------------------------------------------------------ cache
 
 
@@ -141,15 +176,21 @@ def run(args, rows, cache: Cache, log) -> None:
                         seed=args.seed, filler=args.passkey_filler),
     }
     # Measure-major, then context, then row: a stopped run leaves whole tables of the cheaper measures.
+    # A row that computes what another (measured or planned) row computes is not run again.
+    hyper = schemes.hyper_from(args.model)
     plan = []
     for m in [m for m in ("loss", "last", "passkey") if m in args.measures]:
         cs = args.passkey_contexts if m == "passkey" else args.contexts
         for ctx in sorted(cs):
             if m == "last" and not args.score_last < ctx <= args.end_token:
                 continue
-            for row in rows:
-                if cache.get(Cache.ident(row, m, ctx, setups[m])) is None:
+            covered = {computation(r, ctx, hyper) for r in all_rows()
+                       if cache.get(Cache.ident(r, m, ctx, setups[m])) is not None}
+            for row in order_rows(rows):
+                key = computation(row, ctx, hyper)
+                if cache.get(Cache.ident(row, m, ctx, setups[m])) is None and key not in covered:
                     plan.append((ctx, row, [m]))
+                covered.add(key)
     log(f"{len(plan)} (row, context) runs to do; cache {cache.path}")
     for i, (ctx, row, todo) in enumerate(plan):
         if row.note and row.scheme == "longrope":
@@ -207,8 +248,18 @@ def _fmt_ctx(c: int) -> str:
 def render(args, rows, cache: Cache) -> str:
     recs = list(cache.items.values())
     by = {(r["row"], r["measure"], r["ctx"]): r for r in recs}
+    # cells a twin row's measurement fills (the same computation at that context)
+    hyper = schemes.hyper_from(args.model)
+    twin = {}
+    for m in ("loss", "last", "passkey"):
+        for c in sorted({r["ctx"] for r in recs if r["measure"] == m}):
+            measured = {computation(row, c, hyper): by[(row.key, m, c)] for row in rows
+                        if (row.key, m, c) in by and not by[(row.key, m, c)].get("error")}
+            for row in rows:
+                if (row.key, m, c) not in by and computation(row, c, hyper) in measured:
+                    twin[(row.key, m, c)] = measured[computation(row, c, hyper)]
     ctxs = {m: sorted({r["ctx"] for r in recs if r["measure"] == m}) for m in ("loss", "last", "passkey")}
-    shown = [row for row in rows if any((row.key, m, c) in by for m in ctxs for c in ctxs[m])]
+    shown = rows
     out = []
     title = "# Long-context quality: position schemes on SmolLM2-135M (trained context 8192)"
     out.append(title + ("\n\n**PARTIAL REPORT** — " + args.partial if args.partial else ""))
@@ -220,8 +271,10 @@ def render(args, rows, cache: Cache) -> str:
     out.append("Rows marked *llama.cpp* ran in llama.cpp itself (llama-cpp-python 0.3.36, flash attention) on the "
                "same tokens; all other rows are this project's runtime with the scheme from `ggml_rerope/schemes.py`.")
 
-    def cell(row, m, c, fmt):
+    def cell(row, m, c, fmt, twins=True):
         r = by.get((row.key, m, c))
+        if r is None and twins and (row.key, m, c) in twin:
+            return fmt(twin[(row.key, m, c)]) + " ="  # the same computation as a measured row
         if r is None:
             return ""
         if r.get("error"):
@@ -238,10 +291,15 @@ def render(args, rows, cache: Cache) -> str:
         out.append("|---|" + "---:|" * len(ctxs[m]))
         for row in shown:
             cells = [cell(row, m, c, fmt) for c in ctxs[m]]
-            if any(cells):
+            if any(cells) or m == "loss":  # every scheme in the loss table: an empty cell is a gap
                 name = f"*{row.label}*" if row.engine == "llama.cpp" else row.label
                 out.append(f"| {name} | " + " | ".join(cells) + " |")
 
+    out.append("")
+    out.append("A value marked `=` was not measured for that row: at that context the row computes exactly what "
+               "a measured row computes (every scaling scheme is plain RoPE at N <= 8192, where its factor is 1; a "
+               "ReRoPE window >= N is no window; log-n scales nothing below the trained length; Leaky ReRoPE with "
+               "k = 1 is RoPE), so that row's measurement is shown. An empty cell was not run.")
     table("loss", lambda r: f"{r['loss']:.3f}",
           "## Mean loss over the first N tokens (nats/token; lower is better)")
     table("last", lambda r: f"{r['loss']:.3f}",
@@ -286,8 +344,8 @@ def render(args, rows, cache: Cache) -> str:
         out.append("|---|" + "---:|" * len(ctxs["loss"]))
         for row in shown:
             # rows measured elsewhere (e.g. the device machine: `device_tokens_per_s`) have no 2-core speed
-            cells = [cell(row, "loss", c, lambda r: f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "-")
-                     for c in ctxs["loss"]]
+            cells = [cell(row, "loss", c, lambda r: f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "-",
+                          twins=False) for c in ctxs["loss"]]
             if any(cells):
                 out.append(f"| {row.label} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"

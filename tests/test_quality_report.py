@@ -35,3 +35,29 @@ def test_report_runs_resumes_and_renders(tmp_path):
     assert "0 (row, context) runs to do" in again.stderr
     assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 9
     assert (tmp_path / "quality.md").read_text().rstrip().endswith("my notes")
+
+
+def test_rows_of_the_same_computation_share_one_measurement():
+    """The report runs one measurement for rows that compute the same thing at a context (and
+    shows it for both, marked '='); rows that differ must never share."""
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    import quality_report as qr
+    from ggml_rerope import schemes
+
+    hyper = schemes.hyper_from(dict(n_rot=64, rope_base=10000.0, n_ctx_train=8192, head_dim=64))
+    rows = {r.label: r for r in qr.all_rows(8192)}
+
+    def key(label, ctx):
+        return qr.computation(rows[label], ctx, hyper)
+
+    plain = ("linear", "ntk", "dynamic-ntk", "yarn", "rerope w=4096 log-n", "rerope w=4096",
+             "leaky w=2048 k=auto log-n", "leaky w=2048 k=auto")
+    for label in plain:  # factor 1 / window >= N / k = 1 / log-n idle: RoPE itself
+        assert key(label, 4096) == key("none (RoPE)", 4096), label
+    assert key("rerope w=4096 log-n", 8192) == key("rerope w=4096", 8192) != key("none (RoPE)", 8192)
+    for label in ("power (Giraffe k=0.5)", "truncate (Giraffe)", "self-extend", "rerope w=2048"):
+        assert key(label, 4096) != key("none (RoPE)", 4096), label  # these change RoPE at any length
+    at_16k = [key(label, 16384) for label in rows if label not in ("longrope",)]
+    assert len(set(at_16k)) == len(at_16k), "two different schemes share a key at 16k"
+    assert key("llama.cpp linear", 8192) == key("llama.cpp none", 8192) != key("llama.cpp linear", 16384)
+    assert key("llama.cpp none", 4096) != key("none (RoPE)", 4096)  # other engine: measured apart
