@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-p", type=float, default=0.05, help="min-p (0: off; default 0.05)")
     p.add_argument("--repeat-penalty", type=float, default=1.0, help="repeat penalty (1: off; default 1.0)")
     p.add_argument("--seed", type=int, default=-1, help="sampling seed (-1: random)")
-    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers on the GPU (CUDA builds)")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="-1: the whole model on the GPU (needs CUDA builds of this package and llama-cpp-python); 0: CPU")
     p.add_argument("-s", "--system", default=None, help="system prompt")
     p.add_argument("--kv-type", default="f16", choices=("f16", "f32"), help="KV cache type (default f16)")
     p.add_argument("-f", "--file", metavar="PATH", help="document to put into the context first")

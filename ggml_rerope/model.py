@@ -157,7 +157,9 @@ class Model:
         n_ctx: tokens the KV cache holds (may exceed the model's trained context).
         n_threads: CPU threads; None = every core this process may use.
         n_batch: micro-batch of the prompt evaluation.
-        n_gpu_layers: layers on the GPU (CUDA builds); 0 = CPU only, -1 = all.
+        n_gpu_layers: 0 = CPU only; -1 (or >= the layer count) = weights, KV cache and compute on
+            the CUDA GPU (needs this library built with CUDA and llama-cpp-python built with
+            CMAKE_ARGS="-DGGML_CUDA=on"; else CudaError). Splitting layers is not supported.
         rope_scaling: "rerope" (default): plain RoPE within `rerope_window` tokens, every longer
             distance clamped to the window; "leaky-rerope": beyond the window distances keep
             growing with slope 1 / rerope_leaky_k; "none": plain RoPE (no window, no log-n),
