@@ -365,9 +365,13 @@ def plots(args, rows, cache: Cache, out_dir: Path):
     out_dir.mkdir(parents=True, exist_ok=True)
     row_by_key = {r.key: r for r in rows}
 
-    def style(key):
+    palette = plt.get_cmap("tab20").colors
+    order = [r.key for r in rows]
+
+    def style(key):  # one fixed colour per row across plots; llama.cpp dashed
         row = row_by_key.get(key)
-        return dict(linestyle="--" if row and row.engine == "llama.cpp" else "-", marker="o")
+        color = palette[order.index(key) % len(palette)] if key in order else None
+        return dict(linestyle="--" if row and row.engine == "llama.cpp" else "-", marker="o", color=color)
 
     for m, ylabel, name in (("loss", "mean loss over the first N tokens", "loss_vs_context.png"),
                             ("last", f"loss of the last {args.score_last} tokens before {args.end_token}",
@@ -375,19 +379,19 @@ def plots(args, rows, cache: Cache, out_dir: Path):
         series = {}
         for r in recs:
             if r["measure"] == m:
-                series.setdefault(r["row"], []).append((r["ctx"], r["loss"]))
+                series.setdefault(r["row"], {})[r["ctx"]] = r["loss"]  # the newest record wins
         if not series:
             continue
         fig, ax = plt.subplots(figsize=(9, 6))
-        for key, pts in sorted(series.items()):
-            pts.sort()
+        for key, by_ctx in sorted(series.items()):
+            pts = sorted(by_ctx.items())
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key.split(":", 1)[1], **style(key))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context N (tokens)")
         ax.set_ylabel(ylabel)
         ax.axvline(8192, color="grey", lw=0.8)
-        lo = min(p[1] for pts in series.values() for p in pts)
-        ax.set_ylim(lo - 0.1, min(lo + 2.0, max(p[1] for pts in series.values() for p in pts) + 0.1))
+        lo = min(v for by_ctx in series.values() for v in by_ctx.values())
+        ax.set_ylim(lo - 0.1, min(lo + 1.2, max(v for by_ctx in series.values() for v in by_ctx.values()) + 0.1))
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -419,7 +423,8 @@ def plots(args, rows, cache: Cache, out_dir: Path):
         fig, ax = plt.subplots(figsize=(9, 5))
         width = 0.8 / len(cs)
         for j, c in enumerate(cs):
-            vals = [next((100 * r["accuracy"] for r in pk if r["row"] == k and r["ctx"] == c), 0) for k in keys]
+            latest = {(r["row"], r["ctx"]): 100 * r["accuracy"] for r in pk}  # the newest record wins, as in the tables
+            vals = [latest.get((k, c), 0) for k in keys]
             ax.bar([i + j * width for i in range(len(keys))], vals, width, label=_fmt_ctx(c))
         ax.set_xticks([i + width * (len(cs) - 1) / 2 for i in range(len(keys))])
         ax.set_xticklabels([k.split(":", 1)[1] for k in keys], rotation=45, ha="right", fontsize=7)
