@@ -5,9 +5,10 @@ ggml_rerope/bench/random_llama_gguf.py), reused when --out already holds one of 
 context N of --contexts: prefill tok/s of a prompt of N - 64 random token ids, then decode tok/s of
 64 greedy steps after it (the context then holds exactly N tokens), for
   ours:      ggml_rerope.Model(n_ctx=N, n_gpu_layers=--ngl, n_batch, rope_scaling="rerope")
-             (window n_ctx_train / 2 = 4096, log-n on: the defaults), prefill() then eval([t]);
-  llama.cpp: llama_cpp.Llama(n_ctx=N, n_gpu_layers=--ngl, flash_attn=True, n_batch, n_ubatch,
-             logits_all=False), eval() then the last logits (plain RoPE, f16 KV as ours).
+             (window n_ctx_train / 2 = 4096, log-n on: the defaults);
+  llama.cpp: llama.cpp's C API through llama-cpp-python (n_gpu_layers=--ngl, flash attention,
+             n_batch, n_ubatch; plain RoPE, f16 KV as ours),
+the engines and timing loop of `python -m ggml_rerope.bench model` (ggml_rerope/bench/model.py).
 Same token ids, same batch sizes and threads, one engine alive at a time, one warm-up pass each
 (graph allocation, CUDA start-up) before the timed runs. Times include each engine's Python
 layer and the host copy of the last logits (that copy is what waits for the GPU). Target: ours
@@ -29,12 +30,10 @@ CPU self-check (tiny shape, seconds):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -91,86 +90,20 @@ def gpu_name() -> Optional[str]:
 # -- engines ----------------------------------------------------------------------------------
 
 
-class Ours:
-    def __init__(self, path: str, n_ctx: int, args):
-        from ggml_rerope import Model
-
-        self.m = Model(path, n_ctx=n_ctx, n_gpu_layers=args.ngl, n_batch=args.n_batch, n_threads=args.threads,
-                       rope_scaling="rerope")
-        self.label = f"ours ({self.m.scheme.describe()})"
-
-    def reset(self) -> None:
-        self.m.reset()
-
-    def prefill(self, tokens: np.ndarray) -> np.ndarray:
-        return self.m.prefill(tokens)
-
-    def step(self, token: int) -> np.ndarray:
-        return self.m.eval([token])
-
-    def close(self) -> None:
-        self.m.close()
-
-
-class LlamaCpp:
-    label = "llama.cpp (flash attn)"
-
-    def __init__(self, path: str, n_ctx: int, args):
-        import llama_cpp
-
-        self.llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_gpu_layers=args.ngl, flash_attn=True, n_batch=args.n_batch,
-                                   n_ubatch=args.n_ubatch, n_threads=args.threads, n_threads_batch=args.threads,
-                                   logits_all=False, verbose=False)
-        self.n_vocab = self.llm.n_vocab()
-
-    def _last_logits(self) -> np.ndarray:
-        ptr = self.llm._ctx.get_logits_ith(-1)  # synchronizes with the device
-        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)).copy()
-
-    def reset(self) -> None:
-        self.llm.reset()  # the next eval removes the cache from position 0 on
-
-    def prefill(self, tokens: np.ndarray) -> np.ndarray:
-        self.llm.eval(tokens.tolist())
-        return self._last_logits()
-
-    def step(self, token: int) -> np.ndarray:
-        self.llm.eval([token])
-        return self._last_logits()
-
-    def close(self) -> None:
-        self.llm.close()
-
-
 def make_engine(kind: str, path: str, n_ctx: int, args):
-    return Ours(path, n_ctx, args) if kind == "ours" else LlamaCpp(path, n_ctx, args)
+    """The engines of `python -m ggml_rerope.bench model`, with both on the GPU (--ngl)."""
+    from ggml_rerope.bench.model import LlamaCpp, Ours
+
+    if kind == "ours":  # window None: the default n_ctx_train / 2, log-n on
+        return Ours(path, n_ctx, args.threads, args.n_batch, None, n_gpu_layers=args.ngl)
+    return LlamaCpp(path, n_ctx, args.threads, args.n_batch, args.n_ubatch, n_gpu_layers=args.ngl)
 
 
-# -- measuring --------------------------------------------------------------------------------
-
-
-def measure(engine, prompt: np.ndarray, n_decode: int, n_batch: int, repeats: int) -> Dict[str, object]:
-    """Median prefill and decode tok/s over `repeats` runs, after one untimed warm-up."""
-    engine.reset()
-    logits = engine.prefill(prompt[: min(len(prompt), n_batch)])
-    engine.step(int(np.argmax(logits)))
-    prefill, decode, finite = [], [], True
-    for _ in range(repeats):
-        engine.reset()
-        t0 = time.perf_counter()
-        logits = engine.prefill(prompt)
-        prefill.append(len(prompt) / (time.perf_counter() - t0))
-        finite &= bool(np.isfinite(logits).all())
-        t0 = time.perf_counter()
-        for _ in range(n_decode):
-            logits = engine.step(int(np.argmax(logits)))
-        decode.append(n_decode / (time.perf_counter() - t0))
-        finite &= bool(np.isfinite(logits).all())
-    return {"prefill_tok_s": statistics.median(prefill), "decode_tok_s": statistics.median(decode),
-            "prefill_runs": prefill, "decode_runs": decode, "logits_finite": finite}
+# -- measuring (ggml_rerope.bench.model.measure) ----------------------------------------------
 
 
 def run(args) -> dict:
+    from ggml_rerope.bench.model import measure
     from ggml_rerope.bench.random_llama_gguf import SHAPES, ensure_model
 
     try:
@@ -212,7 +145,7 @@ def run(args) -> dict:
                 t1 = time.perf_counter()
                 eng = make_engine(kind, str(path), n, args)
                 load_s = time.perf_counter() - t1
-                row[kind] = measure(eng, prompt, args.decode, args.n_batch, args.repeats)
+                row[kind] = measure(eng, prompt, args.decode, args.repeats, warmup=args.n_batch)
                 row[kind].update(label=eng.label, load_s=load_s)
             except Exception as e:  # keep the other engine's numbers; the exit status says it failed
                 traceback.print_exc()

@@ -64,11 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 class Ours:
     name = "ours"
 
-    def __init__(self, path: str, n_ctx: int, threads: int, batch: int, window: int):
+    def __init__(self, path: str, n_ctx: int, threads: int, batch: int, window: Optional[int],
+                 n_gpu_layers: int = 0):
         from ..model import Model
 
         self.m = Model(path, n_ctx=n_ctx, n_threads=threads, n_batch=batch, rope_scaling="rerope",
-                       rerope_window=window)
+                       rerope_window=window, n_gpu_layers=n_gpu_layers)
         self.label = f"ours ({self.m.scheme.describe()})"
 
     def reset(self):
@@ -94,7 +95,8 @@ class LlamaCpp:
     name = "llama.cpp"
     label = "llama.cpp (flash attn)"
 
-    def __init__(self, path: str, n_ctx: int, threads: int, batch: int):
+    def __init__(self, path: str, n_ctx: int, threads: int, batch: int, ubatch: Optional[int] = None,
+                 n_gpu_layers: int = 0):
         import llama_cpp
         from llama_cpp._utils import suppress_stdout_stderr
 
@@ -102,13 +104,14 @@ class LlamaCpp:
         with suppress_stdout_stderr(disable=False):  # llama.cpp's load log
             llama_cpp.llama_backend_init()
             mp = llama_cpp.llama_model_default_params()
-            mp.n_gpu_layers = 0
+            mp.n_gpu_layers = n_gpu_layers
             self.model = llama_cpp.llama_model_load_from_file(path.encode(), mp)
             if not self.model:
                 raise RuntimeError(f"llama.cpp could not load {path}")
             cp = llama_cpp.llama_context_default_params()
             cp.n_ctx = n_ctx
-            cp.n_batch = cp.n_ubatch = batch
+            cp.n_batch = batch
+            cp.n_ubatch = ubatch or batch
             cp.n_threads = cp.n_threads_batch = threads
             cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             cp.no_perf = True
@@ -182,26 +185,30 @@ def make_engine(kind: str, path: str, n_ctx: int, args):
 # -- measuring --------------------------------------------------------------------------------
 
 
-def measure(engine, tokens: np.ndarray, n_decode: int, repeats: int) -> Dict[str, float]:
-    """Median prefill and decode tokens/s; one warm-up pass (graph allocation) first."""
+def measure(engine, tokens: np.ndarray, n_decode: int, repeats: int, warmup: int = 64) -> Dict[str, object]:
+    """Median prefill and decode tokens/s; one untimed warm-up pass of `warmup` tokens first
+    (graph allocation; on a GPU, a full batch so its start-up is out of the timing)."""
     engine.reset()
-    logits = engine.prefill(tokens[: min(len(tokens), 64)])
+    logits = engine.prefill(tokens[: min(len(tokens), warmup)])
     engine.decode(int(np.argmax(logits)))
-    prefill, decode = [], []
+    prefill, decode, finite = [], [], True
     for _ in range(repeats):
         engine.reset()
         t0 = time.perf_counter()
         logits = engine.prefill(tokens)
         prefill.append(len(tokens) / (time.perf_counter() - t0))
+        finite &= bool(np.isfinite(logits).all())
         t0 = time.perf_counter()
         for _ in range(n_decode):
             logits = engine.decode(int(np.argmax(logits)))
         decode.append(n_decode / (time.perf_counter() - t0))
+        finite &= bool(np.isfinite(logits).all())
     return {
         "prefill_tok_s": statistics.median(prefill),
         "decode_tok_s": statistics.median(decode),
         "prefill_runs": prefill,
         "decode_runs": decode,
+        "logits_finite": finite,
     }
 
 
