@@ -49,12 +49,7 @@ static ggml_rerope_status run_attention(ggml_rerope_context * ctx, struct ggml_t
                                   kv->v[il]->data, kv_type, ctx->n_kv_now, n_head_kv, NULL, (float *) t->data,
                                   ctx->cparams.n_threads);
     }
-    if (s) {
-        char why[384];
-        snprintf(why, sizeof(why), "%s", ggml_rerope_last_error());
-        return rerope_fail(s, "layer %d attention: %s", il, why);
-    }
-    return GGML_REROPE_OK;
+    return s ? rerope_fail_in(s, "layer %d attention", il) : GGML_REROPE_OK;
 }
 
 bool rt_attn_eval_callback(struct ggml_tensor * t, bool ask, void * user_data) {

@@ -99,20 +99,19 @@ ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shap
                                                vc->nb[2] * (size_t) sh->n_past)));
         if (last && sh->n_out == 0) break; /* only the cache was needed from this batch */
 
-        struct ggml_tensor * kall = ggml_view_3d(c, kc, hd, I->n_head_kv, n_kv, kc->nb[1], kc->nb[2], 0);
-        struct ggml_tensor * vall = ggml_view_3d(c, vc, hd, I->n_head_kv, n_kv, vc->nb[1], vc->nb[2], 0);
         struct ggml_tensor * att;
-        switch (ctx->attn_mode) {
-        case RT_ATTN_GGML: att = attn_ggml(c, ctx, g, q, kall, vall); break;
-        case RT_ATTN_OUTSIDE: att = rt_attn_placeholder(c, q, il); break;
-        default: att = ggml_rerope_attn(c, q, kall, vall, g->q_pos, g->k_pos, &ctx->attn); break;
+        if (ctx->attn_mode == RT_ATTN_OUTSIDE) { /* reads the cache itself */
+            att = rt_attn_placeholder(c, q, il);
+        } else {
+            struct ggml_tensor * kall = ggml_view_3d(c, kc, hd, I->n_head_kv, n_kv, kc->nb[1], kc->nb[2], 0);
+            struct ggml_tensor * vall = ggml_view_3d(c, vc, hd, I->n_head_kv, n_kv, vc->nb[1], vc->nb[2], 0);
+            att = ctx->attn_mode == RT_ATTN_GGML ? attn_ggml(c, ctx, g, q, kall, vall)
+                                                 : ggml_rerope_attn(c, q, kall, vall, g->q_pos, g->k_pos, &ctx->attn);
         }
         if (!att) {
-            char why[384];
-            snprintf(why, sizeof(why), "%s", ggml_rerope_last_error());
             ggml_free(c);
             g->ctx = NULL;
-            return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "layer %d: attention node: %s", il, why);
+            return rerope_fail_in(GGML_REROPE_ERR_INVALID_ARG, "layer %d: attention node", il);
         }
         cur = ggml_mul_mat(c, l->wo, ggml_reshape_2d(c, att, hd * I->n_head, n_tokens));
         if (last && g->out_ids) {
