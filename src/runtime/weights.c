@@ -72,6 +72,24 @@ static int ctx_index(loader * L, ggml_backend_buffer_type_t buft) {
     return m->n_ctx_w++;
 }
 
+/* Buffer type of a matmul weight: the GPU's for a model there (which must multiply the type), else
+ * the first repacking CPU buffer type that takes it, else NULL (plain: mmap or CPU). */
+static ggml_rerope_status matmul_buft(const loader * L, const char * name, enum ggml_type type, const int64_t * ne,
+                                      ggml_backend_buffer_type_t * out) {
+    const ggml_rerope_model * m = L->m;
+    *out = NULL;
+    if (m->gpu_dev) {
+        *out = ggml_backend_dev_buffer_type(m->gpu_dev);
+        if (!buft_supports_matmul(m->gpu_dev, *out, type, ne))
+            return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which %s cannot multiply",
+                               m->file.path, name, ggml_type_name(type), ggml_backend_dev_name(m->gpu_dev));
+        return GGML_REROPE_OK;
+    }
+    for (int i = 0; i < L->n_extra && !*out; i++)
+        if (buft_supports_matmul(m->cpu_dev, L->extra[i], type, ne)) *out = L->extra[i];
+    return GGML_REROPE_OK;
+}
+
 static ggml_rerope_status get_tensor(loader * L, const char * name, w_kind kind, int64_t ne0, int64_t ne1,
                                      bool required, struct ggml_tensor ** out) {
     ggml_rerope_model * m = L->m;
@@ -97,14 +115,11 @@ static ggml_rerope_status get_tensor(loader * L, const char * name, w_kind kind,
                                            "Q4_0..Q8_0, K-quants, IQ types, TQ, MXFP4");
 
     ggml_backend_buffer_type_t buft = NULL; /* NULL: plain (mmap or CPU) */
-    if (m->gpu_dev && kind != W_EMBD) {
+    if (kind == W_MATMUL) {
+        ggml_rerope_status s = matmul_buft(L, name, type, ne, &buft);
+        if (s) return s;
+    } else if (kind == W_VEC && m->gpu_dev) {
         buft = ggml_backend_dev_buffer_type(m->gpu_dev);
-        if (kind == W_MATMUL && !buft_supports_matmul(m->gpu_dev, buft, type, ne))
-            return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which %s cannot multiply",
-                               f->path, name, ggml_type_name(type), ggml_backend_dev_name(m->gpu_dev));
-    } else if (kind == W_MATMUL) {
-        for (int i = 0; i < L->n_extra && !buft; i++)
-            if (buft_supports_matmul(m->cpu_dev, L->extra[i], type, ne)) buft = L->extra[i];
     }
     const int ci = ctx_index(L, buft);
     if (ci < 0) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory creating a weight context");
@@ -139,20 +154,15 @@ static ggml_rerope_status create_tensors(loader * L) {
          * buffer type takes it: get_rows needs the plain layout, the head's matmul wants the repacked one. */
         m->output = m->tok_embd;
         const enum ggml_type t = m->tok_embd->type;
-        ggml_backend_buffer_type_t gpu_buft = m->gpu_dev ? ggml_backend_dev_buffer_type(m->gpu_dev) : NULL;
-        if (gpu_buft && !buft_supports_matmul(m->gpu_dev, gpu_buft, t, m->tok_embd->ne))
-            return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s: the tied output head has type %s, which %s cannot multiply",
-                               m->file.path, ggml_type_name(t), ggml_backend_dev_name(m->gpu_dev));
-        for (int i = 0; i < (gpu_buft ? 1 : L->n_extra); i++) {
-            ggml_backend_buffer_type_t buft = gpu_buft ? gpu_buft : L->extra[i];
-            if (!gpu_buft && !buft_supports_matmul(m->cpu_dev, buft, t, m->tok_embd->ne)) continue;
-            const int ci = ctx_index(L, buft);
+        ggml_backend_buffer_type_t head = NULL; /* the GPU too gets its own copy: the embedding stays on the host */
+        if ((s = matmul_buft(L, "output.weight (tied)", t, m->tok_embd->ne, &head))) return s;
+        if (head) {
+            const int ci = ctx_index(L, head);
             if (ci < 0) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory creating a weight context");
             m->output = ggml_new_tensor(m->ctx_w[ci], t, 2, m->tok_embd->ne);
             ggml_set_name(m->output, "output.weight (tied)");
             L->gguf_ids[L->n_created] = emb_id;
             L->created[L->n_created++] = m->output;
-            break;
         }
     }
 
