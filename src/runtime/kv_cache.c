@@ -19,8 +19,7 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
     kv->n_layer = I->n_layer;
 
     const size_t bytes = rt_kv_bytes_per_token(I, type) * (size_t) n_ctx;
-    size_t avail = rt_mem_available(), total = 0;
-    if (m->gpu_dev) ggml_backend_dev_memory(m->gpu_dev, &avail, &total);
+    const size_t avail = rt_mem_available_on(m->gpu_dev);
     if (avail && bytes > avail)
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY,
                            "n_ctx = %d needs a KV cache of %zu MiB, but only %zu MiB of %s memory are available", n_ctx,

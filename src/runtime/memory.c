@@ -1,5 +1,6 @@
-/* How much memory the system can still give: MemAvailable from /proc/meminfo (Linux), so a
- * too-large cache fails with a message instead of being hidden by overcommit until first touch. */
+/* How much memory is still free where an allocation goes, so a too-large cache or model fails
+ * with a message first: on the host, MemAvailable from /proc/meminfo (Linux; overcommit would
+ * hide it until first touch); on a GPU, what its ggml device reports free. */
 #define _DEFAULT_SOURCE
 #include "rt_internal.h"
 
@@ -7,7 +8,12 @@
 #include <string.h>
 #include <unistd.h>
 
-size_t rt_mem_available(void) {
+size_t rt_mem_available_on(ggml_backend_dev_t dev) {
+    if (dev) {
+        size_t free_b = 0, total_b = 0;
+        ggml_backend_dev_memory(dev, &free_b, &total_b);
+        return free_b;
+    }
     FILE * f = fopen("/proc/meminfo", "r");
     if (f) {
         char line[256];

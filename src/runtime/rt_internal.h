@@ -160,7 +160,7 @@ struct ggml_tensor * rt_attn_placeholder(struct ggml_context * c, struct ggml_te
 bool rt_attn_eval_callback(struct ggml_tensor * t, bool ask, void * user_data);
 
 /* memory.c */
-/* Bytes the system can still give (MemAvailable), or 0 when unknown. */
-size_t rt_mem_available(void);
+/* Bytes still free on dev (NULL: the host's MemAvailable), or 0 when unknown. */
+size_t rt_mem_available_on(ggml_backend_dev_t dev);
 
 #endif

@@ -238,17 +238,14 @@ static ggml_rerope_status allocate_and_fill(loader * L) {
             for (struct ggml_tensor * t = ggml_get_first_tensor(m->ctx_w[i]); t; t = ggml_get_next_tensor(m->ctx_w[i], t))
                 *(gpu ? &on_gpu : &copied) += ggml_nbytes(t);
     }
-    const size_t avail = rt_mem_available();
+    const size_t avail = rt_mem_available_on(NULL);
     if (avail && copied > avail)
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "%s: weights need %zu MiB of memory, %zu MiB available", f->path,
                            copied >> 20, avail >> 20);
-    if (on_gpu) {
-        size_t free_b = 0, total_b = 0;
-        ggml_backend_dev_memory(m->gpu_dev, &free_b, &total_b);
-        if (free_b && on_gpu > free_b)
-            return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "%s: weights need %zu MiB of %s memory, %zu MiB free", f->path,
-                               on_gpu >> 20, ggml_backend_dev_name(m->gpu_dev), free_b >> 20);
-    }
+    const size_t gpu_free = on_gpu ? rt_mem_available_on(m->gpu_dev) : 0;
+    if (gpu_free && on_gpu > gpu_free)
+        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "%s: weights need %zu MiB of %s memory, %zu MiB free", f->path,
+                           on_gpu >> 20, ggml_backend_dev_name(m->gpu_dev), gpu_free >> 20);
 
     for (int i = 0; i < m->n_ctx_w; i++) {
         struct ggml_context * c = m->ctx_w[i];
