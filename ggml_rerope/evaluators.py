@@ -263,7 +263,7 @@ def run_measurement(args, scheme: str, options: dict, measure):
 
     try:
         ev = open_evaluator(args.model, n_ctx=args.ctx, scheme=scheme, engine=args.engine, n_threads=args.threads,
-                            n_batch=args.batch, n_gpu_layers=getattr(args, "n_gpu_layers", 0), **options)
+                            n_batch=args.batch, n_gpu_layers=args.n_gpu_layers, **options)
         try:
             res = measure(ev)
             res.scheme, res.engine = ev.describe(), ev.engine

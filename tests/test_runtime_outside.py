@@ -58,3 +58,21 @@ def test_partial_gpu_offload_is_unsupported(tmp_path):
     path = write_model(tmp_path / "m.gguf", seed=1)  # 2 layers
     with pytest.raises(ggml_rerope.UnsupportedError, match="split the 2 layers"):
         ggml_rerope.Model(path, n_ctx=64, n_gpu_layers=1)
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the errors of a machine without a GPU")
+@pytest.mark.parametrize("tool", [["ggml_rerope.passkey", "--ctx", "256"],
+                                  ["ggml_rerope.perplexity", "README.md", "--ctx", "64"]])
+def test_cli_gpu_flag_without_gpu_is_one_error_line(tool, tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    path = write_model(tmp_path / "m.gguf", seed=1)
+    args = [sys.executable, "-m", tool[0], str(path), *tool[1:], "-ngl", "-1"]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    r = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: n_gpu_layers = -1 asks for the GPU")
