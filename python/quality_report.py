@@ -119,9 +119,8 @@ def computation(row: Row, ctx: int, hyper):
     if window >= ctx or (far == schemes.FAR_LEAKY and k == 1.0):
         window, far, k, group = None, None, None, None
     logn = s.logn_train_len if s.logn_train_len and ctx > s.logn_train_len else 0
-    base = s.rope_base if s.rope_base > 0 else hyper.rope_base
     factors = tuple(np.round(s.factors(hyper), 9))
-    key = ("ggml-rerope", window, far, k, group, logn, base, factors, s.attn_factor)
+    key = ("ggml-rerope", window, far, k, group, logn, s.base(hyper), factors, s.attn_factor)
     if scheme.dynamic and key != computation(Row("", "ggml-rerope", "none"), ctx, hyper):
         return ("ggml-rerope", row.key)  # recomputed as the sequence grows: like no other row
     return key
@@ -251,13 +250,16 @@ def render(args, rows, cache: Cache) -> str:
     # cells a twin row's measurement fills (the same computation at that context)
     hyper = schemes.hyper_from(args.model)
     twin = {}
+    keys = {}  # (row, context) -> computation key, each computed once
     for m in ("loss", "last", "passkey"):
         for c in sorted({r["ctx"] for r in recs if r["measure"] == m}):
-            measured = {computation(row, c, hyper): by[(row.key, m, c)] for row in rows
+            for row in rows:
+                keys.setdefault((row.key, c), computation(row, c, hyper))
+            measured = {keys[(row.key, c)]: by[(row.key, m, c)] for row in rows
                         if (row.key, m, c) in by and not by[(row.key, m, c)].get("error")}
             for row in rows:
-                if (row.key, m, c) not in by and computation(row, c, hyper) in measured:
-                    twin[(row.key, m, c)] = measured[computation(row, c, hyper)]
+                if (row.key, m, c) not in by and keys[(row.key, c)] in measured:
+                    twin[(row.key, m, c)] = measured[keys[(row.key, c)]]
     ctxs = {m: sorted({r["ctx"] for r in recs if r["measure"] == m}) for m in ("loss", "last", "passkey")}
     shown = rows
     out = []
