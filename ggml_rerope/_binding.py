@@ -140,6 +140,15 @@ def _candidates():
     yield from sorted(here.glob("libggml_rerope.so*"))  # installed wheel
     yield from sorted(here.glob("libggml_rerope*.dylib"))
     yield here.parent / "build" / "src" / "libggml_rerope.so"  # source checkout, `cmake -B build`
+    # A source checkout run from its root (`python -m ggml_rerope.chat` there imports this copy of
+    # the package) uses the library that `pip install .` put beside the installed copy.
+    try:
+        from importlib import metadata
+
+        dist = metadata.distribution("ggml-rerope")
+        yield from sorted(pathlib.Path(dist.locate_file(f)) for f in dist.files or [] if f.name.startswith("libggml_rerope.so"))
+    except Exception:  # not installed, or metadata unreadable: nothing more to try
+        pass
 
 
 def _load():

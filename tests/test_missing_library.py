@@ -36,3 +36,23 @@ def test_import_works_and_first_use_raises_typed_error():
     env = dict(os.environ, GGML_REROPE_LIBRARY="/nonexistent/libggml_rerope.so", PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "typed: True", (r.stdout, r.stderr[-2000:])
+
+
+def _installed_library():
+    try:
+        from importlib import metadata
+
+        return any(f.name.startswith("libggml_rerope.so") for f in metadata.distribution("ggml-rerope").files or [])
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _installed_library(), reason="the package is not pip-installed here")
+def test_checkout_root_finds_the_installed_library():
+    """The README's `.venv/bin/python -m ggml_rerope.chat`, run from the checkout's root, imports the
+    checkout's copy of the package (no library beside it): it must use the installed library."""
+    env = {k: v for k, v in os.environ.items() if k != "GGML_REROPE_LIBRARY"}
+    code = "from ggml_rerope._binding import lib; lib.ggml_rerope_cuda_available(); print(lib.path)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "libggml_rerope" in r.stdout
