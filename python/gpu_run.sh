@@ -67,14 +67,14 @@ case "$MODE" in
         GGML_REROPE_LIBRARY="$PWD/build-gpu-st4/src/libggml_rerope.so" \
             python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_stages4.json" || rc=1
         ;;
-    decode-waves)  # tensor-core decode split count: adaptive (default) against always 1 wave
-        python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_waves_auto.json" || rc=1
-        cmake -S . -B build-gpu-w1 -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-            -DGGML_REROPE_BUILD_TESTS=OFF -DCMAKE_CUDA_FLAGS=-DGGML_REROPE_DECODE_MMA_WAVES=1 "${GGML_DIR_ARG[@]}" \
-            >/dev/null && cmake --build build-gpu-w1 -j 16 >/dev/null || exit 1
-        GGML_REROPE_LIBRARY="$PWD/build-gpu-w1/src/libggml_rerope.so" python3 -m pytest -q tests/test_cuda.py -k decode || rc=1
-        GGML_REROPE_LIBRARY="$PWD/build-gpu-w1/src/libggml_rerope.so" \
-            python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_waves1.json" || rc=1
+    decode-waves)  # tensor-core decode block count: one wave (default) against two
+        python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_waves1.json" || rc=1
+        cmake -S . -B build-gpu-w2 -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+            -DGGML_REROPE_BUILD_TESTS=OFF -DCMAKE_CUDA_FLAGS=-DGGML_REROPE_DECODE_MMA_WAVES=2 "${GGML_DIR_ARG[@]}" \
+            >/dev/null && cmake --build build-gpu-w2 -j 16 >/dev/null || exit 1
+        GGML_REROPE_LIBRARY="$PWD/build-gpu-w2/src/libggml_rerope.so" python3 -m pytest -q tests/test_cuda.py -k decode || rc=1
+        GGML_REROPE_LIBRARY="$PWD/build-gpu-w2/src/libggml_rerope.so" \
+            python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_waves2.json" || rc=1
         ;;
     ncu-decode)  # Nsight Compute sections of one decode launch (n_kv = 131072)
         ncu --kernel-name regex:decode_kernel --launch-skip 12 --launch-count 1 \
@@ -107,8 +107,11 @@ EOB
             LD_LIBRARY_PATH=/tmp/site-cuda/llama_cpp/lib
         # libggml carries pieces of std::regex; python3 loads no libstdc++ of its own (crashed without this)
         export LD_PRELOAD=$(ldconfig -p | grep 'libstdc++.so.6 ' | head -1 | awk '{print $NF}')
-        python3 -m pytest -q -rs -s tests/test_cuda_runtime.py tests/test_runtime_outside.py 2>&1 | tee "$OUT/runtime_tests.log" || rc=1
-        python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/bench_model.json" || rc=1
+        python3 -m pytest -q -rs -s tests/test_cuda_runtime.py tests/test_runtime_outside.py ${RUNTIME_TESTS:-} 2>&1 \
+            | tee "$OUT/runtime_tests.log" || rc=1
+        if [ "${RUNTIME_BENCH:-1}" = 1 ]; then  # RUNTIME_BENCH=0: the tests alone
+            python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/bench_model.json" || rc=1
+        fi
         ;;
     model)
         python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/bench_model.json" || rc=1

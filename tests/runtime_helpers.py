@@ -85,12 +85,15 @@ class Runtime:
 
 
 def llama_cpp_logits(path, tokens, *, flash_attn: bool, kv_type: int, n_threads=2, n_gpu_layers=0) -> np.ndarray:
-    """Per-position logits of llama.cpp (llama-cpp-python) for the same tokens."""
+    """Per-position logits of llama.cpp (llama-cpp-python) for the same tokens. n_gpu_layers = 0 is
+    the CPU alone, also in a CUDA build (whose op offload would otherwise run the matmuls of batches
+    >= 32 tokens on the GPU)."""
     import llama_cpp
 
+    gpu = n_gpu_layers != 0
     llm = llama_cpp.Llama(str(path), n_ctx=len(tokens) + 16, logits_all=True, n_threads=n_threads,
                           n_threads_batch=n_threads, flash_attn=flash_attn, type_k=kv_type, type_v=kv_type,
-                          n_gpu_layers=n_gpu_layers, verbose=False)
+                          n_gpu_layers=n_gpu_layers, offload_kqv=gpu, op_offload=gpu, verbose=False)
     try:
         llm.eval(list(map(int, tokens)))
         return np.array(llm.scores[: len(tokens)], dtype=np.float32)

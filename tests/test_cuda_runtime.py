@@ -1,5 +1,5 @@
 """The runtime on the GPU (n_gpu_layers = -1): weights, KV cache and compute on the device, the
-attention by our CUDA kernel in the scheduler's eval callback (src/runtime/attn_outside.c).
+attention by our CUDA kernel between the graph's pieces (src/runtime/attn_outside.c).
 
 Needs an NVIDIA GPU, libggml_rerope built with CUDA and llama-cpp-python built with
 CMAKE_ARGS="-DGGML_CUDA=on"; otherwise skipped with that reason (the CPU check of the same
@@ -43,21 +43,35 @@ def ours(path, tokens, ngl, n_batch=64, **scheme):
         return rt.eval(tokens, all_logits=True)
 
 
+def assert_within_gap(got, ref, gap, label):
+    """got vs ref no further apart than llama.cpp's own `gap` (compare() of two llama.cpp runs): mean |d|
+    within 1.5x (+ 0.2% of the logits' spread); the same argmax on every row whose top-2 margin in ref
+    exceeds twice llama.cpp's largest deviation; elsewhere (near-ties of a random model, where the flips
+    of 160 rows are noise: 6 vs 2 seen between equal mean gaps) at most 5 points fewer agreeing rows."""
+    c = compare(got, ref)
+    clear = c["margin"] > 2 * gap["max_abs"]
+    print(f"{label}: mean|d| {c['mean_abs']:.4g} (llama.cpp {gap['mean_abs']:.4g}), argmax {c['argmax']:.3f} "
+          f"(llama.cpp {gap['argmax']:.3f}), {c['agree'][clear].sum()} of {clear.sum()} clear rows agree")
+    assert c["mean_abs"] <= 1.5 * gap["mean_abs"] + 2e-3 * ref.std(), (c["mean_abs"], gap["mean_abs"])
+    assert c["agree"][clear].all()
+    assert c["argmax"] >= gap["argmax"] - 0.05
+
+
 @pytest.mark.parametrize("arch, wtype", [("llama", "Q4_0"), ("qwen2", "Q8_0"), ("qwen3", "F16"), ("llama", "Q4_K")])
 def test_gpu_matches_cpu_within_llama_cpp_gpu_cpu_gap(tmp_path, arch, wtype):
     path = gguf_factory.write_model(tmp_path / "m.gguf", arch, wtype, seed=5)
     tokens = np.random.default_rng(4).integers(3, gguf_factory.DEFAULT_SHAPE["n_vocab"], 160)
-    floor = compare(llama_cpp_logits(path, tokens, flash_attn=True, kv_type=KV_F16, n_gpu_layers=-1),
-                    llama_cpp_logits(path, tokens, flash_attn=True, kv_type=KV_F16))
+    lcpp_gpu = llama_cpp_logits(path, tokens, flash_attn=True, kv_type=KV_F16, n_gpu_layers=-1)
+    floor = compare(lcpp_gpu, llama_cpp_logits(path, tokens, flash_attn=True, kv_type=KV_F16))
+    assert floor["mean_abs"] > 0, "llama.cpp's 'CPU' run used the GPU: the bound would be void"
     for scheme in (dict(window=INT32_MAX, logn_train_len=0), dict(window=9, logn_train_len=64)):
         cpu = ours(path, tokens, 0, **scheme)
         gpu = ours(path, tokens, -1, **scheme)
         assert np.isfinite(gpu).all()
-        c = compare(gpu, cpu)
-        print(f"{arch} {wtype} {scheme}: ours GPU vs CPU mean|d| {c['mean_abs']:.4g} argmax {c['argmax']:.3f} | "
-              f"llama.cpp GPU vs CPU mean|d| {floor['mean_abs']:.4g} argmax {floor['argmax']:.3f}")
-        assert c["mean_abs"] <= 1.5 * floor["mean_abs"] + 2e-3 * cpu.std(), (c["mean_abs"], floor["mean_abs"])
-        assert c["argmax"] >= floor["argmax"] - 0.02
+        assert_within_gap(gpu, cpu, floor, f"{arch} {wtype} {scheme}: ours GPU vs CPU")
+        if scheme["window"] == INT32_MAX:  # plain RoPE: the same model as llama.cpp's, on the same GPU
+            alt = llama_cpp_logits(path, tokens, flash_attn=False, kv_type=KV_F16, n_gpu_layers=-1)
+            assert_within_gap(gpu, lcpp_gpu, compare(alt, lcpp_gpu), f"  ours GPU vs llama.cpp CUDA (FA on/off gap)")
 
 
 def test_gpu_decode_after_prefill_equals_one_prefill(tmp_path):

@@ -1,6 +1,7 @@
-"""The runtime's GPU execution path, checked on the CPU: the graph runs through ggml-backend's
-scheduler and every layer's attention runs in its eval callback (GGML_REROPE_RUNTIME_ATTN=outside),
-which is how a model on the GPU runs (ggml-cuda cannot run a custom op). Its logits must equal
+"""The runtime's GPU execution path, checked on the CPU: the graph runs in pieces on one backend,
+every layer's attention between two pieces, the token embedding looked up on the host
+(GGML_REROPE_RUNTIME_ATTN=outside), which is how a model on the GPU runs (ggml-cuda cannot run a
+custom op). Its logits must equal
 those of the usual CPU path (the attention as a custom node in the graph), prefill and decode.
 Also: the errors of n_gpu_layers on a machine or build without a GPU."""
 
@@ -22,7 +23,7 @@ def logits_both_ways(monkeypatch, capfd, path, tokens, split, kv_type, window, n
         capfd.readouterr()
         rt = Runtime(path, n_ctx=len(tokens) + 3, n_batch=n_batch, kv_type=kv_type)
         # the context says which path it took (the test would be void if both were the same)
-        assert ("attention outside the graph" in capfd.readouterr().err) == (mode == "outside")
+        assert ("attention between graph pieces" in capfd.readouterr().err) == (mode == "outside")
         try:
             rt.set_scheme(window=window, logn_train_len=16)
             rows = [rt.eval(tokens[:split], all_logits=True)]

@@ -1,13 +1,17 @@
 // Decode attention on tensor cores, for f16 K/V (DecodeMmaTraits in traits.cuh).
 //
-// Grid: (split of the key axis, KV head, chunk of 16 query rows). The rows of a KV head's
-// group (n_q x n_head/n_head_kv) share every key, so they form one zero-padded m16 tile:
-// each K/V head is read once for its whole group. Each warp takes every WARPS-th key
-// tile of the split, loads it with cp.async into its own ring, rotates it in shared
-// memory only when a key is near (or the far path is leaky / group), and runs the same
-// near / far / mixed scoring and online softmax as the prefill kernel. Warps merge at the
-// end; reduce_kernel (decode.cu) merges the splits.
+// Grid: (split, KV head, chunk of 16 query rows). The rows of a KV head's group (n_q x
+// n_head/n_head_kv) share every key, so they form one zero-padded m16 tile: each K/V head
+// is read once for its whole group. Key tiles are dealt round-robin to every warp of the
+// grid (warp w of split s takes tiles s*WARPS + w + k*n_split*WARPS): the near tiles, the
+// only ones rotated, are the last ~w keys, and contiguous splits put them all on the last
+// block, which then set the kernel's time. Each warp loads its tiles with cp.async into its own ring, rotates a tile
+// in shared memory only when a key is near (or the far path is leaky / group), and runs
+// the same near / far / mixed scoring and online softmax as the prefill kernel. Warps
+// merge at the end; reduce_kernel (decode.cu) merges the splits.
 #include <math.h>
+
+#include <algorithm>
 
 #include "launch.cuh"
 #include "mma.cuh"
@@ -64,7 +68,7 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, DecodeMmaTraits<D
         }
         const float f = s_qfac[r];
         float na = xa, nb = xb, fa = xa, fb = xb;
-        if (u < a.n_rot / 2) {
+        if (u < a.n_rot / 2 && r < nrows) {  // padding rows stay zero
             float c, s;
             rot_cos_sin((double) i, s_theta[u], c, s);
             na = xa * c - xb * s, nb = xa * s + xb * c;
@@ -91,10 +95,10 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, DecodeMmaTraits<D
     for (int nb = 0; nb < D / 8; ++nb) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.f;
     float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
 
-    const int t_begin = split * (plan.keys_per_split / KEYS);
-    const int t_end = min((a.n_kv + KEYS - 1) / KEYS, t_begin + plan.keys_per_split / KEYS);
-    auto next_tile = [&](int t) {  // this warp's tiles: every W-th one, skipping masked-out tiles
-        for (t += W; t < t_end; t += W) {
+    const int t_end = (a.n_kv + KEYS - 1) / KEYS;
+    const int t_step = gridDim.x * W;
+    auto next_tile = [&](int t) {  // this warp's tiles: every t_step-th one, skipping masked-out tiles
+        for (t += t_step; t < t_end; t += t_step) {
             const int2 b = key_tile_bounds(a, t, KEYS);
             if (!(a.causal && b.x > qmax)) break;
         }
@@ -117,7 +121,7 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, DecodeMmaTraits<D
     };
 
     constexpr int ST = Tr::STAGES;
-    int kt = t_begin + warp;
+    int kt = split * W + warp;
     if (kt < t_end) {
         const int2 b = key_tile_bounds(a, kt, KEYS);
         if (a.causal && b.x > qmax) kt = next_tile(kt);
@@ -271,35 +275,24 @@ template <int D> cudaError_t launch(const AttnArgs & a, const DecodePlan & plan,
 
 int decode_mma_key_tile() { return DecodeMmaTraits<64>::KEYS; }
 
-namespace {
-DecodePlan plan_with_waves(const AttnArgs & a, int sm_count, int waves) {
-    constexpr int G = DecodeMmaTraits<64>::SPLIT_GRANULE, ROWS = DecodeMmaTraits<64>::ROWS;
-    DecodePlan p;
-    p.rows = a.n_q * a.group;
-    p.row_chunks = (p.rows + ROWS - 1) / ROWS;
-    const int granules = (a.n_kv + G - 1) / G;
-    // waves x two resident blocks per multiprocessor, over heads x row chunks x splits.
-    const long long per_split = (long long) a.n_head_kv * p.row_chunks;
-    long long want = (2LL * waves * (sm_count > 0 ? sm_count : 1) + per_split - 1) / per_split;
-    if (want < 1) want = 1;
-    if (want > granules) want = granules;
-    const int granules_per_split = (int) ((granules + want - 1) / want);
-    p.keys_per_split = granules_per_split * G;
-    p.n_split = (granules + granules_per_split - 1) / granules_per_split;
-    return p;
-}
-}  // namespace
-
-// One wave of long splits when each split gets >= 2048 keys, else two waves of shorter
-// ones. Kernel times on the H100 (docs/gpu/decode_mma_waves_run12.log): 128k keys 192 us
-// (one wave) vs 271 us (two); 32k keys 127 us (one) vs 97 us (two).
-DecodePlan plan_decode_mma(const AttnArgs & a, int sm_count) {
-#ifdef GGML_REROPE_DECODE_MMA_WAVES
-    return plan_with_waves(a, sm_count, GGML_REROPE_DECODE_MMA_WAVES);
-#else
-    const DecodePlan one = plan_with_waves(a, sm_count, 1);
-    return one.keys_per_split >= 2048 ? one : plan_with_waves(a, sm_count, 2);
+// Blocks: WAVES x two resident per multiprocessor, over KV heads x row chunks, at most one
+// per WARPS key tiles. One wave: the round-robin tiles keep the blocks' work equal, so a
+// second wave would only add a tail. Kernel times on the H100, 32k / 128k keys: 60 / 195 us
+// (docs/gpu/full_run14_roundrobin_decode.log) against 97 / 192 us for contiguous splits.
+#ifndef GGML_REROPE_DECODE_MMA_WAVES
+#define GGML_REROPE_DECODE_MMA_WAVES 1
 #endif
+DecodePlan plan_decode_mma(const AttnArgs & a, int sm_count) {
+    using Tr = DecodeMmaTraits<64>;
+    DecodePlan p = {};
+    p.rows = a.n_q * a.group;
+    p.row_chunks = (p.rows + Tr::ROWS - 1) / Tr::ROWS;
+    const long long per_split = (long long) a.n_head_kv * p.row_chunks;
+    const long long slots = 2LL * GGML_REROPE_DECODE_MMA_WAVES * (sm_count > 0 ? sm_count : 1);
+    const long long most = ((a.n_kv + Tr::KEYS - 1) / Tr::KEYS + Tr::WARPS - 1) / Tr::WARPS;
+    p.n_split = (int) std::max(1LL, std::min(most, (slots + per_split - 1) / per_split));
+    p.keys_per_split = 0;  // tiles are dealt round-robin, not in ranges
+    return p;
 }
 
 cudaError_t launch_decode_mma(const AttnArgs & a, const DecodePlan & plan, int head_dim, float * work,

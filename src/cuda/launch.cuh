@@ -19,7 +19,7 @@ cudaError_t launch_rotate_keys(const AttnArgs & args, int head_dim, int kv_is_f1
 // Flash-decoding: needs n_split x n_head_kv x rows x (head_dim + 2) floats of workspace
 // (decode_workspace_floats); `work` must hold that many.
 struct DecodePlan {
-    int n_split, keys_per_split, row_chunks, rows;  // rows = n_q * group
+    int n_split, keys_per_split, row_chunks, rows;  // rows = n_q * group; keys_per_split: scalar kernel
 };
 DecodePlan plan_decode(const AttnArgs & args, int head_dim, int sm_count);
 size_t decode_workspace_floats(const DecodePlan & plan, const AttnArgs & args, int head_dim);

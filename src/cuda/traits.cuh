@@ -99,7 +99,6 @@ template <int D_> struct DecodeMmaTraits {
     static constexpr int ROWS = 16;
     static constexpr int SD = D + 8;
     static constexpr int TILE_HALVES = KEYS * SD;
-    static constexpr int SPLIT_GRANULE = KEYS * WARPS;
     static constexpr size_t WARP_BYTES = (2 * STAGES + 2) * TILE_HALVES * sizeof(half) + STAGES * KEYS * sizeof(int);
     static constexpr size_t OFF_WARPS = 0;
     static constexpr size_t OFF_THETA = (OFF_WARPS + WARPS * WARP_BYTES + 15) / 16 * 16;

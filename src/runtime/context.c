@@ -1,7 +1,7 @@
 /* Context: KV cache + backends + compute allocator; micro-batched eval, truncate, scheme.
  * CPU: one graph per micro-batch with the attention as a custom node, on ggml's CPU threads.
- * GPU (and GGML_REROPE_RUNTIME_ATTN=outside on the CPU, to check that path): ggml-backend's
- * scheduler runs the graph and stops at every layer's attention for our kernel (attn_outside.c). */
+ * GPU (and GGML_REROPE_RUNTIME_ATTN=outside on the CPU, to check that path): the graph runs on
+ * the one backend in pieces, with our kernel between them (attn_outside.c). */
 #define _DEFAULT_SOURCE
 #include "errors.h"
 #include "ggml-cpu.h"
@@ -70,7 +70,8 @@ ggml_rerope_status ggml_rerope_context_set_scheme(ggml_rerope_context * ctx, con
 void ggml_rerope_context_free(ggml_rerope_context * ctx) {
     if (!ctx) return;
     if (ctx->galloc) ggml_gallocr_free(ctx->galloc);
-    if (ctx->sched) ggml_backend_sched_free(ctx->sched);
+    rt_pieces_free(ctx);
+    rt_embed_free(ctx);
     if (ctx->gpu) ggml_backend_free(ctx->gpu);
     if (ctx->backend) ggml_backend_free(ctx->backend);
     if (ctx->threadpool) ggml_threadpool_free(ctx->threadpool);
@@ -78,6 +79,7 @@ void ggml_rerope_context_free(ggml_rerope_context * ctx) {
     free(ctx->graph_mem);
     free(ctx->scheme_freq_factors);
     free(ctx->iota);
+    free(ctx->iota64);
     free(ctx->mask);
     free(ctx);
 }
@@ -96,26 +98,24 @@ static ggml_rerope_status setup_compute(ggml_rerope_context * ctx) {
     ctx->graph_mem_size = ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false);
     ctx->graph_mem = malloc(ctx->graph_mem_size);
     ctx->iota = malloc(sizeof(int32_t) * (size_t) ctx->kv.n_ctx);
-    if (!ctx->graph_mem || !ctx->iota) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for graph metadata");
-    for (int32_t i = 0; i < ctx->kv.n_ctx; i++) ctx->iota[i] = i;
+    ctx->iota64 = malloc(sizeof(int64_t) * (size_t) ctx->kv.n_ctx);
+    if (!ctx->graph_mem || !ctx->iota || !ctx->iota64)
+        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for graph metadata");
+    for (int32_t i = 0; i < ctx->kv.n_ctx; i++) ctx->iota[i] = i, ctx->iota64[i] = i;
 
+    if (ctx->model->gpu_dev) {
+        ctx->gpu = ggml_backend_dev_init(ctx->model->gpu_dev, NULL);
+        if (!ctx->gpu)
+            return rerope_fail(GGML_REROPE_ERR_CUDA, "cannot start ggml's %s backend",
+                               ggml_backend_dev_name(ctx->model->gpu_dev));
+    }
+    ggml_backend_t main = ctx->gpu ? ctx->gpu : ctx->backend;
+    ctx->galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(main));
+    if (!ctx->galloc) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create the compute allocator");
     if (ctx->attn_mode == RT_ATTN_OUTSIDE) {
-        ggml_backend_t backends[2];
-        int n = 0;
-        if (ctx->model->gpu_dev) {
-            ctx->gpu = ggml_backend_dev_init(ctx->model->gpu_dev, NULL);
-            if (!ctx->gpu)
-                return rerope_fail(GGML_REROPE_ERR_CUDA, "cannot start ggml's %s backend",
-                                   ggml_backend_dev_name(ctx->model->gpu_dev));
-            backends[n++] = ctx->gpu;
-        }
-        backends[n++] = ctx->backend; /* the scheduler wants the CPU last */
-        ctx->sched = ggml_backend_sched_new(backends, NULL, n, max_nodes, false, false);
-        if (!ctx->sched) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create the graph scheduler");
-        ggml_backend_sched_set_eval_callback(ctx->sched, rt_attn_eval_callback, ctx);
-    } else {
-        ctx->galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(ctx->backend));
-        if (!ctx->galloc) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create the compute allocator");
+        ggml_rerope_status s = rt_pieces_init(ctx);
+        if (!s) s = rt_embed_init(ctx);
+        if (s) return s;
     }
     /* Reserve once for the largest micro-batch: n_batch tokens, all logits, a full cache. */
     const int32_t nb = ctx->cparams.n_batch;
@@ -123,17 +123,24 @@ static ggml_rerope_status setup_compute(ggml_rerope_context * ctx) {
     rt_graph g;
     ggml_rerope_status s = rt_graph_build(ctx, &worst, &g);
     if (s) return s;
-    const bool ok = ctx->sched ? ggml_backend_sched_reserve(ctx->sched, g.gf) : ggml_gallocr_reserve(ctx->galloc, g.gf);
+    if (ctx->attn_mode == RT_ATTN_OUTSIDE) /* one backend runs every node: ask it first, not crash later */
+        for (int i = 0; i < ggml_graph_n_nodes(g.gf); i++) {
+            struct ggml_tensor * t = ggml_graph_node(g.gf, i);
+            if (!ggml_backend_supports_op(main, t)) {
+                s = rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s cannot run %s (node '%s' of the model graph)",
+                                ggml_backend_name(main), ggml_op_desc(t), t->name);
+                ggml_free(g.ctx);
+                return s;
+            }
+        }
+    const bool ok = ggml_gallocr_reserve(ctx->galloc, g.gf);
     ggml_free(g.ctx);
     if (!ok) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate the compute buffer for n_batch = %d", nb);
-    if (getenv("GGML_REROPE_VERBOSE")) {
-        ggml_backend_t main = ctx->gpu ? ctx->gpu : ctx->backend;
+    if (getenv("GGML_REROPE_VERBOSE"))
         fprintf(stderr, "ggml_rerope: KV cache %.1f MiB (%s), compute buffer %.1f MiB on %s (n_batch %d), %d threads%s\n",
                 ggml_backend_buffer_get_size(ctx->kv.buf) / 1048576.0, ggml_type_name(ctx->kv.type),
-                (ctx->sched ? ggml_backend_sched_get_buffer_size(ctx->sched, main)
-                            : ggml_gallocr_get_buffer_size(ctx->galloc, 0)) / 1048576.0,
-                ggml_backend_name(main), nb, n_threads, ctx->sched ? ", attention outside the graph" : "");
-    }
+                ggml_gallocr_get_buffer_size(ctx->galloc, 0) / 1048576.0, ggml_backend_name(main), nb, n_threads,
+                ctx->attn_mode == RT_ATTN_OUTSIDE ? ", attention between graph pieces" : "");
     return GGML_REROPE_OK;
 }
 
@@ -185,7 +192,13 @@ ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml
 static ggml_rerope_status set_inputs(ggml_rerope_context * ctx, const rt_graph * g, const rt_batch_shape * sh,
                                      const int32_t * tokens) {
     const int32_t n = sh->n_tokens, n_kv = sh->n_past + sh->n_tokens;
-    ggml_backend_tensor_set(g->tokens, tokens, 0, sizeof(int32_t) * (size_t) n);
+    if (g->embd) {
+        ggml_rerope_status s = rt_embed_tokens(ctx, tokens, n, g->embd);
+        if (s) return s;
+    } else {
+        ggml_backend_tensor_set(g->tokens, tokens, 0, sizeof(int32_t) * (size_t) n);
+    }
+    ggml_backend_tensor_set(g->kv_rows, ctx->iota64 + sh->n_past, 0, sizeof(int64_t) * (size_t) n);
     if (g->q_pos) ggml_backend_tensor_set(g->q_pos, ctx->iota + sh->n_past, 0, sizeof(int32_t) * (size_t) n);
     if (g->k_pos) ggml_backend_tensor_set(g->k_pos, ctx->iota, 0, sizeof(int32_t) * (size_t) n_kv);
     if (g->out_ids) {
@@ -219,22 +232,21 @@ static ggml_rerope_status eval_batch(ggml_rerope_context * ctx, const rt_batch_s
     rt_graph g;
     ggml_rerope_status s = rt_graph_build(ctx, sh, &g);
     if (s) return s;
-    if (ctx->sched) ggml_backend_sched_reset(ctx->sched);
-    if (!(ctx->sched ? ggml_backend_sched_alloc_graph(ctx->sched, g.gf) : ggml_gallocr_alloc_graph(ctx->galloc, g.gf))) {
+    if (!ggml_gallocr_alloc_graph(ctx->galloc, g.gf)) {
         ggml_free(g.ctx);
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate the compute buffer for %d tokens", sh->n_tokens);
     }
     s = set_inputs(ctx, &g, sh, tokens);
     if (!s) {
-        ctx->attn_status = GGML_REROPE_OK;
         ctx->n_kv_now = sh->n_past + sh->n_tokens;
-        enum ggml_status gs = ctx->sched ? ggml_backend_sched_graph_compute(ctx->sched, g.gf)
-                                         : ggml_backend_graph_compute(ctx->backend, g.gf);
-        if (ctx->attn_status)
-            s = ctx->attn_status; /* its message is set */
-        else if (gs != GGML_STATUS_SUCCESS)
-            s = rerope_fail(gs == GGML_STATUS_ALLOC_FAILED ? GGML_REROPE_ERR_NO_MEMORY : GGML_REROPE_ERR_UNSUPPORTED,
-                            "graph compute failed (ggml status %d)", (int) gs);
+        if (ctx->attn_mode == RT_ATTN_OUTSIDE) {
+            s = rt_compute_in_pieces(ctx, g.gf);
+        } else {
+            const enum ggml_status gs = ggml_backend_graph_compute(ctx->backend, g.gf);
+            if (gs != GGML_STATUS_SUCCESS)
+                s = rerope_fail(gs == GGML_STATUS_ALLOC_FAILED ? GGML_REROPE_ERR_NO_MEMORY : GGML_REROPE_ERR_UNSUPPORTED,
+                                "graph compute failed (ggml status %d)", (int) gs);
+        }
     }
     if (!s && g.logits && logits)
         ggml_backend_tensor_get(g.logits, logits, 0,

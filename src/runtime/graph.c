@@ -50,14 +50,24 @@ ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shap
     g->ctx = c;
     g->gf = ggml_new_graph_custom(c, rt_graph_max_nodes(m), false);
 
-    g->tokens = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_tokens);
-    ggml_set_input(g->tokens);
+    struct ggml_tensor * inp; /* {n_embd, n_tokens} */
+    if (ctx->attn_mode == RT_ATTN_OUTSIDE) { /* the graph runs on one backend; the embedding is in host memory */
+        g->embd = ggml_new_tensor_2d(c, GGML_TYPE_F32, I->n_embd, n_tokens);
+        ggml_set_input(g->embd);
+        inp = g->embd;
+    } else {
+        g->tokens = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_tokens);
+        ggml_set_input(g->tokens);
+        inp = ggml_get_rows(c, m->tok_embd, g->tokens);
+    }
     if (ctx->attn_mode != RT_ATTN_OUTSIDE) { /* outside the graph the kernel's default positions apply */
         g->q_pos = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_tokens);
         g->k_pos = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_kv);
         ggml_set_input(g->q_pos);
         ggml_set_input(g->k_pos);
     }
+    g->kv_rows = ggml_new_tensor_1d(c, GGML_TYPE_I64, n_tokens);
+    ggml_set_input(g->kv_rows);
     if (sh->n_out > 0 && sh->n_out < n_tokens) {
         g->out_ids = ggml_new_tensor_1d(c, GGML_TYPE_I32, sh->n_out);
         ggml_set_input(g->out_ids);
@@ -71,7 +81,6 @@ ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shap
         }
     }
 
-    struct ggml_tensor * inp = ggml_get_rows(c, m->tok_embd, g->tokens); /* {n_embd, n_tokens} */
     for (int il = 0; il < I->n_layer; il++) {
         const rt_layer * l = &m->layers[il];
         const bool last = il == I->n_layer - 1;
@@ -89,14 +98,15 @@ ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shap
         if (l->q_norm) q = rms_norm_mul(c, q, l->q_norm, eps);
         if (l->k_norm) k = rms_norm_mul(c, k, l->k_norm, eps);
 
-        /* Raw K, V into cache rows n_past..; expanded first so they run before the attention reads. */
+        /* Raw K, V into cache rows n_past.. (set_rows with the rows as an input, as llama.cpp: the graph
+         * of a decode step is then the same at every step, so ggml-cuda can replay it as a CUDA graph);
+         * expanded first so they run before the attention reads. */
         struct ggml_tensor * kc = kv->k[il], * vc = kv->v[il];
-        ggml_build_forward_expand(
-            g->gf, ggml_cpy(c, k, ggml_view_3d(c, kc, hd, I->n_head_kv, n_tokens, kc->nb[1], kc->nb[2],
-                                               kc->nb[2] * (size_t) sh->n_past)));
-        ggml_build_forward_expand(
-            g->gf, ggml_cpy(c, v, ggml_view_3d(c, vc, hd, I->n_head_kv, n_tokens, vc->nb[1], vc->nb[2],
-                                               vc->nb[2] * (size_t) sh->n_past)));
+        const int64_t row = hd * I->n_head_kv;
+        ggml_build_forward_expand(g->gf, ggml_set_rows(c, ggml_reshape_2d(c, kc, row, kv->n_ctx),
+                                                       ggml_reshape_2d(c, k, row, n_tokens), g->kv_rows));
+        ggml_build_forward_expand(g->gf, ggml_set_rows(c, ggml_reshape_2d(c, vc, row, kv->n_ctx),
+                                                       ggml_reshape_2d(c, v, row, n_tokens), g->kv_rows));
         if (last && sh->n_out == 0) break; /* only the cache was needed from this batch */
 
         struct ggml_tensor * att;

@@ -84,7 +84,9 @@ typedef struct rt_batch_shape {
 typedef struct rt_graph {
     struct ggml_context * ctx; /* metadata of this graph's tensors; ggml_free after compute */
     struct ggml_cgraph * gf;
-    struct ggml_tensor * tokens; /* I32 {n_tokens}                 */
+    struct ggml_tensor * tokens; /* I32 {n_tokens}, NULL when embd  */
+    struct ggml_tensor * embd;   /* F32 {n_embd, n_tokens}: rows looked up on the host (RT_ATTN_OUTSIDE) */
+    struct ggml_tensor * kv_rows; /* I64 {n_tokens}: cache rows written (n_past..) */
     struct ggml_tensor * q_pos;  /* I32 {n_tokens}                 */
     struct ggml_tensor * k_pos;  /* I32 {n_kv}                     */
     struct ggml_tensor * out_ids; /* I32 {n_out}, NULL when all    */
@@ -97,7 +99,7 @@ typedef struct rt_graph {
 typedef enum rt_attn_mode {
     RT_ATTN_NODE = 0,    /* the ggml_rerope_attn custom node, computed by ggml's CPU threads          */
     RT_ATTN_GGML = 1,    /* debug: ggml rope + flash attention (plain RoPE)                           */
-    RT_ATTN_OUTSIDE = 2, /* placeholder nodes: the graph runs in pieces on the backend and the kernel
+    RT_ATTN_OUTSIDE = 2, /* placeholder nodes: the graph runs in pieces on one backend and the kernel
                             (CUDA, or the host one as a CPU check) runs on its buffers in between     */
 } rt_attn_mode;
 
@@ -114,15 +116,24 @@ struct ggml_rerope_context {
 
     ggml_backend_t backend;      /* CPU */
     ggml_backend_t gpu;          /* the GPU device's, when the model is there (else NULL) */
-    ggml_backend_sched_t sched;  /* RT_ATTN_OUTSIDE: splits the graph between backends and
-                                    stops it at every attention placeholder */
-    ggml_rerope_status attn_status; /* first failure of an outside attention call in this eval */
-    int32_t n_kv_now;               /* cache rows the attention of the running graph reads */
+    int32_t n_kv_now;            /* cache rows the attention of the running graph reads */
     struct ggml_threadpool * threadpool;
-    ggml_gallocr_t galloc;
+    ggml_gallocr_t galloc;       /* the graph's buffer, on the GPU when there is one */
+
+    /* RT_ATTN_OUTSIDE (attn_outside.c, embed_host.c) */
+    void * piece_mem;             /* metadata of `piece`, the graph of one piece */
+    size_t piece_mem_size;
+    struct ggml_context * piece_ctx;
+    struct ggml_cgraph * piece;
+    void * stream;                /* GPU: our kernel's cudaStream_t */
+    ggml_backend_event_t ev_piece, ev_attn; /* GPU: piece done / attention done (NULL: host waits) */
+    void * embd_mem;              /* metadata of the embedding lookup graph */
+    size_t embd_mem_size;
+    ggml_gallocr_t embd_galloc;   /* its rows, in host memory */
     void * graph_mem; /* tensor + graph metadata, reused by every build */
     size_t graph_mem_size;
     int32_t * iota;   /* 0 .. n_ctx-1: positions of cache rows and queries */
+    int64_t * iota64; /* the same, for the cache rows a graph writes */
     ggml_fp16_t * mask; /* ggml path only: causal mask, grown as needed */
     size_t mask_cap;
 };
@@ -153,11 +164,19 @@ size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type
 size_t rt_graph_max_nodes(const ggml_rerope_model * m);
 ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shape * shape, rt_graph * out);
 
-/* attn_outside.c: attention run by the scheduler's eval callback (RT_ATTN_OUTSIDE). */
-/* The node whose data the callback overwrites with layer il's attention output (F32 like q). */
+/* attn_outside.c: the graph in pieces, the attention between them (RT_ATTN_OUTSIDE). */
+/* The node our kernel overwrites with layer il's attention output (F32 like q). */
 struct ggml_tensor * rt_attn_placeholder(struct ggml_context * c, struct ggml_tensor * q, int il);
-/* ggml_backend_sched_eval_callback; user_data is the context. Failures land in ctx->attn_status. */
-bool rt_attn_eval_callback(struct ggml_tensor * t, bool ask, void * user_data);
+ggml_rerope_status rt_pieces_init(ggml_rerope_context * ctx);
+void rt_pieces_free(ggml_rerope_context * ctx);
+/* Computes gf (allocated, inputs set) and waits for it; on failure the message is set. */
+ggml_rerope_status rt_compute_in_pieces(ggml_rerope_context * ctx, struct ggml_cgraph * gf);
+
+/* embed_host.c: token embedding rows gathered on the host into a graph input (RT_ATTN_OUTSIDE). */
+ggml_rerope_status rt_embed_init(ggml_rerope_context * ctx);
+void rt_embed_free(ggml_rerope_context * ctx);
+ggml_rerope_status rt_embed_tokens(ggml_rerope_context * ctx, const int32_t * tokens, int32_t n,
+                                   struct ggml_tensor * dst);
 
 /* memory.c */
 /* Bytes still free on dev (NULL: the host's MemAvailable), or 0 when unknown. */
