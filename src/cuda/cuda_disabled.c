@@ -30,6 +30,7 @@ ggml_rerope_status rt_cuda_stream_new(void ** stream) {
     return rerope_fail(GGML_REROPE_ERR_CUDA, "this build of ggml_rerope has no CUDA kernels (GGML_REROPE_CUDA=OFF)");
 }
 void rt_cuda_stream_free(void * stream) { (void) stream; }
+void rt_cuda_stream_idle(void * stream) { (void) stream; }
 int rt_cuda_event_is_valid(void * event) {
     (void) event;
     return 0;

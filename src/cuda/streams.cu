@@ -20,6 +20,10 @@ void rt_cuda_stream_free(void * stream) {
     if (stream) cudaStreamDestroy(static_cast<cudaStream_t>(stream));
 }
 
+void rt_cuda_stream_idle(void * stream) {
+    if (stream && cudaStreamSynchronize(static_cast<cudaStream_t>(stream)) != cudaSuccess) cudaGetLastError();
+}
+
 int rt_cuda_event_is_valid(void * event) {
     if (!event) return 0;
     const cudaError_t err = cudaEventQuery(static_cast<cudaEvent_t>(event));

@@ -112,8 +112,8 @@ static ggml_rerope_status run_attention(ggml_rerope_context * ctx, struct ggml_t
 ggml_rerope_status rt_compute_in_pieces(ggml_rerope_context * ctx, struct ggml_cgraph * gf) {
     ggml_backend_t be = ctx->gpu ? ctx->gpu : ctx->backend;
     const int n = ggml_graph_n_nodes(gf);
-    int j0 = 0;
-    for (int j = 0; j < n; j++) {
+    ggml_rerope_status s = GGML_REROPE_OK;
+    for (int j = 0, j0 = 0; j < n && !s; j++) {
         struct ggml_tensor * t = ggml_graph_node(gf, j);
         const int il = placeholder_layer(t);
         if (il < 0 && j < n - 1) continue;
@@ -122,16 +122,13 @@ ggml_rerope_status rt_compute_in_pieces(ggml_rerope_context * ctx, struct ggml_c
         j0 = j + 1;
         const enum ggml_status gs = ggml_backend_graph_compute_async(be, ctx->piece);
         if (gs != GGML_STATUS_SUCCESS)
-            return rerope_fail(gs == GGML_STATUS_ALLOC_FAILED ? GGML_REROPE_ERR_NO_MEMORY : GGML_REROPE_ERR_UNSUPPORTED,
-                               "graph compute failed (ggml status %d)", (int) gs);
-        if (il >= 0) {
-            const ggml_rerope_status s = run_attention(ctx, t, il);
-            if (s) {
-                ggml_backend_synchronize(be);
-                return rerope_fail_in(s, "layer %d attention", il);
-            }
-        }
+            s = rerope_fail(gs == GGML_STATUS_ALLOC_FAILED ? GGML_REROPE_ERR_NO_MEMORY : GGML_REROPE_ERR_UNSUPPORTED,
+                            "graph compute failed (ggml status %d)", (int) gs);
+        else if (il >= 0 && (s = run_attention(ctx, t, il)))
+            s = rerope_fail_in(s, "layer %d attention", il);
     }
-    ggml_backend_synchronize(be); /* the caller reads the logits and reuses the input buffers */
-    return GGML_REROPE_OK;
+    /* the caller reads the logits and reuses the buffers: nothing may still run, on either stream */
+    ggml_backend_synchronize(be);
+    rt_cuda_stream_idle(ctx->stream);
+    return s;
 }

@@ -12,6 +12,7 @@ extern "C" {
 
 ggml_rerope_status rt_cuda_stream_new(void ** stream); /* a non-blocking stream on the current device */
 void rt_cuda_stream_free(void * stream);
+void rt_cuda_stream_idle(void * stream); /* waits for it (NULL: nothing); keeps the error message */
 int rt_cuda_event_is_valid(void * event);                       /* 1 if cudaEventQuery accepts it */
 ggml_rerope_status rt_cuda_stream_wait(void * stream, void * event); /* stream waits for the event */
 ggml_rerope_status rt_cuda_event_record(void * event, void * stream);
