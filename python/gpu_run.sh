@@ -3,7 +3,7 @@
 # kernels (tests/test_cuda.py), benchmark them (python/bench_cuda_attention.py). Logs go
 # to $OUT (the device tool brings that folder back), copies belong in docs/gpu/.
 #
-#   python/gpu_run.sh smoke|test|bench|decode-variants|decode-waves|ncu-decode|model|full
+#   python/gpu_run.sh smoke|test|bench|decode-variants|decode-waves|ncu-decode|model|full|all
 #
 #   python/gpu_run.sh lcp-cuda   (returns at once), then   python/gpu_run.sh runtime
 #
@@ -47,6 +47,13 @@ export GGML_REROPE_LIBRARY="$PWD/build-gpu/src/libggml_rerope.so"
 python3 -c "from ggml_rerope import _binding as b; print('cuda_available =', b.lib.ggml_rerope_cuda_available())"
 
 rc=0
+decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark of a build with one more -D flag
+    cmake -S . -B "$1" -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_REROPE_BUILD_TESTS=OFF \
+        -DCMAKE_CUDA_FLAGS="$2" "${GGML_DIR_ARG[@]}" >/dev/null && cmake --build "$1" -j 16 >/dev/null || exit 1
+    GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" python3 -m pytest -q tests/test_cuda.py -k decode || rc=1
+    GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" \
+        python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/$3" || rc=1
+}
 case "$MODE" in
     smoke)
         python3 -m pytest -x -q -rs tests/test_cuda.py \
@@ -60,21 +67,11 @@ case "$MODE" in
         ;;
     decode-variants)  # tensor-core decode ring depth: 2 stages (default, 2 blocks/SM) against 4 (1 block/SM)
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_stages2.json" || rc=1
-        cmake -S . -B build-gpu-st4 -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-            -DGGML_REROPE_BUILD_TESTS=OFF -DCMAKE_CUDA_FLAGS=-DGGML_REROPE_DECODE_MMA_STAGES=4 "${GGML_DIR_ARG[@]}" \
-            >/dev/null && cmake --build build-gpu-st4 -j 16 >/dev/null || exit 1
-        GGML_REROPE_LIBRARY="$PWD/build-gpu-st4/src/libggml_rerope.so" python3 -m pytest -q tests/test_cuda.py -k decode || rc=1
-        GGML_REROPE_LIBRARY="$PWD/build-gpu-st4/src/libggml_rerope.so" \
-            python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_stages4.json" || rc=1
+        decode_variant build-gpu-st4 -DGGML_REROPE_DECODE_MMA_STAGES=4 bench_decode_stages4.json
         ;;
     decode-waves)  # tensor-core decode block count: one wave (default) against two
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_waves1.json" || rc=1
-        cmake -S . -B build-gpu-w2 -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-            -DGGML_REROPE_BUILD_TESTS=OFF -DCMAKE_CUDA_FLAGS=-DGGML_REROPE_DECODE_MMA_WAVES=2 "${GGML_DIR_ARG[@]}" \
-            >/dev/null && cmake --build build-gpu-w2 -j 16 >/dev/null || exit 1
-        GGML_REROPE_LIBRARY="$PWD/build-gpu-w2/src/libggml_rerope.so" python3 -m pytest -q tests/test_cuda.py -k decode || rc=1
-        GGML_REROPE_LIBRARY="$PWD/build-gpu-w2/src/libggml_rerope.so" \
-            python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_waves2.json" || rc=1
+        decode_variant build-gpu-w2 -DGGML_REROPE_DECODE_MMA_WAVES=2 bench_decode_waves2.json
         ;;
     ncu-decode)  # Nsight Compute sections of one decode launch (n_kv = 131072)
         ncu --kernel-name regex:decode_kernel --launch-skip 12 --launch-count 1 \
@@ -115,6 +112,10 @@ EOB
         ;;
     model)
         python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/bench_model.json" || rc=1
+        ;;
+    all)  # issue 4's whole H100 run in one command (~11 min on the H100: over one device call's 10 min
+        # limit here, so it ran as `lcp-cuda` + `full`, then `runtime`)
+        "$0" lcp-cuda && "$0" full && "$0" runtime || rc=1
         ;;
     full)
         python3 -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/verify.log" || rc=1
