@@ -7,6 +7,7 @@
 // an online softmax per row. A second kernel merges the splits.
 #include <math.h>
 
+#include "decode_split.cuh"
 #include "launch.cuh"
 #include "rotary.cuh"
 #include "traits.cuh"
@@ -300,26 +301,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, T>::THREADS, DecodeTraits<D, T
         }
     }
     __syncthreads();
-    // Partial result of this split (unnormalised, relative to its max), merged by reduce_kernel.
-    const size_t slot0 = ((size_t) split * a.n_head_kv + kvh) * plan.rows + r0;
-    float * part_o = work + slot0 * D;
-    float * part_ml = work + (size_t) gridDim.x * a.n_head_kv * plan.rows * D + slot0 * 2;
-    for (int idx = tid; idx < nrows * D; idx += Tr::THREADS) {
-        const int r = idx / D, d = idx % D;
-        float mm = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < W; ++w) mm = fmaxf(mm, s_ml[(w * MR + r) * 2]);
-        const float mu = mm == -INFINITY ? 0.f : mm;
-        float o = 0.f, ls = 0.f;
-#pragma unroll
-        for (int w = 0; w < W; ++w) {
-            const float wt = exp2f(s_ml[(w * MR + r) * 2] - mu);
-            o += wt * s_acc[(w * MR + r) * D + d];
-            ls += wt * s_ml[(w * MR + r) * 2 + 1];
-        }
-        part_o[(size_t) r * D + d] = o;
-        if (d == 0) part_ml[2 * r] = mm, part_ml[2 * r + 1] = ls;
-    }
+    write_split_partial<D, W, MR>(a, plan, split, kvh, r0, nrows, s_acc, s_ml, work, tid, Tr::THREADS);
 }
 
 // out row = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s over the splits. One block per

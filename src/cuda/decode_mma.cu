@@ -13,6 +13,7 @@
 
 #include <algorithm>
 
+#include "decode_split.cuh"
 #include "launch.cuh"
 #include "mma.cuh"
 #include "rotary.cuh"
@@ -240,25 +241,7 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, DecodeMmaTraits<D
         if (tq == 0) s_ml[(warp * ROWS + r) * 2] = m_r[h], s_ml[(warp * ROWS + r) * 2 + 1] = l;
     }
     __syncthreads();
-    const size_t slot0 = ((size_t) split * a.n_head_kv + kvh) * plan.rows + r0;
-    float * part_o = work + slot0 * D;
-    float * part_ml = work + (size_t) gridDim.x * a.n_head_kv * plan.rows * D + slot0 * 2;
-    for (int idx = tid; idx < nrows * D; idx += Tr::THREADS) {
-        const int r = idx / D, d = idx % D;
-        float mm = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < W; ++w) mm = fmaxf(mm, s_ml[(w * ROWS + r) * 2]);
-        const float mu = mm == -INFINITY ? 0.f : mm;
-        float acc = 0.f, ls = 0.f;
-#pragma unroll
-        for (int w = 0; w < W; ++w) {
-            const float wt = exp2f(s_ml[(w * ROWS + r) * 2] - mu);
-            acc += wt * s_o[(w * ROWS + r) * D + d];
-            ls += wt * s_ml[(w * ROWS + r) * 2 + 1];
-        }
-        part_o[(size_t) r * D + d] = acc;
-        if (d == 0) part_ml[2 * r] = mm, part_ml[2 * r + 1] = ls;
-    }
+    write_split_partial<D, W, ROWS>(a, plan, split, kvh, r0, nrows, s_o, s_ml, work, tid, Tr::THREADS);
 }
 
 template <int D> cudaError_t launch(const AttnArgs & a, const DecodePlan & plan, float * work, cudaStream_t stream) {
