@@ -120,11 +120,8 @@ ggml_rerope_status rt_compute_in_pieces(ggml_rerope_context * ctx, struct ggml_c
         ggml_graph_clear(ctx->piece);
         for (int i = j0; i <= j; i++) ggml_graph_add_node(ctx->piece, ggml_graph_node(gf, i));
         j0 = j + 1;
-        const enum ggml_status gs = ggml_backend_graph_compute_async(be, ctx->piece);
-        if (gs != GGML_STATUS_SUCCESS)
-            s = rerope_fail(gs == GGML_STATUS_ALLOC_FAILED ? GGML_REROPE_ERR_NO_MEMORY : GGML_REROPE_ERR_UNSUPPORTED,
-                            "graph compute failed (ggml status %d)", (int) gs);
-        else if (il >= 0 && (s = run_attention(ctx, t, il)))
+        s = rt_compute_status(ggml_backend_graph_compute_async(be, ctx->piece));
+        if (!s && il >= 0 && (s = run_attention(ctx, t, il)))
             s = rerope_fail_in(s, "layer %d attention", il);
     }
     /* the caller reads the logits and reuses the buffers: nothing may still run, on either stream */

@@ -227,6 +227,12 @@ static ggml_rerope_status set_inputs(ggml_rerope_context * ctx, const rt_graph *
     return GGML_REROPE_OK;
 }
 
+ggml_rerope_status rt_compute_status(enum ggml_status gs) {
+    if (gs == GGML_STATUS_SUCCESS) return GGML_REROPE_OK;
+    return rerope_fail(gs == GGML_STATUS_ALLOC_FAILED ? GGML_REROPE_ERR_NO_MEMORY : GGML_REROPE_ERR_UNSUPPORTED,
+                       "graph compute failed (ggml status %d)", (int) gs);
+}
+
 static ggml_rerope_status eval_batch(ggml_rerope_context * ctx, const rt_batch_shape * sh, const int32_t * tokens,
                                      float * logits) {
     rt_graph g;
@@ -239,14 +245,8 @@ static ggml_rerope_status eval_batch(ggml_rerope_context * ctx, const rt_batch_s
     s = set_inputs(ctx, &g, sh, tokens);
     if (!s) {
         ctx->n_kv_now = sh->n_past + sh->n_tokens;
-        if (ctx->attn_mode == RT_ATTN_OUTSIDE) {
-            s = rt_compute_in_pieces(ctx, g.gf);
-        } else {
-            const enum ggml_status gs = ggml_backend_graph_compute(ctx->backend, g.gf);
-            if (gs != GGML_STATUS_SUCCESS)
-                s = rerope_fail(gs == GGML_STATUS_ALLOC_FAILED ? GGML_REROPE_ERR_NO_MEMORY : GGML_REROPE_ERR_UNSUPPORTED,
-                                "graph compute failed (ggml status %d)", (int) gs);
-        }
+        s = ctx->attn_mode == RT_ATTN_OUTSIDE ? rt_compute_in_pieces(ctx, g.gf)
+                                              : rt_compute_status(ggml_backend_graph_compute(ctx->backend, g.gf));
     }
     if (!s && g.logits && logits)
         ggml_backend_tensor_get(g.logits, logits, 0,

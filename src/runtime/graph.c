@@ -51,20 +51,20 @@ ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shap
     g->gf = ggml_new_graph_custom(c, rt_graph_max_nodes(m), false);
 
     struct ggml_tensor * inp; /* {n_embd, n_tokens} */
-    if (ctx->attn_mode == RT_ATTN_OUTSIDE) { /* the graph runs on one backend; the embedding is in host memory */
+    if (ctx->attn_mode == RT_ATTN_OUTSIDE) {
+        /* the graph runs on one backend, the embedding is in host memory; the kernel outside the
+         * graph uses its default positions */
         g->embd = ggml_new_tensor_2d(c, GGML_TYPE_F32, I->n_embd, n_tokens);
         ggml_set_input(g->embd);
         inp = g->embd;
     } else {
         g->tokens = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_tokens);
-        ggml_set_input(g->tokens);
-        inp = ggml_get_rows(c, m->tok_embd, g->tokens);
-    }
-    if (ctx->attn_mode != RT_ATTN_OUTSIDE) { /* outside the graph the kernel's default positions apply */
         g->q_pos = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_tokens);
         g->k_pos = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_kv);
+        ggml_set_input(g->tokens);
         ggml_set_input(g->q_pos);
         ggml_set_input(g->k_pos);
+        inp = ggml_get_rows(c, m->tok_embd, g->tokens);
     }
     g->kv_rows = ggml_new_tensor_1d(c, GGML_TYPE_I64, n_tokens);
     ggml_set_input(g->kv_rows);

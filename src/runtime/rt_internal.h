@@ -160,6 +160,9 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
 void rt_kv_free(rt_kv_cache * kv);
 size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type type);
 
+/* context.c: a ggml compute status as ours (the message set on failure). */
+ggml_rerope_status rt_compute_status(enum ggml_status gs);
+
 /* graph.c */
 size_t rt_graph_max_nodes(const ggml_rerope_model * m);
 ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shape * shape, rt_graph * out);
