@@ -1,40 +1,17 @@
-// Public CUDA entries: validation, argument set-up, kernel choice (decode for a few
-// queries, prefill otherwise), workspace, and CUDA errors turned into statuses.
+// Public CUDA entries: validation and argument set-up; the kernels run through
+// rerope_cuda::run_attention (launch.cu: kernel choice, workspace, launches).
 #include <cuda_runtime.h>
 #include <math.h>
 
-#include <atomic>
 #include <stdint.h>
 #include <string.h>
 
-extern "C" {
-#include "errors.h"
-}
+#include "cuda_status.cuh"
 #include "launch.cuh"
 
 using rerope_cuda::AttnArgs;
 
 namespace {
-
-// Decode kernel for at most this many queries; prefill above.
-constexpr int DECODE_MAX_QUERIES = 4;
-
-#define REROPE_CUDA_TRY(call)                                                                                     \
-    do {                                                                                                          \
-        const cudaError_t err_ = (call);                                                                          \
-        if (err_ != cudaSuccess)                                                                                  \
-            return rerope_fail(GGML_REROPE_ERR_CUDA, "%s: %s (%s)", #call, cudaGetErrorString(err_),              \
-                               cudaGetErrorName(err_));                                                           \
-    } while (0)
-
-// Stream-ordered scratch memory, freed on every return path.
-struct Scratch {
-    void * ptr = nullptr;
-    cudaStream_t stream = nullptr;
-    ~Scratch() {
-        if (ptr) cudaFreeAsync(ptr, stream);
-    }
-};
 
 ggml_rerope_status check_device_pointer(const void * p, const char * name) {
     cudaPointerAttributes attr;
@@ -88,70 +65,6 @@ AttnArgs make_args(const ggml_rerope_params * p, const float * q, int32_t n_q, i
     return a;
 }
 
-// The workspace comes from the device's default stream-ordered pool. Its default release
-// threshold (0) hands memory back to the driver at every synchronisation, and mapping it
-// again cost ~0.1 ms a call (measured on the H100): keep it cached instead (once per device).
-std::atomic<uint64_t> pool_configured{0};
-
-ggml_rerope_status keep_pool_memory(int device) {
-    const uint64_t bit = 1ull << (device & 63);
-    if (pool_configured.load(std::memory_order_relaxed) & bit) return GGML_REROPE_OK;
-    cudaMemPool_t pool;
-    REROPE_CUDA_TRY(cudaDeviceGetDefaultMemPool(&pool, device));
-    uint64_t threshold = UINT64_MAX;
-    REROPE_CUDA_TRY(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
-    pool_configured.fetch_or(bit);
-    return GGML_REROPE_OK;
-}
-
-ggml_rerope_status run(AttnArgs a, int head_dim, int kv_type, cudaStream_t stream) {
-    const int f16 = kv_type == GGML_REROPE_KV_F16;
-    const bool decode = a.n_q <= DECODE_MAX_QUERIES;
-    int device = 0, sm_count = 1;
-    REROPE_CUDA_TRY(cudaGetDevice(&device));
-    REROPE_CUDA_TRY(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-    const ggml_rerope_status pool_st = keep_pool_memory(device);
-    if (pool_st != GGML_REROPE_OK) return pool_st;
-
-    rerope_cuda::DecodePlan plan = {};
-    size_t bytes = 0, bounds_bytes = 0;
-    // f16 decode runs on tensor cores; f32 K/V decode on the scalar split-K kernel.
-    const bool decode_mma = decode && f16;
-    const int tile = decode_mma ? rerope_cuda::decode_mma_key_tile() : rerope_cuda::prefill_key_tile();
-    if (a.k_pos && (!decode || decode_mma)) bounds_bytes = (size_t) ((a.n_kv + tile - 1) / tile) * sizeof(int2);
-    bytes = (bounds_bytes + 255) / 256 * 256;
-    const size_t rot_bytes = (size_t) a.n_kv * a.n_head_kv * head_dim * sizeof(half);
-    if (decode) {
-        plan = decode_mma ? rerope_cuda::plan_decode_mma(a, sm_count) : rerope_cuda::plan_decode(a, head_dim, sm_count);
-        bytes += rerope_cuda::decode_workspace_floats(plan, a, head_dim) * sizeof(float);
-    } else {
-        bytes += rot_bytes * (a.far_mode == GGML_REROPE_FAR_CLAMP ? 1 : 2);  // rotated keys
-    }
-    Scratch scratch;
-    scratch.stream = stream;
-    if (bytes) REROPE_CUDA_TRY(cudaMallocAsync(&scratch.ptr, bytes, stream));
-    char * base = static_cast<char *>(scratch.ptr);
-    if (bounds_bytes) {  // prefill with explicit key positions: per-tile position ranges
-        a.k_bounds = reinterpret_cast<const int2 *>(base);
-        REROPE_CUDA_TRY(rerope_cuda::launch_key_bounds(a.k_pos, a.n_kv, tile, reinterpret_cast<int2 *>(base), stream));
-    }
-    if (decode) {
-        float * work = reinterpret_cast<float *>(base + (bounds_bytes + 255) / 256 * 256);
-        if (decode_mma)
-            REROPE_CUDA_TRY(rerope_cuda::launch_decode_mma(a, plan, head_dim, work, stream));
-        else
-            REROPE_CUDA_TRY(rerope_cuda::launch_decode(a, plan, head_dim, f16, work, stream));
-    } else {
-        half * k_near = reinterpret_cast<half *>(base + (bounds_bytes + 255) / 256 * 256);
-        half * k_far = a.far_mode == GGML_REROPE_FAR_CLAMP ? nullptr : k_near + rot_bytes / sizeof(half);
-        REROPE_CUDA_TRY(rerope_cuda::launch_rotate_keys(a, head_dim, f16, k_near, k_far, stream));
-        a.k_near = k_near;
-        a.k_far = k_far;
-        REROPE_CUDA_TRY(rerope_cuda::launch_prefill(a, head_dim, f16, stream));
-    }
-    return GGML_REROPE_OK;
-}
-
 }  // namespace
 
 extern "C" {
@@ -179,7 +92,7 @@ ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_params * params, cons
     for (int i = 0; i < 6; ++i)
         if (ptrs[i] && (st = check_device_pointer(ptrs[i], names[i])) != GGML_REROPE_OK) return st;
     const AttnArgs a = make_args(params, q, n_q, n_head, q_pos, k, v, n_kv, n_head_kv, k_pos, out);
-    return run(a, params->head_dim, kv_type, static_cast<cudaStream_t>(stream));
+    return rerope_cuda::run_attention(a, params->head_dim, kv_type, static_cast<cudaStream_t>(stream));
 }
 
 ggml_rerope_status ggml_rerope_cuda_synchronize(void * stream) {
@@ -234,7 +147,7 @@ ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_params * pa
                                  dev + off_v, n_kv, n_head_kv,
                                  k_pos ? reinterpret_cast<const int32_t *>(dev + off_kp) : nullptr,
                                  reinterpret_cast<float *>(dev + off_o));
-    st = run(a, d, kv_type, stream);
+    st = rerope_cuda::run_attention(a, d, kv_type, stream);
     if (st == GGML_REROPE_OK) {
         err = cudaMemcpyAsync(out, dev + off_o, q_bytes, cudaMemcpyDeviceToHost, stream);
         if (err == cudaSuccess) err = cudaStreamSynchronize(stream);

@@ -1,12 +1,17 @@
-// Launchers of the kernels (defined in prefill.cu and decode.cu, called from api.cu).
-// Each returns cudaSuccess or the first CUDA error; api.cu turns that into a status.
+// Launchers of the kernels (defined in prefill.cu and decode.cu, called from launch.cu).
+// Each returns cudaSuccess or the first CUDA error; launch.cu turns that into a status.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include "common.cuh"
+#include "ggml_rerope.h"
 
 namespace rerope_cuda {
+
+// One call, validated by the caller: picks the kernels, makes the workspace and launches
+// them on `stream` (launch.cu). kv_type is a ggml_rerope_kv_type.
+ggml_rerope_status run_attention(AttnArgs a, int head_dim, int kv_type, cudaStream_t stream);
 
 // kv_is_f16: 1 for half K/V, 0 for float. head_dim is 64 or 128.
 cudaError_t launch_prefill(const AttnArgs & args, int head_dim, int kv_is_f16, cudaStream_t stream);
