@@ -91,6 +91,11 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "graph compute failed\n");
         return 1;
     }
+    /* ggml's status does not cover a custom op: ask the node how its compute went */
+    if (ggml_rerope_graph_status(graph) != GGML_REROPE_OK) {
+        fprintf(stderr, "ggml_rerope_attn: %s\n", ggml_rerope_last_error());
+        return 1;
+    }
 
     size_t count = (size_t) n * N_HEAD * HEAD_DIM;
     double * ref = malloc(sizeof(double) * count);

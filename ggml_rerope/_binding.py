@@ -16,50 +16,98 @@ from .errors import LibraryNotFoundError
 ffi = cffi.FFI()
 
 # --- src/ggml_rerope.h --------------------------------------------------------------
+# The types are copied exactly from the header (tests/test_binding_abi.py compiles them against
+# it: sizes, offsets, every field and enumerator on both sides); the functions as declared there.
 ffi.cdef(
     """
 typedef enum ggml_rerope_status {
-    GGML_REROPE_OK = 0, GGML_REROPE_ERR_INVALID_ARG = 1, GGML_REROPE_ERR_UNSUPPORTED = 2,
-    GGML_REROPE_ERR_NO_MEMORY = 3, GGML_REROPE_ERR_CUDA = 4, GGML_REROPE_ERR_IO = 5,
-    GGML_REROPE_ERR_CONTEXT_FULL = 6
+    GGML_REROPE_OK = 0,
+    GGML_REROPE_ERR_INVALID_ARG = 1, /* bad dims, null pointer, parameter out of range */
+    GGML_REROPE_ERR_UNSUPPORTED = 2, /* tensor type or feature this build cannot run  */
+    GGML_REROPE_ERR_NO_MEMORY = 3,   /* an allocation failed                          */
+    GGML_REROPE_ERR_CUDA = 4,        /* a CUDA call failed or no device is present     */
+    GGML_REROPE_ERR_IO = 5,          /* file missing, unreadable, corrupt or truncated */
+    GGML_REROPE_ERR_CONTEXT_FULL = 6 /* runtime: more tokens than n_ctx                */
 } ggml_rerope_status;
 
+typedef enum ggml_rerope_rope_mode {
+    GGML_REROPE_MODE_NORM = 0, /* pairs (2m, 2m+1)       */
+    GGML_REROPE_MODE_NEOX = 2  /* pairs (m, m + d_r / 2) */
+} ggml_rerope_rope_mode;
+
+typedef enum ggml_rerope_far_mode {
+    GGML_REROPE_FAR_CLAMP = 0, /* ReRoPE: rel = w                             */
+    GGML_REROPE_FAR_LEAKY = 1, /* Leaky ReRoPE: rel = w + (i - j - w) / k     */
+    GGML_REROPE_FAR_GROUP = 2  /* Self-Extend: fl(i/G) - fl(j/G) + w - fl(w/G) */
+} ggml_rerope_far_mode;
+
+typedef enum ggml_rerope_kv_type { GGML_REROPE_KV_F32 = 0, GGML_REROPE_KV_F16 = 1 } ggml_rerope_kv_type;
+
+typedef enum ggml_rerope_simd {
+    GGML_REROPE_SIMD_AUTO = -1,
+    GGML_REROPE_SIMD_SCALAR = 0,
+    GGML_REROPE_SIMD_AVX2 = 1, /* AVX2 + FMA + F16C */
+    GGML_REROPE_SIMD_AVX512 = 2,
+    GGML_REROPE_SIMD_NEON = 3
+} ggml_rerope_simd;
+
 typedef struct ggml_rerope_params {
-    int32_t head_dim;
-    int32_t n_rot;
-    int32_t rope_mode;
-    float rope_base;
-    const float * freq_factors;
-    int32_t window;
-    int32_t far_mode;
-    float leaky_k;
-    int32_t group_size;
-    int32_t logn_train_len;
-    float scale;
-    int32_t causal;
+    int32_t head_dim;           /* d: 1..256                                            */
+    int32_t n_rot;              /* d_r: even, 0..d (0 = no rotation at all)            */
+    int32_t rope_mode;          /* ggml_rerope_rope_mode                                */
+    float rope_base;            /* b > 0                                                */
+    const float * freq_factors; /* NULL, or n_rot/2 multipliers of theta_m (> 0). Note:
+                                   ggml's rope and GGUF rope_freqs DIVIDE; pass 1/x.   */
+    int32_t window;             /* w >= 1; w >= context length gives plain RoPE        */
+    int32_t far_mode;           /* ggml_rerope_far_mode                                 */
+    float leaky_k;              /* FAR_LEAKY slope divisor, >= 1 (k = 1 is plain RoPE) */
+    int32_t group_size;         /* FAR_GROUP G >= 1                                      */
+    int32_t logn_train_len;     /* L_train for log-n query scaling; 0 = off, else >= 2  */
+    float scale;                /* score scale; 0 means 1/sqrt(d)                       */
+    int32_t causal;             /* 1: key j used only when k_pos[j] <= q_pos[i]         */
 } ggml_rerope_params;
+
+typedef struct ggml_rerope_attn_call {
+    ggml_rerope_params params;
+    const float * q;       /* [n_q][n_head][d] float32                       */
+    const void * k;        /* [n_kv][n_head_kv][d] of kv_type                 */
+    const void * v;        /* [n_kv][n_head_kv][d] of kv_type                 */
+    float * out;           /* [n_q][n_head][d] float32; untouched on error    */
+    const int32_t * q_pos; /* n_q positions, or NULL                          */
+    const int32_t * k_pos; /* n_kv positions, or NULL                         */
+    int32_t n_q;           /* >= 1                                            */
+    int32_t n_head;        /* >= 1, a multiple of n_head_kv                   */
+    int32_t n_kv;          /* >= 1                                            */
+    int32_t n_head_kv;     /* >= 1                                            */
+    int32_t kv_type;       /* ggml_rerope_kv_type; another value: ERR_UNSUPPORTED */
+} ggml_rerope_attn_call;
 
 ggml_rerope_params ggml_rerope_default_params(int32_t head_dim);
 ggml_rerope_status ggml_rerope_check_params(const ggml_rerope_params * params);
 const char * ggml_rerope_last_error(void);
 const char * ggml_rerope_status_name(ggml_rerope_status status);
 
-ggml_rerope_status ggml_rerope_attn_host(const ggml_rerope_params * params, const float * q,
-    int32_t n_q, int32_t n_head, const int32_t * q_pos, const void * k, const void * v, int32_t kv_type,
-    int32_t n_kv, int32_t n_head_kv, const int32_t * k_pos, float * out, int32_t n_threads);
+ggml_rerope_status ggml_rerope_check_call(const ggml_rerope_attn_call * call);
+ggml_rerope_status ggml_rerope_attn_host(const ggml_rerope_attn_call * call, int32_t n_threads);
 
 int ggml_rerope_simd_supported(int32_t simd);
 ggml_rerope_status ggml_rerope_set_simd(int32_t simd);
 int32_t ggml_rerope_get_simd(void);
 const char * ggml_rerope_simd_name(int32_t simd);
 
+struct ggml_context;
+struct ggml_tensor;
+struct ggml_cgraph;
+struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_tensor * q, struct ggml_tensor * k,
+    struct ggml_tensor * v, struct ggml_tensor * q_pos, struct ggml_tensor * k_pos,
+    const ggml_rerope_params * params);
+ggml_rerope_status ggml_rerope_node_status(const struct ggml_tensor * node);
+ggml_rerope_status ggml_rerope_graph_status(struct ggml_cgraph * graph);
+
 int ggml_rerope_cuda_available(void);
-ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_params * params, const float * q,
-    int32_t n_q, int32_t n_head, const int32_t * q_pos, const void * k, const void * v, int32_t kv_type,
-    int32_t n_kv, int32_t n_head_kv, const int32_t * k_pos, float * out, void * stream);
-ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_params * params, const float * q,
-    int32_t n_q, int32_t n_head, const int32_t * q_pos, const void * k, const void * v, int32_t kv_type,
-    int32_t n_kv, int32_t n_head_kv, const int32_t * k_pos, float * out);
+ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_attn_call * call, void * stream);
+ggml_rerope_status ggml_rerope_cuda_synchronize(void * stream);
+ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_attn_call * call);
 """
 )
 
@@ -175,16 +223,32 @@ def _load():
     )
 
 
+def _enumerators():
+    """Every enumerator of the cdef's enums (GGML_REROPE_FAR_CLAMP, ...), read from `ffi` alone."""
+    values = {}
+    for name in ffi.list_types()[0]:
+        ctype = ffi.typeof(name)
+        if ctype.kind == "enum":
+            values.update(ctype.relements)
+    return values
+
+
+_ENUMERATORS = _enumerators()
+
+
 class _Library:
     """libggml_rerope, opened at its first use rather than at import, so that `import ggml_rerope`
     and the command-line tools' argument parsing work without it, and a missing library surfaces
-    as a LibraryNotFoundError (a ReropeError) where the tools report errors, not as a traceback."""
+    as a LibraryNotFoundError (a ReropeError) where the tools report errors, not as a traceback.
+    The enum constants (lib.GGML_REROPE_KV_F16, ...) come from the declarations and do not open it."""
 
     def __init__(self):
         self._lib = None
         self.path = None
 
     def __getattr__(self, name):
+        if name in _ENUMERATORS:
+            return _ENUMERATORS[name]
         if self._lib is None:
             self._lib, self.path = _load()
         return getattr(self._lib, name)
@@ -231,9 +295,6 @@ void ggml_build_forward_expand(struct ggml_cgraph * cgraph, struct ggml_tensor *
 void ggml_cpu_init(void);
 int ggml_graph_compute_with_ctx(struct ggml_context * ctx, struct ggml_cgraph * cgraph, int n_threads);
 
-struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_tensor * q, struct ggml_tensor * k,
-    struct ggml_tensor * v, struct ggml_tensor * q_pos, struct ggml_tensor * k_pos,
-    const ggml_rerope_params * params);
 """
 )
 

@@ -59,10 +59,15 @@ def ours(params, q, k, v, out):
     """ggml_rerope_attn_cuda on torch device tensors, on torch's current stream."""
     n_q, n_head, _ = q.shape
     n_kv, n_head_kv, _ = k.shape
-    st = lib.ggml_rerope_attn_cuda(
-        params, ffi.cast("const float *", q.data_ptr()), n_q, n_head, ffi.NULL,
-        ffi.cast("const void *", k.data_ptr()), ffi.cast("const void *", v.data_ptr()), 1, n_kv, n_head_kv,
-        ffi.NULL, ffi.cast("float *", out.data_ptr()), ffi.cast("void *", torch.cuda.current_stream().cuda_stream))
+    call = ffi.new("ggml_rerope_attn_call *")
+    call.params = params[0]
+    call.q = ffi.cast("const float *", q.data_ptr())
+    call.k = ffi.cast("const void *", k.data_ptr())
+    call.v = ffi.cast("const void *", v.data_ptr())
+    call.out = ffi.cast("float *", out.data_ptr())
+    call.n_q, call.n_head, call.n_kv, call.n_head_kv = n_q, n_head, n_kv, n_head_kv
+    call.kv_type = lib.GGML_REROPE_KV_F16
+    st = lib.ggml_rerope_attn_cuda(call, ffi.cast("void *", torch.cuda.current_stream().cuda_stream))
     if st != 0:
         raise RuntimeError(_binding.last_error())
 

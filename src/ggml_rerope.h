@@ -50,6 +50,7 @@ extern "C" {
 
 struct ggml_context;
 struct ggml_tensor;
+struct ggml_cgraph;
 
 /* Status codes. 0 is success; every other value comes with a message. */
 typedef enum ggml_rerope_status {
@@ -110,18 +111,37 @@ GGML_REROPE_API const char * ggml_rerope_status_name(ggml_rerope_status status);
 /* Key/value element types (values equal ggml's GGML_TYPE_F32 / GGML_TYPE_F16). */
 typedef enum ggml_rerope_kv_type { GGML_REROPE_KV_F32 = 0, GGML_REROPE_KV_F16 = 1 } ggml_rerope_kv_type;
 
-/* One attention call on host buffers (layouts above).
- * q_pos: n_q positions (NULL: n_kv - n_q .. n_kv - 1); k_pos: n_kv positions
- * (NULL: 0 .. n_kv - 1). Positions are >= 0. n_threads <= 0 picks the CPU count.
- * A query with no visible key gets an output row of zeros.
- * q, k and v must be finite: they are not scanned here (the Python wrapper does), and
- * non-finite values give unspecified output (on x86 a NaN query row came back as zeros).
- * On error `out` is left untouched. */
-GGML_REROPE_API ggml_rerope_status ggml_rerope_attn_host(const ggml_rerope_params * params, const float * q,
-                                                         int32_t n_q, int32_t n_head, const int32_t * q_pos,
-                                                         const void * k, const void * v, int32_t kv_type,
-                                                         int32_t n_kv, int32_t n_head_kv,
-                                                         const int32_t * k_pos, float * out, int32_t n_threads);
+/* One attention call: the parameters plus the buffers, positions, shapes and types it runs on
+ * (as FlashAttention's Flash_fwd_params). Every entry below takes one; the same validator
+ * (ggml_rerope_check_call) runs first in each, so bad input gives the same status and message on
+ * the CPU, on CUDA (with or without a device or CUDA build) and in the ggml node.
+ *   q_pos: n_q positions (NULL: n_kv - n_q .. n_kv - 1, so NULL needs n_q <= n_kv);
+ *   k_pos: n_kv positions (NULL: 0 .. n_kv - 1). Positions are >= 0.
+ * q, k and v must be finite: they are not scanned (the Python wrapper does), and non-finite values
+ * give unspecified output (on x86 a NaN query row came back as zeros). */
+typedef struct ggml_rerope_attn_call {
+    ggml_rerope_params params;
+    const float * q;       /* [n_q][n_head][d] float32                       */
+    const void * k;        /* [n_kv][n_head_kv][d] of kv_type                 */
+    const void * v;        /* [n_kv][n_head_kv][d] of kv_type                 */
+    float * out;           /* [n_q][n_head][d] float32; untouched on error    */
+    const int32_t * q_pos; /* n_q positions, or NULL                          */
+    const int32_t * k_pos; /* n_kv positions, or NULL                         */
+    int32_t n_q;           /* >= 1                                            */
+    int32_t n_head;        /* >= 1, a multiple of n_head_kv                   */
+    int32_t n_kv;          /* >= 1                                            */
+    int32_t n_head_kv;     /* >= 1                                            */
+    int32_t kv_type;       /* ggml_rerope_kv_type; another value: ERR_UNSUPPORTED */
+} ggml_rerope_attn_call;
+
+/* The contract of a call, checked without reading any buffer: params, q/k/v/out not NULL, the
+ * dims, kv_type, and that default query positions exist. The host entries then also read q_pos
+ * and k_pos (every value >= 0); ggml_rerope_attn_cuda cannot (device memory) and does not. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_check_call(const ggml_rerope_attn_call * call);
+
+/* The call on host buffers, on n_threads CPU threads (<= 0: the CPU count).
+ * A query with no visible key gets an output row of zeros. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_attn_host(const ggml_rerope_attn_call * call, int32_t n_threads);
 
 /* SIMD paths of the CPU kernel. */
 typedef enum ggml_rerope_simd {
@@ -149,42 +169,51 @@ GGML_REROPE_API const char * ggml_rerope_simd_name(int32_t simd);
 /* Adds the attention to a ggml graph as GGML_OP_CUSTOM node(s) whose work ggml's CPU
  * threads split. q: F32 {d, n_head, n_q}; k, v: F16/F32 {d, n_head_kv, n_kv}
  * (contiguous rows; views of a larger cache are fine); q_pos, k_pos: I32 {n_q}, {n_kv}
- * (NULL: the default positions of ggml_rerope_attn_host; values must be >= 0, which the
- * node cannot check before compute). Decode-sized calls (n_q <= 4, n_kv >= 1024) become two
- * nodes: partial softmax results per key chunk (F32 scratch), then their merge.
- * Returns F32 {d, n_head, n_q}, or NULL with the message set.
+ * (NULL: the default positions of ggml_rerope_attn_call). The dims and params are checked here by
+ * ggml_rerope_check_call's rules; position values (>= 0) are checked at compute. Decode-sized
+ * calls (n_q <= 4, n_kv >= 1024) become two nodes: partial softmax results per key chunk (F32
+ * scratch), then their merge. Returns F32 {d, n_head, n_q}, or NULL with the message set.
+ * A small record of the node's status lives in `ctx`'s memory (an object of about 300 bytes).
  * `params` (and its freq_factors) must stay valid until the graph has been computed. */
 GGML_REROPE_API struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_tensor * q,
                                                       struct ggml_tensor * k, struct ggml_tensor * v,
                                                       struct ggml_tensor * q_pos, struct ggml_tensor * k_pos,
                                                       const ggml_rerope_params * params);
 
+/* A ggml callback cannot fail, so a node that fails while ggml computes it (workspace
+ * allocation: ERR_NO_MEMORY; a negative position: ERR_INVALID_ARG) writes no rows and records
+ * the first failure. ggml_rerope_node_status returns what the node(s) of `node` (a tensor
+ * ggml_rerope_attn returned) recorded since they were built or last asked, sets the message,
+ * and clears the record; ERR_INVALID_ARG if `node` is not such a tensor.
+ * ggml_rerope_graph_status does the same for every such node of `graph` (other nodes are
+ * ignored) and returns the first failure in graph order. Whoever computes a graph holding the
+ * node must call one of them after every compute: ggml's own status says nothing of ours. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_node_status(const struct ggml_tensor * node);
+GGML_REROPE_API ggml_rerope_status ggml_rerope_graph_status(struct ggml_cgraph * graph);
+
 /* ------------------------------------------------------------------ CUDA */
 
 /* 1 if the library was built with CUDA kernels and a device is visible. */
 GGML_REROPE_API int ggml_rerope_cuda_available(void);
 
-/* Same contract as ggml_rerope_attn_host, on device pointers (q_pos/k_pos device
- * arrays, NULL for the defaults), on `stream` (a cudaStream_t; NULL = default). */
-GGML_REROPE_API ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_params * params, const float * q,
-                                                         int32_t n_q, int32_t n_head, const int32_t * q_pos,
-                                                         const void * k, const void * v, int32_t kv_type,
-                                                         int32_t n_kv, int32_t n_head_kv,
-                                                         const int32_t * k_pos, float * out, void * stream);
+/* The call on device pointers (q, k, v, out, and q_pos / k_pos: device arrays or NULL), on
+ * `stream` (a cudaStream_t; NULL = default). Order: ggml_rerope_check_call's checks (positions
+ * are not read), then what the kernels support (head_dim 64 or 128, n_head <= 65535, else
+ * ERR_UNSUPPORTED), then the device: ERR_CUDA when no device is visible, and ERR_CUDA right
+ * after the contract in a build without CUDA (GGML_REROPE_CUDA=OFF: no kernels, so no limits),
+ * so that "CUDA cannot run here" is one status and the contract can be tested on any machine.
+ * Pointers that are not device memory: ERR_INVALID_ARG. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_attn_call * call, void * stream);
 
 /* Waits until the work queued on `stream` (NULL = default stream) has finished;
  * GGML_REROPE_ERR_CUDA with CUDA's message if any of it failed. */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_cuda_synchronize(void * stream);
 
-/* Same contract on host buffers (like ggml_rerope_attn_host): copies the inputs to the
- * device, runs ggml_rerope_attn_cuda on a private stream, copies `out` back, waits.
- * For tests and benchmarks; n_q <= 4 runs the decode (split-K) kernel, more the prefill
- * kernel. head_dim must be 64 or 128 (else GGML_REROPE_ERR_UNSUPPORTED). */
-GGML_REROPE_API ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_params * params, const float * q,
-                                                                   int32_t n_q, int32_t n_head, const int32_t * q_pos,
-                                                                   const void * k, const void * v, int32_t kv_type,
-                                                                   int32_t n_kv, int32_t n_head_kv,
-                                                                   const int32_t * k_pos, float * out);
+/* The call on host buffers (as ggml_rerope_attn_host, positions checked too): copies the inputs
+ * to the device, runs ggml_rerope_attn_cuda on a private stream, copies `out` back, waits. For
+ * tests and benchmarks; n_q <= 4 runs the decode (split-K) kernel, more the prefill kernel.
+ * Statuses as ggml_rerope_attn_cuda. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_attn_call * call);
 
 #ifdef __cplusplus
 }

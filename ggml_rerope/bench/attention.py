@@ -42,16 +42,19 @@ class HostCall:
         self.arrays = [q, k, v]
         self.out = np.empty_like(q)
         self.qp = None if q_pos is None else np.ascontiguousarray(q_pos, dtype=np.int32)
-        self.params = ffi.new("ggml_rerope_params *", lib.ggml_rerope_default_params(d))
-        self.params.window = int(window)
-        kv_type = 1 if k.dtype == np.float16 else 0
         ptr = lambda t, a: ffi.cast(t, a.ctypes.data)  # noqa: E731
-        qp = ffi.NULL if self.qp is None else ptr("const int32_t *", self.qp)
-        self.args = (self.params, ptr("const float *", q), n_q, h, qp, ptr("const void *", k),
-                     ptr("const void *", v), kv_type, n_kv, h_kv, ffi.NULL, ptr("float *", self.out), int(threads))
+        self.call = call = ffi.new("ggml_rerope_attn_call *")
+        call.params = lib.ggml_rerope_default_params(d)
+        call.params.window = int(window)
+        call.q, call.k, call.v = ptr("const float *", q), ptr("const void *", k), ptr("const void *", v)
+        call.out = ptr("float *", self.out)
+        call.q_pos = ffi.NULL if self.qp is None else ptr("const int32_t *", self.qp)
+        call.n_q, call.n_head, call.n_kv, call.n_head_kv = n_q, h, n_kv, h_kv
+        call.kv_type = lib.GGML_REROPE_KV_F16 if k.dtype == np.float16 else lib.GGML_REROPE_KV_F32
+        self.threads = int(threads)
 
     def __call__(self):
-        status = _binding.lib.ggml_rerope_attn_host(*self.args)
+        status = _binding.lib.ggml_rerope_attn_host(self.call, self.threads)
         if status != 0:
             raise RuntimeError(_binding.last_error())
         return self.out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _binding
+from ..errors import raise_for_status
 
 _TYPES = {np.dtype(np.float32): _binding.GGML_TYPE_F32, np.dtype(np.float16): _binding.GGML_TYPE_F16,
           np.dtype(np.int32): _binding.GGML_TYPE_I32}
@@ -60,6 +61,8 @@ class GgmlContext:
         status = self.cpu.ggml_graph_compute_with_ctx(self.ctx, gf, int(threads))
         if status != 0:
             raise RuntimeError(f"ggml_graph_compute_with_ctx failed with status {status}")
+        # ggml's status does not cover our node's failures (workspace, positions): ask the node
+        raise_for_status(_binding.lib.ggml_rerope_graph_status(gf), _binding.last_error())
 
 
 def rerope_node(q, k, v, params, *, q_pos=None, k_pos=None, threads=2):

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "check_call.h"
 #include "cuda_status.cuh"
 #include "launch.cuh"
 
@@ -28,23 +29,26 @@ ggml_rerope_status check_device_pointer(const void * p, const char * name) {
     return GGML_REROPE_OK;
 }
 
-ggml_rerope_status check_shapes(const ggml_rerope_params * params, int32_t n_q, int32_t n_head, int32_t kv_type,
-                                int32_t n_kv, int32_t n_head_kv) {
-    const ggml_rerope_status st = ggml_rerope_check_params(params);
-    if (st != GGML_REROPE_OK) return st;
-    if (n_q < 1) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_q must be >= 1, got %d", n_q);
-    if (n_kv < 1) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_kv must be >= 1, got %d", n_kv);
-    if (n_head < 1 || n_head_kv < 1 || n_head % n_head_kv != 0)
-        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG,
-                           "n_head (%d) must be a positive multiple of n_head_kv (%d)", n_head, n_head_kv);
-    if (n_head > 65535) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_head must be <= 65535, got %d", n_head);
-    if (kv_type != GGML_REROPE_KV_F32 && kv_type != GGML_REROPE_KV_F16)
-        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "kv_type must be F32 (0) or F16 (1), got %d", kv_type);
-    if (params->head_dim != 64 && params->head_dim != 128)
+// What the kernels are built for, beyond the contract (rerope_check_call): a valid call
+// outside it is ERR_UNSUPPORTED (the CPU operator runs it).
+ggml_rerope_status check_kernel_limits(const ggml_rerope_attn_call * c) {
+    if (c->params.head_dim != 64 && c->params.head_dim != 128)
         return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED,
                            "the CUDA kernels are built for head_dim 64 and 128, got %d (use the CPU operator)",
-                           params->head_dim);
+                           c->params.head_dim);
+    if (c->n_head > 65535)  // grid dimension
+        return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "the CUDA kernels take n_head <= 65535, got %d", c->n_head);
     return GGML_REROPE_OK;
+}
+
+// The shared contract first, then the kernels' limits, and only then the device, so the same
+// bad input gives the CPU's status and message on a machine without a GPU.
+ggml_rerope_status check_cuda_call(const ggml_rerope_attn_call * c, int what) {
+    ggml_rerope_status st = rerope_check_call(c, what);
+    if (st == GGML_REROPE_OK) st = check_kernel_limits(c);
+    if (st == GGML_REROPE_OK && !ggml_rerope_cuda_available())
+        st = rerope_fail(GGML_REROPE_ERR_CUDA, "no CUDA device is visible");
+    return st;
 }
 
 AttnArgs make_args(const ggml_rerope_params * p, const float * q, int32_t n_q, int32_t n_head,
@@ -78,21 +82,16 @@ int ggml_rerope_cuda_available(void) {
     return n > 0 ? 1 : 0;
 }
 
-ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_params * params, const float * q, int32_t n_q,
-                                         int32_t n_head, const int32_t * q_pos, const void * k, const void * v,
-                                         int32_t kv_type, int32_t n_kv, int32_t n_head_kv, const int32_t * k_pos,
-                                         float * out, void * stream) {
-    rerope_clear_error();
-    if (!q || !k || !v || !out) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "q, k, v and out must not be NULL");
-    ggml_rerope_status st = check_shapes(params, n_q, n_head, kv_type, n_kv, n_head_kv);
+ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_attn_call * call, void * stream) {
+    ggml_rerope_status st = check_cuda_call(call, RR_CHECK_BUFFERS);  // positions are device memory: not read
     if (st != GGML_REROPE_OK) return st;
-    if (!ggml_rerope_cuda_available()) return rerope_fail(GGML_REROPE_ERR_CUDA, "no CUDA device is visible");
-    const void * ptrs[] = {q, k, v, out, q_pos, k_pos};
+    const ggml_rerope_attn_call & c = *call;
+    const void * ptrs[] = {c.q, c.k, c.v, c.out, c.q_pos, c.k_pos};
     const char * names[] = {"q", "k", "v", "out", "q_pos", "k_pos"};
     for (int i = 0; i < 6; ++i)
         if (ptrs[i] && (st = check_device_pointer(ptrs[i], names[i])) != GGML_REROPE_OK) return st;
-    const AttnArgs a = make_args(params, q, n_q, n_head, q_pos, k, v, n_kv, n_head_kv, k_pos, out);
-    return rerope_cuda::run_attention(a, params->head_dim, kv_type, static_cast<cudaStream_t>(stream));
+    const AttnArgs a = make_args(&c.params, c.q, c.n_q, c.n_head, c.q_pos, c.k, c.v, c.n_kv, c.n_head_kv, c.k_pos, c.out);
+    return rerope_cuda::run_attention(a, c.params.head_dim, c.kv_type, static_cast<cudaStream_t>(stream));
 }
 
 ggml_rerope_status ggml_rerope_cuda_synchronize(void * stream) {
@@ -101,19 +100,16 @@ ggml_rerope_status ggml_rerope_cuda_synchronize(void * stream) {
     return GGML_REROPE_OK;
 }
 
-ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_params * params, const float * q, int32_t n_q,
-                                                   int32_t n_head, const int32_t * q_pos, const void * k,
-                                                   const void * v, int32_t kv_type, int32_t n_kv, int32_t n_head_kv,
-                                                   const int32_t * k_pos, float * out) {
-    rerope_clear_error();
-    if (!q || !k || !v || !out) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "q, k, v and out must not be NULL");
-    ggml_rerope_status st = check_shapes(params, n_q, n_head, kv_type, n_kv, n_head_kv);
+ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_attn_call * call) {
+    ggml_rerope_status st = check_cuda_call(call, RR_CHECK_BUFFERS | RR_CHECK_POSITIONS);
     if (st != GGML_REROPE_OK) return st;
-    for (int i = 0; q_pos && i < n_q; ++i)
-        if (q_pos[i] < 0) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "q_pos[%d] = %d is negative", i, q_pos[i]);
-    for (int j = 0; k_pos && j < n_kv; ++j)
-        if (k_pos[j] < 0) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "k_pos[%d] = %d is negative", j, k_pos[j]);
-    if (!ggml_rerope_cuda_available()) return rerope_fail(GGML_REROPE_ERR_CUDA, "no CUDA device is visible");
+    const ggml_rerope_params * params = &call->params;
+    const float * q = call->q;
+    const void *k = call->k, *v = call->v;
+    const int32_t *q_pos = call->q_pos, *k_pos = call->k_pos;
+    float * out = call->out;
+    const int32_t n_q = call->n_q, n_head = call->n_head, n_kv = call->n_kv, n_head_kv = call->n_head_kv;
+    const int32_t kv_type = call->kv_type;
 
     const int d = params->head_dim;
     const size_t q_bytes = (size_t) n_q * n_head * d * sizeof(float);

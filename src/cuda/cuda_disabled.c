@@ -1,14 +1,17 @@
 /* Built when GGML_REROPE_CUDA is off: the CUDA entries report that clearly. */
 #include "ggml_rerope.h"
+#include "check_call.h"
 #include "errors.h"
 #include "rt_cuda.h"
 
 int ggml_rerope_cuda_available(void) { return 0; }
 
-ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_params * params, const float * q, int32_t n_q,
-                                         int32_t n_head, const int32_t * q_pos, const void * k, const void * v,
-                                         int32_t kv_type, int32_t n_kv, int32_t n_head_kv, const int32_t * k_pos,
-                                         float * out, void * stream) {
+/* The contract is checked as in a CUDA build (same status and message for bad input); a valid
+ * call gets ERR_CUDA, as a CUDA build gets on a machine without a device. */
+ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_attn_call * call, void * stream) {
+    (void) stream;
+    const ggml_rerope_status st = rerope_check_call(call, RR_CHECK_BUFFERS);
+    if (st != GGML_REROPE_OK) return st;
     return rerope_fail(GGML_REROPE_ERR_CUDA, "this build of ggml_rerope has no CUDA kernels (GGML_REROPE_CUDA=OFF)");
 }
 
@@ -17,10 +20,9 @@ ggml_rerope_status ggml_rerope_cuda_synchronize(void * stream) {
     return rerope_fail(GGML_REROPE_ERR_CUDA, "this build of ggml_rerope has no CUDA kernels (GGML_REROPE_CUDA=OFF)");
 }
 
-ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_params * params, const float * q, int32_t n_q,
-                                                   int32_t n_head, const int32_t * q_pos, const void * k,
-                                                   const void * v, int32_t kv_type, int32_t n_kv, int32_t n_head_kv,
-                                                   const int32_t * k_pos, float * out) {
+ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_attn_call * call) {
+    const ggml_rerope_status st = rerope_check_call(call, RR_CHECK_BUFFERS | RR_CHECK_POSITIONS);
+    if (st != GGML_REROPE_OK) return st;
     return rerope_fail(GGML_REROPE_ERR_CUDA, "this build of ggml_rerope has no CUDA kernels (GGML_REROPE_CUDA=OFF)");
 }
 

@@ -86,11 +86,11 @@ static ggml_rerope_status run_attention(ggml_rerope_context * ctx, struct ggml_t
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "attention placeholder '%s' is malformed", t->name);
     const int32_t n_q = (int32_t) q->ne[2], n_head = (int32_t) q->ne[1];
     const int32_t n_head_kv = (int32_t) kv->k[il]->ne[1];
-    const int32_t kv_type = kv->type == GGML_TYPE_F16 ? GGML_REROPE_KV_F16 : GGML_REROPE_KV_F32;
-    if (!ctx->gpu)
-        return ggml_rerope_attn_host(&ctx->attn, (const float *) q->data, n_q, n_head, NULL, kv->k[il]->data,
-                                     kv->v[il]->data, kv_type, ctx->n_kv_now, n_head_kv, NULL, (float *) t->data,
-                                     ctx->cparams.n_threads);
+    const ggml_rerope_attn_call call = {
+        .params = ctx->attn, .q = (const float *) q->data, .k = kv->k[il]->data, .v = kv->v[il]->data,
+        .out = (float *) t->data, .q_pos = NULL, .k_pos = NULL, .n_q = n_q, .n_head = n_head, .n_kv = ctx->n_kv_now,
+        .n_head_kv = n_head_kv, .kv_type = kv->type == GGML_TYPE_F16 ? GGML_REROPE_KV_F16 : GGML_REROPE_KV_F32};
+    if (!ctx->gpu) return ggml_rerope_attn_host(&call, ctx->cparams.n_threads);
     ggml_rerope_status s = GGML_REROPE_OK;
     if (ctx->ev_piece) {
         ggml_backend_event_record(ctx->ev_piece, ctx->gpu);
@@ -98,10 +98,7 @@ static ggml_rerope_status run_attention(ggml_rerope_context * ctx, struct ggml_t
     } else {
         ggml_backend_synchronize(ctx->gpu);
     }
-    if (!s)
-        s = ggml_rerope_attn_cuda(&ctx->attn, (const float *) q->data, n_q, n_head, NULL, kv->k[il]->data,
-                                  kv->v[il]->data, kv_type, ctx->n_kv_now, n_head_kv, NULL, (float *) t->data,
-                                  ctx->stream);
+    if (!s) s = ggml_rerope_attn_cuda(&call, ctx->stream);
     if (s) return s;
     if (!ctx->ev_attn) return ggml_rerope_cuda_synchronize(ctx->stream);
     s = rt_cuda_event_record(cuda_event_of(ctx->ev_attn), ctx->stream);

@@ -151,8 +151,10 @@ static int run_case(int idx, const test_case * c) {
     int fails = 0;
 
     ggml_rerope_set_simd(GGML_REROPE_SIMD_SCALAR);
-    ggml_rerope_status st = ggml_rerope_attn_host(&p, q, c->n_q, c->h, qp, kk, vv, kv_type, c->n_kv, c->h_kv, kp,
-                                                  ref_out, 3);
+    ggml_rerope_attn_call call = {.params = p, .q = q, .k = kk, .v = vv, .out = ref_out, .q_pos = qp, .k_pos = kp,
+                                  .n_q = c->n_q, .n_head = c->h, .n_kv = c->n_kv, .n_head_kv = c->h_kv,
+                                  .kv_type = kv_type};
+    ggml_rerope_status st = ggml_rerope_attn_host(&call, 3);
     if (st != GGML_REROPE_OK) {
         printf("case %d: scalar call failed: %s\n", idx, ggml_rerope_last_error());
         fails++;
@@ -166,7 +168,8 @@ static int run_case(int idx, const test_case * c) {
         if (!ggml_rerope_simd_supported(s)) continue;
         ggml_rerope_set_simd(s);
         memset(out, 0, nq * 4);
-        st = ggml_rerope_attn_host(&p, q, c->n_q, c->h, qp, kk, vv, kv_type, c->n_kv, c->h_kv, kp, out, 2);
+        call.out = out;
+        st = ggml_rerope_attn_host(&call, 2);
         const double e = st == GGML_REROPE_OK ? rel_err_f(out, ref_out, nq) : INFINITY;
         printf("case %2d %-6s vs scalar: rel err %.2e\n", idx, ggml_rerope_simd_name(s), e);
         if (!(e < 1e-5)) fails++;

@@ -1,0 +1,51 @@
+/* The contract of one attention call (ggml_rerope_attn_call), checked in one order with one
+ * set of messages. Params are checked by ggml_rerope_check_params (params.c). */
+#include "check_call.h"
+
+#include "errors.h"
+
+static ggml_rerope_status check_positions(const int32_t * pos, int32_t n, const char * name) {
+    if (!pos) return GGML_REROPE_OK;
+    for (int32_t i = 0; i < n; i++)
+        if (pos[i] < 0)
+            return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "%s[%d] is %d; positions must be >= 0", name, i, pos[i]);
+    return GGML_REROPE_OK;
+}
+
+ggml_rerope_status rerope_check_call(const ggml_rerope_attn_call * c, int what) {
+    rerope_clear_error();
+    if (!c) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "call is NULL");
+    ggml_rerope_status st = ggml_rerope_check_params(&c->params);
+    if (st != GGML_REROPE_OK) return st;
+    if (what & RR_CHECK_BUFFERS) {
+        if (!c->q) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "q is NULL");
+        if (!c->k) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "k is NULL");
+        if (!c->v) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "v is NULL");
+        if (!c->out) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "out is NULL");
+    }
+    if (c->n_q < 1) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_q must be >= 1, got %d", c->n_q);
+    if (c->n_kv < 1) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_kv must be >= 1, got %d", c->n_kv);
+    if (c->n_head < 1) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_head must be >= 1, got %d", c->n_head);
+    if (c->n_head_kv < 1)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_head_kv must be >= 1, got %d", c->n_head_kv);
+    if (c->n_head % c->n_head_kv != 0)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_head (%d) must be a multiple of n_head_kv (%d)",
+                           c->n_head, c->n_head_kv);
+    /* a value outside the enum is a type (ggml numbering) the kernels cannot read */
+    if (c->kv_type != GGML_REROPE_KV_F32 && c->kv_type != GGML_REROPE_KV_F16)
+        return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "kv_type must be F32 (%d) or F16 (%d), got %d",
+                           GGML_REROPE_KV_F32, GGML_REROPE_KV_F16, c->kv_type);
+    if (!c->q_pos && c->n_q > c->n_kv)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG,
+                           "q_pos is NULL but n_q (%d) > n_kv (%d): default query positions would be negative",
+                           c->n_q, c->n_kv);
+    if (what & RR_CHECK_POSITIONS) {
+        if ((st = check_positions(c->q_pos, c->n_q, "q_pos")) != GGML_REROPE_OK) return st;
+        if ((st = check_positions(c->k_pos, c->n_kv, "k_pos")) != GGML_REROPE_OK) return st;
+    }
+    return GGML_REROPE_OK;
+}
+
+ggml_rerope_status ggml_rerope_check_call(const ggml_rerope_attn_call * call) {
+    return rerope_check_call(call, RR_CHECK_BUFFERS);
+}
