@@ -194,7 +194,8 @@ def _candidates():
         from importlib import metadata
 
         dist = metadata.distribution("ggml-rerope")
-        yield from sorted(pathlib.Path(dist.locate_file(f)) for f in dist.files or [] if f.name.startswith("libggml_rerope.so"))
+        files = dist.files or []
+        yield from sorted(pathlib.Path(dist.locate_file(f)) for f in files if f.name.startswith("libggml_rerope.so"))
     except Exception:  # not installed, or metadata unreadable: nothing more to try
         pass
 

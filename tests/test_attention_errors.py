@@ -42,7 +42,8 @@ BAD_CALLS = [
     ("v NaN f16", lambda a: a.update(v=np.full((9, 2, 64), np.nan, np.float16), k=a["k"].astype(np.float16)),
      ValueError, "v must be finite"),
     ("head size", lambda a: a.update(k=a["k"][..., :32], v=a["v"][..., :32]), ValueError, "head size"),
-    ("k head size only", lambda a: a.update(k=a["k"][..., :32]), ValueError, "k head size 32 differs from q head size 64"),
+    ("k head size only", lambda a: a.update(k=a["k"][..., :32]), ValueError,
+     "k head size 32 differs from q head size 64"),
     ("heads not multiple", lambda a: a.update(q=np.zeros((5, 3, 64), np.float32)), ValueError, "multiple"),
     ("window 0", lambda a: a.update(window=0), ValueError, "window"),
     ("window float", lambda a: a.update(window=3.5), TypeError, "window"),
@@ -179,7 +180,7 @@ def test_c_entries_null_call():
 
 
 def test_check_call_is_the_entries_validator():
-    for what, kw, status, _ in BAD_C:
+    for what, kw, _, _ in BAD_C:
         if what in READS_POSITIONS:
             continue
         call = Call(**kw)
@@ -238,4 +239,5 @@ def test_simd_settings():
         if not lib.ggml_rerope_simd_supported(s):
             assert lib.ggml_rerope_set_simd(s) == UNSUPPORTED
     assert lib.ggml_rerope_set_simd(lib.GGML_REROPE_SIMD_AUTO) == OK
-    assert ffi.string(lib.ggml_rerope_simd_name(lib.ggml_rerope_get_simd())).decode() in ("scalar", "avx2", "avx512", "neon")
+    name = ffi.string(lib.ggml_rerope_simd_name(lib.ggml_rerope_get_simd())).decode()
+    assert name in ("scalar", "avx2", "avx512", "neon")

@@ -90,7 +90,8 @@ ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_attn_call * call, voi
     const char * names[] = {"q", "k", "v", "out", "q_pos", "k_pos"};
     for (int i = 0; i < 6; ++i)
         if (ptrs[i] && (st = check_device_pointer(ptrs[i], names[i])) != GGML_REROPE_OK) return st;
-    const AttnArgs a = make_args(&c.params, c.q, c.n_q, c.n_head, c.q_pos, c.k, c.v, c.n_kv, c.n_head_kv, c.k_pos, c.out);
+    const AttnArgs a =
+        make_args(&c.params, c.q, c.n_q, c.n_head, c.q_pos, c.k, c.v, c.n_kv, c.n_head_kv, c.k_pos, c.out);
     return rerope_cuda::run_attention(a, c.params.head_dim, c.kv_type, static_cast<cudaStream_t>(stream));
 }
 

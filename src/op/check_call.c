@@ -29,16 +29,16 @@ ggml_rerope_status rerope_check_call(const ggml_rerope_attn_call * c, int what) 
     if (c->n_head_kv < 1)
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_head_kv must be >= 1, got %d", c->n_head_kv);
     if (c->n_head % c->n_head_kv != 0)
-        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_head (%d) must be a multiple of n_head_kv (%d)",
-                           c->n_head, c->n_head_kv);
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_head (%d) must be a multiple of n_head_kv (%d)", c->n_head,
+                           c->n_head_kv);
     /* a value outside the enum is a type (ggml numbering) the kernels cannot read */
     if (c->kv_type != GGML_REROPE_KV_F32 && c->kv_type != GGML_REROPE_KV_F16)
         return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "kv_type must be F32 (%d) or F16 (%d), got %d",
                            GGML_REROPE_KV_F32, GGML_REROPE_KV_F16, c->kv_type);
     if (!c->q_pos && c->n_q > c->n_kv)
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG,
-                           "q_pos is NULL but n_q (%d) > n_kv (%d): default query positions would be negative",
-                           c->n_q, c->n_kv);
+                           "q_pos is NULL but n_q (%d) > n_kv (%d): default query positions would be negative", c->n_q,
+                           c->n_kv);
     if (what & RR_CHECK_POSITIONS) {
         if ((st = check_positions(c->q_pos, c->n_q, "q_pos")) != GGML_REROPE_OK) return st;
         if ((st = check_positions(c->k_pos, c->n_kv, "k_pos")) != GGML_REROPE_OK) return st;

@@ -290,12 +290,15 @@ struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_ten
     atomic_init(&s->failed, 0);
     struct ggml_tensor * out;
     if (job.n_split == 0) {
-        out = ggml_custom_4d(ctx, GGML_TYPE_F32, d, call.n_head, call.n_q, 1, args, 5, attn_forward, GGML_N_TASKS_MAX, s);
+        out =
+            ggml_custom_4d(ctx, GGML_TYPE_F32, d, call.n_head, call.n_q, 1, args, 5, attn_forward, GGML_N_TASKS_MAX, s);
     } else {
         struct ggml_tensor * part = ggml_custom_4d(ctx, GGML_TYPE_F32, 2 + job.dp, (int64_t) call.n_q * call.n_head,
                                                    job.n_split, 1, args, 5, attn_partials, GGML_N_TASKS_MAX, s);
         if (!part || state_of(part) != s) out = part;
-        else out = ggml_custom_4d(ctx, GGML_TYPE_F32, d, call.n_head, call.n_q, 1, &part, 1, attn_merge, GGML_N_TASKS_MAX, s);
+        else
+            out = ggml_custom_4d(ctx, GGML_TYPE_F32, d, call.n_head, call.n_q, 1, &part, 1, attn_merge,
+                                 GGML_N_TASKS_MAX, s);
     }
     if (out && state_of(out) != s) {
         rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "this ggml stores a custom op's userdata where ggml_rerope cannot "

@@ -127,7 +127,7 @@ static inline rerope_ws_layout rerope_layout(const rerope_job * j) {
     return L;
 }
 
-/* Position helpers shared by the kernels and validation. */
+/* Position helpers of the kernels (NULL positions are the defaults of ggml_rerope_attn_call). */
 static inline int32_t rerope_qpos(const rerope_job * j, int i) {
     return j->q_pos ? j->q_pos[i] : (int32_t) (j->n_kv - j->n_q + i);
 }

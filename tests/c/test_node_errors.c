@@ -84,9 +84,18 @@ static void check_shape(int n_q, int n_kv, const char * name) {
     snprintf(node_msg, sizeof node_msg, "%s", ggml_rerope_last_error());
     static float q[4096 * H * D], out[4096 * H * D];
     static uint16_t kv[4096 * H_KV * D];
-    const ggml_rerope_attn_call call = {.params = p, .q = q, .k = kv, .v = kv, .out = out, .q_pos = NULL,
-                                        .k_pos = (const int32_t *) g.k_pos->data, .n_q = n_q, .n_head = H,
-                                        .n_kv = n_kv, .n_head_kv = H_KV, .kv_type = GGML_REROPE_KV_F16};
+    const ggml_rerope_attn_call call = {.params = p,
+                                        .q = q,
+                                        .k = kv,
+                                        .v = kv,
+                                        .out = out,
+                                        .q_pos = NULL,
+                                        .k_pos = (const int32_t *) g.k_pos->data,
+                                        .n_q = n_q,
+                                        .n_head = H,
+                                        .n_kv = n_kv,
+                                        .n_head_kv = H_KV,
+                                        .kv_type = GGML_REROPE_KV_F16};
     const ggml_rerope_status host_st = ggml_rerope_attn_host(&call, 2);
     snprintf(what, sizeof what, "%s: negative k_pos -> node \"%s\" == host \"%s\"", name, node_msg,
              ggml_rerope_last_error());
@@ -109,8 +118,8 @@ int main(void) {
     /* a context too small for the node: NULL and ERR_NO_MEMORY, not ggml's abort */
     ggml_rerope_params p = ggml_rerope_default_params(D);
     /* room for q and k (2 KiB each) and a few hundred bytes: less than the node's tensor and record */
-    struct ggml_init_params small = {.mem_size = 2 * (ggml_tensor_overhead() + 2048 + 64) + 256, .mem_buffer = NULL,
-                                     .no_alloc = false};
+    struct ggml_init_params small = {
+        .mem_size = 2 * (ggml_tensor_overhead() + 2048 + 64) + 256, .mem_buffer = NULL, .no_alloc = false};
     ctx = ggml_init(small);
     struct ggml_tensor * q = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, D, H, 2);
     struct ggml_tensor * k = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, D, H_KV, 4);
