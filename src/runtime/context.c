@@ -3,15 +3,46 @@
  * GPU (and GGML_REROPE_RUNTIME_ATTN=outside on the CPU, to check that path): the graph runs on
  * the one backend in pieces, with our kernel between them (attn_outside.c). */
 #define _DEFAULT_SOURCE
-#include "errors.h"
+#include "rt_embed.h"
+#include "rt_errors.h"
+#include "rt_exec.h"
+#include "rt_graph.h"
+#include "rt_kv.h"
+
+#include "ggml-alloc.h"
 #include "ggml-cpu.h"
-#include "rt_internal.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+struct ggml_rerope_context {
+    ggml_rerope_model * model;
+    ggml_rerope_context_params cparams;
+    rt_kv_cache kv;
+    int32_t n_past;
+
+    ggml_rerope_scheme scheme;
+    float * scheme_freq_factors; /* owned copy of scheme.freq_factors */
+    ggml_rerope_params attn;     /* per-layer attention parameters, alive while graphs compute */
+    rt_attn_mode attn_mode;
+
+    ggml_backend_t backend;      /* CPU */
+    ggml_backend_t gpu;          /* the GPU device's, when the model is there (else NULL) */
+    struct ggml_threadpool * threadpool;
+    ggml_gallocr_t galloc;       /* the graph's buffer, on the GPU when there is one */
+    rt_pieces pieces;            /* RT_ATTN_OUTSIDE: the graph in pieces, attention between them */
+    rt_host_embed embed;         /* RT_ATTN_OUTSIDE: the token embedding looked up on the host */
+
+    void * graph_mem; /* tensor + graph metadata, reused by every build */
+    size_t graph_mem_size;
+    int32_t * iota;   /* 0 .. n_ctx-1: positions of cache rows and queries */
+    int64_t * iota64; /* the same, for the cache rows a graph writes */
+    ggml_fp16_t * mask; /* ggml path only: causal mask, grown as needed */
+    size_t mask_cap;
+};
 
 ggml_rerope_context_params ggml_rerope_context_default_params(void) {
     ggml_rerope_context_params p = {.n_ctx = 4096, .n_batch = 512, .n_threads = 0, .kv_type = GGML_REROPE_KV_F16};
@@ -70,8 +101,8 @@ ggml_rerope_status ggml_rerope_context_set_scheme(ggml_rerope_context * ctx, con
 void ggml_rerope_context_free(ggml_rerope_context * ctx) {
     if (!ctx) return;
     if (ctx->galloc) ggml_gallocr_free(ctx->galloc);
-    rt_pieces_free(ctx);
-    rt_embed_free(ctx);
+    rt_pieces_free(&ctx->pieces);
+    rt_embed_free(&ctx->embed);
     if (ctx->gpu) ggml_backend_free(ctx->gpu);
     if (ctx->backend) ggml_backend_free(ctx->backend);
     if (ctx->threadpool) ggml_threadpool_free(ctx->threadpool);
@@ -84,6 +115,16 @@ void ggml_rerope_context_free(ggml_rerope_context * ctx) {
     free(ctx);
 }
 
+static rt_graph_plan graph_plan(const ggml_rerope_context * ctx) {
+    const rt_graph_plan plan = {.model = ctx->model,
+                                .kv = &ctx->kv,
+                                .attn = &ctx->attn,
+                                .mode = ctx->attn_mode,
+                                .mem = ctx->graph_mem,
+                                .mem_size = ctx->graph_mem_size};
+    return plan;
+}
+
 static ggml_rerope_status setup_compute(ggml_rerope_context * ctx) {
     const int n_threads = ctx->cparams.n_threads;
     ctx->backend = ggml_backend_cpu_init();
@@ -91,11 +132,11 @@ static ggml_rerope_status setup_compute(ggml_rerope_context * ctx) {
     ggml_backend_cpu_set_n_threads(ctx->backend, n_threads);
     struct ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
     ctx->threadpool = ggml_threadpool_new(&tpp);
-    if (!ctx->threadpool) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create a pool of %d threads", n_threads);
+    if (!ctx->threadpool)
+        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create a pool of %d threads", n_threads);
     ggml_backend_cpu_set_threadpool(ctx->backend, ctx->threadpool);
 
-    const size_t max_nodes = rt_graph_max_nodes(ctx->model);
-    ctx->graph_mem_size = ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false);
+    ctx->graph_mem_size = rt_graph_mem_size(ctx->model);
     ctx->graph_mem = malloc(ctx->graph_mem_size);
     ctx->iota = malloc(sizeof(int32_t) * (size_t) ctx->kv.n_ctx);
     ctx->iota64 = malloc(sizeof(int64_t) * (size_t) ctx->kv.n_ctx);
@@ -113,15 +154,16 @@ static ggml_rerope_status setup_compute(ggml_rerope_context * ctx) {
     ctx->galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(main));
     if (!ctx->galloc) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create the compute allocator");
     if (ctx->attn_mode == RT_ATTN_OUTSIDE) {
-        ggml_rerope_status s = rt_pieces_init(ctx);
-        if (!s) s = rt_embed_init(ctx);
+        ggml_rerope_status s = rt_pieces_init(&ctx->pieces, main, ctx->gpu != NULL, rt_graph_max_nodes(ctx->model));
+        if (!s) s = rt_embed_init(&ctx->embed, ctx->model->tok_embd, ctx->backend);
         if (s) return s;
     }
     /* Reserve once for the largest micro-batch: n_batch tokens, all logits, a full cache. */
     const int32_t nb = ctx->cparams.n_batch;
     rt_batch_shape worst = {.n_tokens = nb, .n_past = ctx->kv.n_ctx - nb, .n_out = nb};
+    const rt_graph_plan plan = graph_plan(ctx);
     rt_graph g;
-    ggml_rerope_status s = rt_graph_build(ctx, &worst, &g);
+    ggml_rerope_status s = rt_graph_build(&plan, &worst, &g);
     if (s) return s;
     if (ctx->attn_mode == RT_ATTN_OUTSIDE) /* one backend runs every node: ask it first, not crash later */
         for (int i = 0; i < ggml_graph_n_nodes(g.gf); i++) {
@@ -137,7 +179,8 @@ static ggml_rerope_status setup_compute(ggml_rerope_context * ctx) {
     ggml_free(g.ctx);
     if (!ok) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate the compute buffer for n_batch = %d", nb);
     if (getenv("GGML_REROPE_VERBOSE"))
-        fprintf(stderr, "ggml_rerope: KV cache %.1f MiB (%s), compute buffer %.1f MiB on %s (n_batch %d), %d threads%s\n",
+        fprintf(stderr,
+                "ggml_rerope: KV cache %.1f MiB (%s), compute buffer %.1f MiB on %s (n_batch %d), %d threads%s\n",
                 ggml_backend_buffer_get_size(ctx->kv.buf) / 1048576.0, ggml_type_name(ctx->kv.type),
                 ggml_gallocr_get_buffer_size(ctx->galloc, 0) / 1048576.0, ggml_backend_name(main), nb, n_threads,
                 ctx->attn_mode == RT_ATTN_OUTSIDE ? ", attention between graph pieces" : "");
@@ -191,27 +234,29 @@ ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml
 /* Fills the graph's inputs for tokens[0..n_tokens) at cache rows n_past... */
 static ggml_rerope_status set_inputs(ggml_rerope_context * ctx, const rt_graph * g, const rt_batch_shape * sh,
                                      const int32_t * tokens) {
-    const int32_t n = sh->n_tokens, n_kv = sh->n_past + sh->n_tokens;
+    const int32_t n = sh->n_tokens, n_kv = rt_batch_n_kv(sh);
     if (g->embd) {
-        ggml_rerope_status s = rt_embed_tokens(ctx, tokens, n, g->embd);
+        ggml_rerope_status s = rt_embed_tokens(&ctx->embed, tokens, n, g->embd);
         if (s) return s;
     } else {
         ggml_backend_tensor_set(g->tokens, tokens, 0, sizeof(int32_t) * (size_t) n);
     }
     ggml_backend_tensor_set(g->kv_rows, ctx->iota64 + sh->n_past, 0, sizeof(int64_t) * (size_t) n);
-    if (g->q_pos) ggml_backend_tensor_set(g->q_pos, ctx->iota + sh->n_past, 0, sizeof(int32_t) * (size_t) n);
-    if (g->k_pos) ggml_backend_tensor_set(g->k_pos, ctx->iota, 0, sizeof(int32_t) * (size_t) n_kv);
+    /* An input no node reads has no buffer (one layer, a micro-batch that only fills the cache). */
+    if (g->q_pos && g->q_pos->buffer)
+        ggml_backend_tensor_set(g->q_pos, ctx->iota + sh->n_past, 0, sizeof(int32_t) * (size_t) n);
+    if (g->k_pos && g->k_pos->buffer) ggml_backend_tensor_set(g->k_pos, ctx->iota, 0, sizeof(int32_t) * (size_t) n_kv);
     if (g->out_ids) {
         int32_t last = n - 1;
         ggml_backend_tensor_set(g->out_ids, &last, 0, sizeof(int32_t));
     }
-    if (g->rope_freqs) {
+    if (g->rope_freqs && g->rope_freqs->buffer) {
         const int nf = ctx->model->info.n_rot / 2;
         float div[512];
         for (int i = 0; i < nf && i < 512; i++) div[i] = 1.0f / ctx->attn.freq_factors[i];
         ggml_backend_tensor_set(g->rope_freqs, div, 0, sizeof(float) * (size_t) nf);
     }
-    if (g->kq_mask) {
+    if (g->kq_mask && g->kq_mask->buffer) {
         const size_t cells = (size_t) n_kv * (size_t) n;
         if (cells > ctx->mask_cap) {
             ggml_fp16_t * p = realloc(ctx->mask, cells * sizeof(ggml_fp16_t));
@@ -227,27 +272,30 @@ static ggml_rerope_status set_inputs(ggml_rerope_context * ctx, const rt_graph *
     return GGML_REROPE_OK;
 }
 
-ggml_rerope_status rt_compute_status(enum ggml_status gs) {
-    if (gs == GGML_STATUS_SUCCESS) return GGML_REROPE_OK;
-    return rerope_fail(gs == GGML_STATUS_ALLOC_FAILED ? GGML_REROPE_ERR_NO_MEMORY : GGML_REROPE_ERR_UNSUPPORTED,
-                       "graph compute failed (ggml status %d)", (int) gs);
+/* Computes a graph whose inputs are set, and waits for it. */
+static ggml_rerope_status compute_graph(ggml_rerope_context * ctx, const rt_graph * g, const rt_batch_shape * sh) {
+    if (ctx->attn_mode == RT_ATTN_OUTSIDE) {
+        const rt_pieces_attn attn = {
+            .kv = &ctx->kv, .params = &ctx->attn, .n_kv = rt_batch_n_kv(sh), .n_threads = ctx->cparams.n_threads};
+        return rt_pieces_compute(&ctx->pieces, g->gf, &attn);
+    }
+    ggml_rerope_status s = rt_compute_status(ggml_backend_graph_compute(ctx->backend, g->gf));
+    if (!s) s = ggml_rerope_graph_status(g->gf); /* a failing attention node says so only here */
+    return s;
 }
 
 static ggml_rerope_status eval_batch(ggml_rerope_context * ctx, const rt_batch_shape * sh, const int32_t * tokens,
                                      float * logits) {
+    const rt_graph_plan plan = graph_plan(ctx);
     rt_graph g;
-    ggml_rerope_status s = rt_graph_build(ctx, sh, &g);
+    ggml_rerope_status s = rt_graph_build(&plan, sh, &g);
     if (s) return s;
     if (!ggml_gallocr_alloc_graph(ctx->galloc, g.gf)) {
         ggml_free(g.ctx);
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate the compute buffer for %d tokens", sh->n_tokens);
     }
     s = set_inputs(ctx, &g, sh, tokens);
-    if (!s) {
-        ctx->n_kv_now = sh->n_past + sh->n_tokens;
-        s = ctx->attn_mode == RT_ATTN_OUTSIDE ? rt_compute_in_pieces(ctx, g.gf)
-                                              : rt_compute_status(ggml_backend_graph_compute(ctx->backend, g.gf));
-    }
+    if (!s) s = compute_graph(ctx, &g, sh);
     if (!s && g.logits && logits)
         ggml_backend_tensor_get(g.logits, logits, 0,
                                 sizeof(float) * (size_t) sh->n_out * (size_t) ctx->model->info.n_vocab);
@@ -305,7 +353,8 @@ ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_kee
     rerope_clear_error();
     if (!ctx) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "ctx is NULL");
     if (n_keep < 0 || n_keep > ctx->n_past)
-        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_keep must be in 0..n_past (%d), got %d", ctx->n_past, n_keep);
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_keep must be in 0..n_past (%d), got %d", ctx->n_past,
+                           n_keep);
     ctx->n_past = n_keep; /* raw cache: the kept prefix needs no change */
     return GGML_REROPE_OK;
 }

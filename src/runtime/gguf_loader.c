@@ -3,7 +3,7 @@
 #define _DEFAULT_SOURCE
 #define _FILE_OFFSET_BITS 64
 #include "errors.h"
-#include "rt_internal.h"
+#include "rt_file.h"
 
 #include <errno.h>
 #include <fcntl.h>

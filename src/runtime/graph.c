@@ -7,13 +7,19 @@
  *
  * Only the rows whose logits are asked for go through the last layer's FFN and the output head
  * (get_rows after the last attention), as llama.cpp does. */
-#include "errors.h"
-#include "rt_internal.h"
+#include "rt_errors.h"
+#include "rt_graph.h"
+#include "rt_placeholder.h"
 
 #include <stdio.h>
 #include <string.h>
 
 size_t rt_graph_max_nodes(const ggml_rerope_model * m) { return 1024 + 48 * (size_t) m->info.n_layer; }
+
+size_t rt_graph_mem_size(const ggml_rerope_model * m) {
+    const size_t max_nodes = rt_graph_max_nodes(m);
+    return ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false);
+}
 
 static struct ggml_tensor * rms_norm_mul(struct ggml_context * c, struct ggml_tensor * x, struct ggml_tensor * w,
                                          float eps) {
@@ -22,10 +28,10 @@ static struct ggml_tensor * rms_norm_mul(struct ggml_context * c, struct ggml_te
 
 /* Debug cross-check path (GGML_REROPE_RUNTIME_ATTN=ggml): ggml's own rope + flash attention,
  * plain RoPE whatever the scheme. Keys are rotated from the raw cache at their positions. */
-static struct ggml_tensor * attn_ggml(struct ggml_context * c, const ggml_rerope_context * ctx, rt_graph * g,
+static struct ggml_tensor * attn_ggml(struct ggml_context * c, const rt_graph_plan * plan, rt_graph * g,
                                       struct ggml_tensor * q, struct ggml_tensor * k, struct ggml_tensor * v) {
-    const ggml_rerope_model_info * I = &ctx->model->info;
-    const ggml_rerope_params * p = &ctx->attn;
+    const ggml_rerope_model_info * I = &plan->model->info;
+    const ggml_rerope_params * p = plan->attn;
     struct ggml_tensor * qr = ggml_rope_ext(c, q, g->q_pos, g->rope_freqs, p->n_rot, p->rope_mode, I->n_ctx_train,
                                             p->rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
     struct ggml_tensor * kr = ggml_rope_ext(c, k, g->k_pos, g->rope_freqs, p->n_rot, p->rope_mode, I->n_ctx_train,
@@ -35,23 +41,23 @@ static struct ggml_tensor * attn_ggml(struct ggml_context * c, const ggml_rerope
     return out; /* {d, n_head, n_tokens} */
 }
 
-ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shape * sh, rt_graph * g) {
-    const ggml_rerope_model * m = ctx->model;
+ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_shape * sh, rt_graph * g) {
+    const ggml_rerope_model * m = plan->model;
     const ggml_rerope_model_info * I = &m->info;
-    const rt_kv_cache * kv = &ctx->kv;
-    const int32_t n_tokens = sh->n_tokens, n_kv = sh->n_past + sh->n_tokens;
+    const rt_kv_cache * kv = plan->kv;
+    const int32_t n_tokens = sh->n_tokens, n_kv = rt_batch_n_kv(sh);
     const int64_t hd = I->head_dim;
     const float eps = I->norm_eps;
 
     memset(g, 0, sizeof(*g));
-    struct ggml_init_params ip = {.mem_size = ctx->graph_mem_size, .mem_buffer = ctx->graph_mem, .no_alloc = true};
+    struct ggml_init_params ip = {.mem_size = plan->mem_size, .mem_buffer = plan->mem, .no_alloc = true};
     struct ggml_context * c = ggml_init(ip);
     if (!c) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create the graph context");
     g->ctx = c;
     g->gf = ggml_new_graph_custom(c, rt_graph_max_nodes(m), false);
 
     struct ggml_tensor * inp; /* {n_embd, n_tokens} */
-    if (ctx->attn_mode == RT_ATTN_OUTSIDE) {
+    if (plan->mode == RT_ATTN_OUTSIDE) {
         /* the graph runs on one backend, the embedding is in host memory; the kernel outside the
          * graph uses its default positions */
         g->embd = ggml_new_tensor_2d(c, GGML_TYPE_F32, I->n_embd, n_tokens);
@@ -72,7 +78,7 @@ ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shap
         g->out_ids = ggml_new_tensor_1d(c, GGML_TYPE_I32, sh->n_out);
         ggml_set_input(g->out_ids);
     }
-    if (ctx->attn_mode == RT_ATTN_GGML) {
+    if (plan->mode == RT_ATTN_GGML) {
         g->kq_mask = ggml_new_tensor_2d(c, GGML_TYPE_F16, n_kv, n_tokens);
         ggml_set_input(g->kq_mask);
         if (m->freq_factors) {
@@ -101,7 +107,7 @@ ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shap
         /* Raw K, V into cache rows n_past.. (set_rows with the rows as an input, as llama.cpp: the graph
          * of a decode step is then the same at every step, so ggml-cuda can replay it as a CUDA graph);
          * expanded first so they run before the attention reads. */
-        struct ggml_tensor * kc = kv->k[il], * vc = kv->v[il];
+        struct ggml_tensor *kc = kv->k[il], *vc = kv->v[il];
         const int64_t row = hd * I->n_head_kv;
         ggml_build_forward_expand(g->gf, ggml_set_rows(c, ggml_reshape_2d(c, kc, row, kv->n_ctx),
                                                        ggml_reshape_2d(c, k, row, n_tokens), g->kv_rows));
@@ -110,13 +116,13 @@ ggml_rerope_status rt_graph_build(ggml_rerope_context * ctx, const rt_batch_shap
         if (last && sh->n_out == 0) break; /* only the cache was needed from this batch */
 
         struct ggml_tensor * att;
-        if (ctx->attn_mode == RT_ATTN_OUTSIDE) { /* reads the cache itself */
+        if (plan->mode == RT_ATTN_OUTSIDE) { /* reads the cache itself */
             att = rt_attn_placeholder(c, q, il);
         } else {
             struct ggml_tensor * kall = ggml_view_3d(c, kc, hd, I->n_head_kv, n_kv, kc->nb[1], kc->nb[2], 0);
             struct ggml_tensor * vall = ggml_view_3d(c, vc, hd, I->n_head_kv, n_kv, vc->nb[1], vc->nb[2], 0);
-            att = ctx->attn_mode == RT_ATTN_GGML ? attn_ggml(c, ctx, g, q, kall, vall)
-                                                 : ggml_rerope_attn(c, q, kall, vall, g->q_pos, g->k_pos, &ctx->attn);
+            att = plan->mode == RT_ATTN_GGML ? attn_ggml(c, plan, g, q, kall, vall)
+                                             : ggml_rerope_attn(c, q, kall, vall, g->q_pos, g->k_pos, plan->attn);
         }
         if (!att) {
             ggml_free(c);

@@ -1,6 +1,7 @@
 /* Hyperparameters from the GGUF metadata, per architecture (keys as llama.cpp writes them). */
 #include "errors.h"
-#include "rt_internal.h"
+#include "rt_file.h"
+#include "rt_hparams.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -1,7 +1,8 @@
 /* KV cache of raw (unrotated) keys and values: per layer K and V of {head_dim, n_head_kv, n_ctx}.
  * Bytes per token equal llama.cpp's for the same type: 2 * n_layer * n_head_kv * head_dim * size. */
-#include "errors.h"
-#include "rt_internal.h"
+#include "rt_errors.h"
+#include "rt_kv.h"
+#include "rt_memory.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,8 +42,8 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
         ggml_format_name(kv->v[il], "cache_v_l%d", il);
     }
     /* Not cleared: attention only reads rows that were written, and untouched pages stay unresident. */
-    kv->buf = ggml_backend_alloc_ctx_tensors_from_buft(
-        kv->ctx, m->gpu_dev ? ggml_backend_dev_buffer_type(m->gpu_dev) : ggml_backend_cpu_buffer_type());
+    kv->buf = ggml_backend_alloc_ctx_tensors_from_buft(kv->ctx, m->gpu_dev ? ggml_backend_dev_buffer_type(m->gpu_dev)
+                                                                           : ggml_backend_cpu_buffer_type());
     if (!kv->buf) {
         rt_kv_free(kv);
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate a KV cache of %zu MiB for n_ctx = %d",

@@ -2,7 +2,7 @@
  * with a message first: on the host, MemAvailable from /proc/meminfo (Linux; overcommit would
  * hide it until first touch); on a GPU, what its ggml device reports free. */
 #define _DEFAULT_SOURCE
-#include "rt_internal.h"
+#include "rt_memory.h"
 
 #include <stdio.h>
 #include <string.h>

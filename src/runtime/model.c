@@ -1,7 +1,9 @@
 /* Public model entries: load (file -> hyperparameters -> weights), free, info. */
 #include "errors.h"
 #include "ggml-cpu.h"
-#include "rt_internal.h"
+#include "rt_file.h"
+#include "rt_hparams.h"
+#include "rt_model.h"
 
 #include <stdlib.h>
 #include <string.h>

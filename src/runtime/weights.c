@@ -7,7 +7,9 @@
  * the embedding stays mapped and its rows are looked up on the CPU, as llama.cpp does. */
 #include "errors.h"
 #include "ggml-cpu.h"
-#include "rt_internal.h"
+#include "rt_file.h"
+#include "rt_memory.h"
+#include "rt_model.h"
 
 #include <stdio.h>
 #include <stdlib.h>

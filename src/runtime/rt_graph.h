@@ -1,0 +1,55 @@
+/* The graph layer (graph.c): one ggml graph per micro-batch over the model and the KV cache. */
+#ifndef GGML_REROPE_RT_GRAPH_H
+#define GGML_REROPE_RT_GRAPH_H
+
+#include "rt_kv.h"
+
+/* What one graph computes. */
+typedef struct rt_batch_shape {
+    int32_t n_tokens; /* tokens of this micro-batch                      */
+    int32_t n_past;   /* cache rows before it                            */
+    int32_t n_out;    /* logit rows: 0, 1 (last token) or n_tokens (all) */
+} rt_batch_shape;
+
+/* Cache rows the batch's attention reads: those before it and its own. */
+static inline int32_t rt_batch_n_kv(const rt_batch_shape * sh) { return sh->n_past + sh->n_tokens; }
+
+/* Inputs and output of a built graph. */
+typedef struct rt_graph {
+    struct ggml_context * ctx; /* metadata of this graph's tensors; ggml_free after compute */
+    struct ggml_cgraph * gf;
+    struct ggml_tensor * tokens; /* I32 {n_tokens}, NULL when embd  */
+    struct ggml_tensor * embd;   /* F32 {n_embd, n_tokens}: rows looked up on the host (RT_ATTN_OUTSIDE) */
+    struct ggml_tensor * kv_rows; /* I64 {n_tokens}: cache rows written (n_past..) */
+    struct ggml_tensor * q_pos;  /* I32 {n_tokens}                 */
+    struct ggml_tensor * k_pos;  /* I32 {n_kv}                     */
+    struct ggml_tensor * out_ids; /* I32 {n_out}, NULL when all    */
+    struct ggml_tensor * kq_mask; /* F16 {n_kv, n_tokens}, ggml path */
+    struct ggml_tensor * rope_freqs; /* F32 {n_rot/2} GGUF divisors, ggml path with rope_freqs */
+    struct ggml_tensor * logits; /* F32 {n_vocab, n_out}, NULL when n_out = 0 */
+} rt_graph;
+
+/* How attention runs inside the graph. */
+typedef enum rt_attn_mode {
+    RT_ATTN_NODE = 0,    /* the ggml_rerope_attn custom node, computed by ggml's CPU threads          */
+    RT_ATTN_GGML = 1,    /* debug: ggml rope + flash attention (plain RoPE)                           */
+    RT_ATTN_OUTSIDE = 2, /* placeholder nodes: the graph runs in pieces on one backend and the kernel
+                            (CUDA, or the host one as a CPU check) runs on its buffers in between     */
+} rt_attn_mode;
+
+/* What every graph of one context is built from. */
+typedef struct rt_graph_plan {
+    const ggml_rerope_model * model;
+    const rt_kv_cache * kv;
+    const ggml_rerope_params * attn; /* per-layer attention parameters, alive while graphs compute */
+    rt_attn_mode mode;
+    void * mem;      /* tensor + graph metadata, reused by every build: rt_graph_mem_size() bytes */
+    size_t mem_size;
+} rt_graph_plan;
+
+size_t rt_graph_max_nodes(const ggml_rerope_model * m);
+/* Bytes of metadata (tensors and graph) the largest graph of m needs. */
+size_t rt_graph_mem_size(const ggml_rerope_model * m);
+ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_shape * shape, rt_graph * out);
+
+#endif

@@ -1,0 +1,22 @@
+/* The KV cache layer (kv_cache.c): raw (unrotated) K and V per layer, where the model's device is. */
+#ifndef GGML_REROPE_RT_KV_H
+#define GGML_REROPE_RT_KV_H
+
+#include "rt_model.h"
+
+/* Logical state of the KV cache: raw K and V per layer, {head_dim, n_head_kv, n_ctx}. */
+typedef struct rt_kv_cache {
+    struct ggml_context * ctx;
+    ggml_backend_buffer_t buf;
+    struct ggml_tensor ** k;
+    struct ggml_tensor ** v;
+    enum ggml_type type;
+    int32_t n_ctx;
+    int32_t n_layer;
+} rt_kv_cache;
+
+ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, enum ggml_type type);
+void rt_kv_free(rt_kv_cache * kv);
+size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type type);
+
+#endif

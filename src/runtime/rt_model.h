@@ -1,0 +1,46 @@
+/* The weights layer: the loaded model (weights.c places the tensors, model.c is the public entry:
+ * file -> hyperparameters -> weights). */
+#ifndef GGML_REROPE_RT_MODEL_H
+#define GGML_REROPE_RT_MODEL_H
+
+#include "rt_hparams.h"
+
+#include "ggml-backend.h"
+
+typedef struct rt_layer {
+    struct ggml_tensor * attn_norm;
+    struct ggml_tensor *wq, *wk, *wv, *wo;
+    struct ggml_tensor *bq, *bk, *bv;      /* qwen2 (optional elsewhere)  */
+    struct ggml_tensor *q_norm, *k_norm;   /* qwen3 (optional elsewhere)  */
+    struct ggml_tensor * ffn_norm;
+    struct ggml_tensor *ffn_gate, *ffn_up, *ffn_down;
+} rt_layer;
+
+#define RT_MAX_BUFS 8
+
+struct ggml_rerope_model {
+    ggml_rerope_model_info info;
+    rt_hparams hp;
+    rt_file file;
+
+    ggml_backend_dev_t cpu_dev;
+    ggml_backend_dev_t gpu_dev; /* n_gpu_layers != 0: every layer, the head and the KV cache here;
+                                   the token embedding stays in host memory (looked up there) */
+    /* Weight tensors live in ctx_w[i], allocated in bufs[i]; i = 0 is the plain/mmap one. */
+    struct ggml_context * ctx_w[RT_MAX_BUFS];
+    ggml_backend_buffer_type_t buft_w[RT_MAX_BUFS];
+    ggml_backend_buffer_t bufs[RT_MAX_BUFS];
+    int n_ctx_w;
+
+    struct ggml_tensor * tok_embd;
+    struct ggml_tensor * output_norm;
+    struct ggml_tensor * output; /* == tok_embd when tied */
+    float * freq_factors;        /* n_rot/2 multipliers (1 / rope_freqs), or NULL */
+    rt_layer * layers;
+};
+
+/* weights.c */
+ggml_rerope_status rt_weights_load(ggml_rerope_model * m, bool use_mmap);
+void rt_weights_free(ggml_rerope_model * m);
+
+#endif
