@@ -86,6 +86,42 @@ GGML_REROPE_API void ggml_rerope_model_free(ggml_rerope_model * model);
 GGML_REROPE_API ggml_rerope_status ggml_rerope_model_get_info(const ggml_rerope_model * model,
                                                               ggml_rerope_model_info * out);
 
+/* The GGUF's rotary metadata beyond ggml_rerope_model_info; a field whose key is absent is 0
+ * (strings ""), and has_* says whether it was present. */
+typedef struct ggml_rerope_rope_info {
+    char scaling_type[16];   /* <arch>.rope.scaling.type ("none", "linear", "yarn", "longrope"), "" absent */
+    float scaling_factor;    /* <arch>.rope.scaling.factor, else <arch>.rope.scale_linear */
+    int32_t scaling_orig_ctx; /* <arch>.rope.scaling.original_context_length */
+    float scaling_attn_factor; /* <arch>.rope.scaling.attn_factor */
+    float yarn_ext_factor;   /* <arch>.rope.scaling.yarn_ext_factor */
+    float yarn_attn_factor;  /* <arch>.rope.scaling.yarn_attn_factor */
+    float yarn_beta_fast;    /* <arch>.rope.scaling.yarn_beta_fast */
+    float yarn_beta_slow;    /* <arch>.rope.scaling.yarn_beta_slow */
+    float yarn_log_multiplier; /* <arch>.rope.scaling.yarn_log_multiplier */
+    int32_t has_scaling_factor, has_scaling_orig_ctx, has_scaling_attn_factor, has_yarn_ext_factor,
+        has_yarn_attn_factor, has_yarn_beta_fast, has_yarn_beta_slow, has_yarn_log_multiplier;
+    int32_t n_factors;         /* n_rot / 2: the length of each factor tensor below */
+    int32_t has_rope_freqs;    /* tensor rope_freqs.weight (F32, n_rot/2) */
+    int32_t has_factors_long;  /* tensor rope_factors_long.weight */
+    int32_t has_factors_short; /* tensor rope_factors_short.weight */
+} ggml_rerope_rope_info;
+
+/* Copies the model's rotary metadata into *out (ERR_INVALID_ARG when either is NULL). */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_model_get_rope_info(const ggml_rerope_model * model,
+                                                                   ggml_rerope_rope_info * out);
+
+typedef enum ggml_rerope_rope_factors {
+    GGML_REROPE_FACTORS_ROPE_FREQS = 0, /* rope_freqs.weight */
+    GGML_REROPE_FACTORS_LONG = 1,       /* rope_factors_long.weight */
+    GGML_REROPE_FACTORS_SHORT = 2       /* rope_factors_short.weight */
+} ggml_rerope_rope_factors;
+
+/* Copies the n_factors values of that tensor AS STORED in the GGUF (divisors of theta, as ggml's
+ * rope reads them) into out[0..n-1]; n must equal n_factors. ERR_INVALID_ARG when the tensor is
+ * absent or n is wrong. Loading validated them: F32 (F16/BF16 converted), finite, > 0. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_model_get_rope_factors(const ggml_rerope_model * model, int32_t which,
+                                                                      float * out, int32_t n);
+
 /* KV cache of n_ctx tokens (ERR_NO_MEMORY, before allocating, when it exceeds the memory the
  * system has available), CPU backend with a pool of n_threads, compute buffer reserved once for
  * the largest micro-batch (n_batch is clamped to n_ctx). params NULL: defaults.

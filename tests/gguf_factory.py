@@ -17,6 +17,7 @@ import pathlib
 
 import gguf
 import numpy as np
+from gguf.gguf_writer import GGUFValue
 
 from ggml_rerope.bench.gguf_vocab import add_minimal_vocab
 
@@ -82,13 +83,20 @@ def write_model(
     tie_output: bool = False,
     rope_freqs: bool = False,
     tensor_type_override: dict | None = None,
+    metadata: dict | None = None,
+    extra_tensors: dict | None = None,
+    drop_tensors=(),
     **shape,
 ) -> pathlib.Path:
     """Writes a random-weight model; returns its path.
 
     rope_freqs: write a rope_freqs.weight tensor (per-frequency divisors, as Llama 3 GGUFs carry).
     tensor_type_override: {tensor name: numpy array} written as given (e.g. an int32 array to make
-    an unsupported tensor type)."""
+    an unsupported tensor type).
+    metadata: {key: None (the key is not written) | (value, gguf.GGUFValueType) | (list,
+    GGUFValueType.ARRAY, element type)}, applied over the keys written here (so a key can lie
+    about its value or its type). extra_tensors: {name: numpy array} added after the model's
+    tensors. drop_tensors: names of tensors not written."""
     s = dict(DEFAULT_SHAPE, **shape)
     rng = np.random.default_rng(seed)
     n_embd, n_head, n_kv, hd, n_ff, n_layer, n_vocab = (
@@ -146,6 +154,15 @@ def write_model(
         mat(p + "ffn_gate.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "ffn_up.weight", n_ff, n_embd, 1.0 / np.sqrt(n_embd))
         mat(p + "ffn_down.weight", n_embd, n_ff, 1.0 / np.sqrt(n_ff))
+    for name, arr in (extra_tensors or {}).items():
+        w.add_tensor(name, arr)
+    for name in drop_tensors:
+        del w.tensors[0][name]
+    for key, spec in (metadata or {}).items():
+        if spec is None:
+            w.kv_data[0].pop(key, None)
+        else:
+            w.kv_data[0][key] = GGUFValue(spec[0], spec[1], spec[2] if len(spec) > 2 else None)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -32,9 +32,10 @@ static ggml_rerope_status check_ranges(const rt_file * f) {
         const size_t nbytes = gguf_get_tensor_size(f->gguf, i);
         const size_t begin = f->data_offs + offs;
         if (begin < f->data_offs || begin + nbytes < begin || begin + nbytes > f->size) {
-            return rerope_fail(GGML_REROPE_ERR_IO,
-                               "%s: truncated or corrupt: tensor '%s' data spans bytes %zu..%zu but the file has %zu bytes",
-                               f->path, gguf_get_tensor_name(f->gguf, i), begin, begin + nbytes, f->size);
+            return rerope_fail(
+                GGML_REROPE_ERR_IO,
+                "%s: truncated or corrupt: tensor '%s' data spans bytes %zu..%zu but the file has %zu bytes", f->path,
+                gguf_get_tensor_name(f->gguf, i), begin, begin + nbytes, f->size);
         }
     }
     return GGML_REROPE_OK;
@@ -113,7 +114,8 @@ ggml_rerope_status rt_file_read_tensor(const rt_file * f, int64_t tensor_id, voi
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0)
             return rerope_fail(GGML_REROPE_ERR_IO, "%s: reading tensor '%s' failed: %s", f->path,
-                               gguf_get_tensor_name(f->gguf, tensor_id), r < 0 ? strerror(errno) : "unexpected end of file");
+                               gguf_get_tensor_name(f->gguf, tensor_id),
+                               r < 0 ? strerror(errno) : "unexpected end of file");
         done += (size_t) r;
     }
     return GGML_REROPE_OK;
@@ -122,14 +124,31 @@ ggml_rerope_status rt_file_read_tensor(const rt_file * f, int64_t tensor_id, voi
 /* Types ggml's CPU backend multiplies (mul_mat) and dequantizes (get_rows). */
 bool rt_type_is_matmul_weight(enum ggml_type type) {
     switch (type) {
-        case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16:
-        case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: case GGML_TYPE_Q5_0: case GGML_TYPE_Q5_1: case GGML_TYPE_Q8_0:
-        case GGML_TYPE_Q2_K: case GGML_TYPE_Q3_K: case GGML_TYPE_Q4_K: case GGML_TYPE_Q5_K: case GGML_TYPE_Q6_K:
-        case GGML_TYPE_IQ2_XXS: case GGML_TYPE_IQ2_XS: case GGML_TYPE_IQ3_XXS: case GGML_TYPE_IQ1_S:
-        case GGML_TYPE_IQ4_NL: case GGML_TYPE_IQ3_S: case GGML_TYPE_IQ2_S: case GGML_TYPE_IQ4_XS:
-        case GGML_TYPE_IQ1_M: case GGML_TYPE_TQ1_0: case GGML_TYPE_TQ2_0: case GGML_TYPE_MXFP4:
-            return true;
-        default:
-            return false;
+        case GGML_TYPE_F32:
+        case GGML_TYPE_F16:
+        case GGML_TYPE_BF16:
+        case GGML_TYPE_Q4_0:
+        case GGML_TYPE_Q4_1:
+        case GGML_TYPE_Q5_0:
+        case GGML_TYPE_Q5_1:
+        case GGML_TYPE_Q8_0:
+        case GGML_TYPE_Q2_K:
+        case GGML_TYPE_Q3_K:
+        case GGML_TYPE_Q4_K:
+        case GGML_TYPE_Q5_K:
+        case GGML_TYPE_Q6_K:
+        case GGML_TYPE_IQ2_XXS:
+        case GGML_TYPE_IQ2_XS:
+        case GGML_TYPE_IQ3_XXS:
+        case GGML_TYPE_IQ1_S:
+        case GGML_TYPE_IQ4_NL:
+        case GGML_TYPE_IQ3_S:
+        case GGML_TYPE_IQ2_S:
+        case GGML_TYPE_IQ4_XS:
+        case GGML_TYPE_IQ1_M:
+        case GGML_TYPE_TQ1_0:
+        case GGML_TYPE_TQ2_0:
+        case GGML_TYPE_MXFP4: return true;
+        default: return false;
     }
 }

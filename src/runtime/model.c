@@ -31,7 +31,8 @@ static ggml_rerope_status pick_gpu(ggml_rerope_model * m, int32_t n_gpu_layers) 
                            n_gpu_layers, n_layer);
     for (size_t i = 0; i < ggml_backend_dev_count() && !m->gpu_dev; i++) {
         ggml_backend_dev_t d = ggml_backend_dev_get(i);
-        if (ggml_backend_dev_type(d) == GGML_BACKEND_DEVICE_TYPE_GPU && strncmp(ggml_backend_dev_name(d), "CUDA", 4) == 0)
+        if (ggml_backend_dev_type(d) == GGML_BACKEND_DEVICE_TYPE_GPU &&
+            strncmp(ggml_backend_dev_name(d), "CUDA", 4) == 0)
             m->gpu_dev = d;
     }
     if (!m->gpu_dev)
@@ -63,6 +64,7 @@ ggml_rerope_status ggml_rerope_model_load(const char * path, const ggml_rerope_m
     m->file.fd = -1;
     ggml_rerope_status s = rt_file_open(&m->file, path, p.use_mmap != 0);
     if (!s) s = rt_hparams_load(&m->file, &m->info, &m->hp);
+    if (!s) s = rt_rope_info_load(&m->file, &m->info, &m->rope_info);
     if (!s) {
         ggml_backend_reg_t reg = ggml_backend_cpu_reg();
         m->cpu_dev = reg && ggml_backend_reg_dev_count(reg) > 0 ? ggml_backend_reg_dev_get(reg, 0) : NULL;
@@ -82,6 +84,29 @@ ggml_rerope_status ggml_rerope_model_get_info(const ggml_rerope_model * m, ggml_
     rerope_clear_error();
     if (!m || !out) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "model and out must not be NULL");
     *out = m->info;
+    return GGML_REROPE_OK;
+}
+
+ggml_rerope_status ggml_rerope_model_get_rope_info(const ggml_rerope_model * m, ggml_rerope_rope_info * out) {
+    rerope_clear_error();
+    if (!m || !out) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "model and out must not be NULL");
+    *out = m->rope_info;
+    return GGML_REROPE_OK;
+}
+
+ggml_rerope_status ggml_rerope_model_get_rope_factors(const ggml_rerope_model * m, int32_t which, float * out,
+                                                      int32_t n) {
+    static const char * const names[3] = {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"};
+    rerope_clear_error();
+    if (!m || !out) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "model and out must not be NULL");
+    if (which < GGML_REROPE_FACTORS_ROPE_FREQS || which > GGML_REROPE_FACTORS_SHORT)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "which must be 0 (rope_freqs), 1 (long) or 2 (short), got %d",
+                           which);
+    if (!m->rope_factors[which])
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "the model has no tensor %s", names[which]);
+    if (n != m->rope_info.n_factors)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n must be n_factors = %d, got %d", m->rope_info.n_factors, n);
+    memcpy(out, m->rope_factors[which], sizeof(float) * (size_t) n);
     return GGML_REROPE_OK;
 }
 

@@ -31,4 +31,15 @@ const void * rt_file_tensor_ptr(const rt_file * f, int64_t tensor_id);
 void rt_file_release(const rt_file * f, const void * ptr, size_t n);
 bool rt_type_is_matmul_weight(enum ggml_type type);
 
+/* gguf_meta.c: typed metadata reads. Each looks at the key's type (an array's element type and
+ * length too) before any ggml gguf accessor, which aborts on a mismatch; a wrong type is ERR_IO
+ * naming the key, the type found and the type expected. An absent key: *found = false, OK. */
+/* Any integer type; per_layer > 0 also accepts an integer array of exactly per_layer equal values. */
+ggml_rerope_status rt_meta_int(const rt_file * f, const char * key, int64_t per_layer, bool * found, int64_t * out);
+/* float32 or float64. */
+ggml_rerope_status rt_meta_float(const rt_file * f, const char * key, bool * found, double * out);
+ggml_rerope_status rt_meta_str(const rt_file * f, const char * key, bool * found, const char ** out);
+/* An array of strings: its length. */
+ggml_rerope_status rt_meta_str_array_len(const rt_file * f, const char * key, bool * found, int64_t * n);
+
 #endif

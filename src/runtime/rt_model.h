@@ -37,6 +37,8 @@ struct ggml_rerope_model {
     struct ggml_tensor * output; /* == tok_embd when tied */
     float * freq_factors;        /* n_rot/2 multipliers (1 / rope_freqs), or NULL */
     rt_layer * layers;
+    ggml_rerope_rope_info rope_info;
+    float * rope_factors[3]; /* per ggml_rerope_rope_factors: n_rot/2 values as stored (F32), or NULL */
 };
 
 /* weights.c */

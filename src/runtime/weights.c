@@ -11,6 +11,7 @@
 #include "rt_memory.h"
 #include "rt_model.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,10 +106,11 @@ static ggml_rerope_status get_tensor(loader * L, const char * name, w_kind kind,
     const int64_t * ne = gguf_get_tensor_ne(f->gguf, id);
     const enum ggml_type type = gguf_get_tensor_type(f->gguf, id);
     if (ne[0] != ne0 || ne[1] != ne1 || ne[2] != 1 || ne[3] != 1)
-        return rerope_fail(GGML_REROPE_ERR_IO,
-                           "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld] from the metadata",
-                           f->path, name, (long long) ne[0], (long long) ne[1], (long long) ne[2], (long long) ne[3],
-                           (long long) ne0, (long long) ne1);
+        return rerope_fail(
+            GGML_REROPE_ERR_IO,
+            "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld] from the metadata", f->path,
+            name, (long long) ne[0], (long long) ne[1], (long long) ne[2], (long long) ne[3], (long long) ne0,
+            (long long) ne1);
     if (kind == W_VEC ? type != GGML_TYPE_F32 : !rt_type_is_matmul_weight(type))
         return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which is not supported here (%s)",
                            f->path, name, ggml_type_name(type),
@@ -133,6 +135,23 @@ static ggml_rerope_status get_tensor(loader * L, const char * name, w_kind kind,
     return GGML_REROPE_OK;
 }
 
+/* A tensor of layer N >= block_count means the metadata lies about the depth: refuse it rather
+ * than run a model with layers silently missing. */
+static ggml_rerope_status check_layer_indices(const ggml_rerope_model * m) {
+    const int64_t n = gguf_get_n_tensors(m->file.gguf);
+    for (int64_t i = 0; i < n; i++) {
+        const char * name = gguf_get_tensor_name(m->file.gguf, i);
+        if (strncmp(name, "blk.", 4) != 0) continue;
+        char * end = NULL;
+        const long il = strtol(name + 4, &end, 10);
+        if (end == name + 4 || *end != '.') continue; /* not a layer tensor of ours */
+        if (il < 0 || il >= m->info.n_layer)
+            return rerope_fail(GGML_REROPE_ERR_IO, "%s: tensor '%s' belongs to layer %ld, but block_count is %d",
+                               m->file.path, name, il, m->info.n_layer);
+    }
+    return GGML_REROPE_OK;
+}
+
 static ggml_rerope_status create_tensors(loader * L) {
     ggml_rerope_model * m = L->m;
     const ggml_rerope_model_info * I = &m->info;
@@ -147,6 +166,14 @@ static ggml_rerope_status create_tensors(loader * L) {
     if (n_vocab < 1 || n_vocab > INT32_MAX)
         return rerope_fail(GGML_REROPE_ERR_IO, "%s: token_embd.weight has a bad vocabulary size", m->file.path);
     m->info.n_vocab = (int32_t) n_vocab;
+    if (m->hp.n_vocab_meta >= 0 && m->hp.n_vocab_meta != n_vocab)
+        return rerope_fail(GGML_REROPE_ERR_IO, "%s: metadata %s.vocab_size = %lld but token_embd.weight has %lld rows",
+                           m->file.path, I->architecture, (long long) m->hp.n_vocab_meta, (long long) n_vocab);
+    if (m->hp.n_tokens_meta >= 0 && m->hp.n_tokens_meta != n_vocab)
+        return rerope_fail(GGML_REROPE_ERR_IO,
+                           "%s: tokenizer.ggml.tokens has %lld tokens but token_embd.weight has %lld rows",
+                           m->file.path, (long long) m->hp.n_tokens_meta, (long long) n_vocab);
+    if ((s = check_layer_indices(m))) return s;
 
     if ((s = get_tensor(L, "token_embd.weight", W_EMBD, n_embd, n_vocab, true, &m->tok_embd))) return s;
     if ((s = get_tensor(L, "output_norm.weight", W_VEC, n_embd, 1, true, &m->output_norm))) return s;
@@ -169,15 +196,16 @@ static ggml_rerope_status create_tensors(loader * L) {
     }
 
     if (gguf_find_tensor(m->file.gguf, "blk.0.ffn_gate_inp.weight") >= 0)
-        return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s: mixture-of-experts models are not supported", m->file.path);
+        return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s: mixture-of-experts models are not supported",
+                           m->file.path);
 
     m->layers = calloc((size_t) I->n_layer, sizeof(rt_layer));
     if (!m->layers) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for %d layers", I->n_layer);
     char name[96];
-#define T(field, suffix, kind, a, b, req)                                                                  \
-    do {                                                                                                   \
-        snprintf(name, sizeof(name), "blk.%d." suffix, il);                                                \
-        if ((s = get_tensor(L, name, kind, a, b, req, &l->field))) return s;                               \
+#define T(field, suffix, kind, a, b, req)                                    \
+    do {                                                                     \
+        snprintf(name, sizeof(name), "blk.%d." suffix, il);                  \
+        if ((s = get_tensor(L, name, kind, a, b, req, &l->field))) return s; \
     } while (0)
     const bool qk_norm = m->hp.arch == RT_ARCH_QWEN3;
     for (int il = 0; il < I->n_layer; il++) {
@@ -201,24 +229,71 @@ static ggml_rerope_status create_tensors(loader * L) {
     return GGML_REROPE_OK;
 }
 
-/* rope_freqs (GGUF, divides theta) -> multipliers of theta for the operator. */
-static ggml_rerope_status load_rope_freqs(ggml_rerope_model * m) {
-    const int64_t id = gguf_find_tensor(m->file.gguf, "rope_freqs.weight");
+static const char * const ROPE_FACTOR_NAMES[3] = {"rope_freqs.weight", "rope_factors_long.weight",
+                                                  "rope_factors_short.weight"};
+
+/* One rotary factor tensor (indexed as ggml_rerope_rope_factors), when present: F32, F16 or BF16
+ * of exactly n_rot/2 values, each finite and > 0 with a finite inverse (ggml's rope divides by
+ * them), kept as F32 in m->rope_factors[which]. */
+static ggml_rerope_status load_rope_factor(ggml_rerope_model * m, int which) {
+    const rt_file * f = &m->file;
+    const char * name = ROPE_FACTOR_NAMES[which];
+    const int64_t id = gguf_find_tensor(f->gguf, name);
     if (id < 0) return GGML_REROPE_OK;
-    const int64_t * ne = gguf_get_tensor_ne(m->file.gguf, id);
+    const int64_t * ne = gguf_get_tensor_ne(f->gguf, id);
+    const enum ggml_type type = gguf_get_tensor_type(f->gguf, id);
     const int n = m->info.n_rot / 2;
-    if (gguf_get_tensor_type(m->file.gguf, id) != GGML_TYPE_F32 || ne[0] != n || ne[1] != 1)
-        return rerope_fail(GGML_REROPE_ERR_IO, "%s: rope_freqs.weight must be F32 of %d values", m->file.path, n);
-    m->freq_factors = malloc(sizeof(float) * (size_t) (n > 0 ? n : 1));
-    if (!m->freq_factors) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for rope_freqs");
-    ggml_rerope_status s = rt_file_read_tensor(&m->file, id, m->freq_factors, sizeof(float) * (size_t) n);
-    if (s) return s;
-    for (int i = 0; i < n; i++) {
-        if (!(m->freq_factors[i] > 0.0f))
-            return rerope_fail(GGML_REROPE_ERR_IO, "%s: rope_freqs[%d] = %g must be > 0", m->file.path, i,
-                               (double) m->freq_factors[i]);
-        m->freq_factors[i] = 1.0f / m->freq_factors[i];
+    if (n < 1)
+        return rerope_fail(GGML_REROPE_ERR_IO, "%s: tensor '%s' is present but the model has no rotary dimensions",
+                           f->path, name);
+    if (type != GGML_TYPE_F32 && type != GGML_TYPE_F16 && type != GGML_TYPE_BF16)
+        return rerope_fail(GGML_REROPE_ERR_IO, "%s: tensor '%s' has type %s, expected F32 (or F16, BF16)", f->path,
+                           name, ggml_type_name(type));
+    if (ne[0] != n || ne[1] != 1 || ne[2] != 1 || ne[3] != 1)
+        return rerope_fail(
+            GGML_REROPE_ERR_IO, "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected %d values (n_rot / 2)",
+            f->path, name, (long long) ne[0], (long long) ne[1], (long long) ne[2], (long long) ne[3], n);
+    float * v = malloc(sizeof(float) * (size_t) n);
+    void * raw = malloc(ggml_type_size(type) * (size_t) n);
+    if (!v || !raw) {
+        free(v);
+        free(raw);
+        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for %s", name);
     }
+    ggml_rerope_status s = rt_file_read_tensor(f, id, raw, ggml_type_size(type) * (size_t) n);
+    if (!s) {
+        if (type == GGML_TYPE_F32) memcpy(v, raw, sizeof(float) * (size_t) n);
+        else if (type == GGML_TYPE_F16) ggml_fp16_to_fp32_row(raw, v, n);
+        else ggml_bf16_to_fp32_row(raw, v, n);
+        for (int i = 0; i < n && !s; i++)
+            if (!(v[i] > 0.0f) || !isfinite(v[i]) || !isfinite(1.0f / v[i]))
+                s = rerope_fail(GGML_REROPE_ERR_IO, "%s: %s[%d] = %g must be finite and > 0 (with a finite inverse)",
+                                f->path, name, i, (double) v[i]);
+    }
+    free(raw);
+    if (s) {
+        free(v);
+        return s;
+    }
+    m->rope_factors[which] = v;
+    return GGML_REROPE_OK;
+}
+
+/* The rotary factor tensors; rope_freqs (divisors of theta) also as multipliers for the operator. */
+static ggml_rerope_status load_rope_factors(ggml_rerope_model * m) {
+    for (int i = 0; i < 3; i++) {
+        ggml_rerope_status s = load_rope_factor(m, i);
+        if (s) return s;
+    }
+    ggml_rerope_rope_info * r = &m->rope_info;
+    r->has_rope_freqs = m->rope_factors[GGML_REROPE_FACTORS_ROPE_FREQS] != NULL;
+    r->has_factors_long = m->rope_factors[GGML_REROPE_FACTORS_LONG] != NULL;
+    r->has_factors_short = m->rope_factors[GGML_REROPE_FACTORS_SHORT] != NULL;
+    if (!r->has_rope_freqs) return GGML_REROPE_OK;
+    const int n = m->info.n_rot / 2;
+    m->freq_factors = malloc(sizeof(float) * (size_t) n);
+    if (!m->freq_factors) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for rope_freqs");
+    for (int i = 0; i < n; i++) m->freq_factors[i] = 1.0f / m->rope_factors[GGML_REROPE_FACTORS_ROPE_FREQS][i];
     m->info.has_rope_freqs = 1;
     return GGML_REROPE_OK;
 }
@@ -237,7 +312,8 @@ static ggml_rerope_status allocate_and_fill(loader * L) {
     for (int i = 0; i < m->n_ctx_w; i++) {
         const bool gpu = m->gpu_dev && m->buft_w[i] == ggml_backend_dev_buffer_type(m->gpu_dev);
         if (m->buft_w[i] || !L->use_mmap)
-            for (struct ggml_tensor * t = ggml_get_first_tensor(m->ctx_w[i]); t; t = ggml_get_next_tensor(m->ctx_w[i], t))
+            for (struct ggml_tensor * t = ggml_get_first_tensor(m->ctx_w[i]); t;
+                 t = ggml_get_next_tensor(m->ctx_w[i], t))
                 *(gpu ? &on_gpu : &copied) += ggml_nbytes(t);
     }
     const size_t avail = rt_mem_available_on(NULL);
@@ -317,10 +393,10 @@ ggml_rerope_status rt_weights_load(ggml_rerope_model * m, bool use_mmap) {
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory listing tensors");
     }
     find_extra_bufts(&L);
-    ggml_rerope_status s = ctx_index(&L, NULL) == 0 ? GGML_REROPE_OK
-                                                     : rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory");
+    ggml_rerope_status s =
+        ctx_index(&L, NULL) == 0 ? GGML_REROPE_OK : rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory");
     if (!s) s = create_tensors(&L);
-    if (!s) s = load_rope_freqs(m);
+    if (!s) s = load_rope_factors(m);
     if (!s) s = allocate_and_fill(&L);
     if (!s) {
         for (int i = 0; i < L.n_created; i++) {
@@ -333,7 +409,8 @@ ggml_rerope_status rt_weights_load(ggml_rerope_model * m, bool use_mmap) {
     if (!s && getenv("GGML_REROPE_VERBOSE")) {
         for (int i = 0; i < m->n_ctx_w; i++) {
             int count = 0;
-            for (struct ggml_tensor * t = ggml_get_first_tensor(m->ctx_w[i]); t; t = ggml_get_next_tensor(m->ctx_w[i], t))
+            for (struct ggml_tensor * t = ggml_get_first_tensor(m->ctx_w[i]); t;
+                 t = ggml_get_next_tensor(m->ctx_w[i], t))
                 count++;
             fprintf(stderr, "ggml_rerope: %d weight tensors in %s (%.1f MiB)\n", count,
                     m->buft_w[i] ? ggml_backend_buft_name(m->buft_w[i]) : (L.use_mmap ? "mmap" : "CPU"),
@@ -357,4 +434,8 @@ void rt_weights_free(ggml_rerope_model * m) {
     m->layers = NULL;
     free(m->freq_factors);
     m->freq_factors = NULL;
+    for (int i = 0; i < 3; i++) {
+        free(m->rope_factors[i]);
+        m->rope_factors[i] = NULL;
+    }
 }
