@@ -28,6 +28,14 @@ if [ "$sanitize" = true ]; then
     ASAN_OPTIONS=detect_leaks=0 ctest --test-dir build/asan --output-on-failure -E install_and_build_example
 fi
 
+# ---- GGUF loader fuzz slice (tests/fuzz/). The plain slice runs in pytest (tests/test_fuzz.py);
+# this is the same kind of slice on the sanitized build: mutants in child processes, no crash, no hang.
+if [ "$sanitize" = true ]; then
+    echo "== Fuzz slice of the GGUF loader under ASan/UBSan"
+    tests/fuzz/run_fuzz.sh --kind both --cases 500 --jobs "$jobs" --asan --build-dir build/asan
+fi
+# ---- end of the fuzz slice
+
 echo "== Python tests (pytest), against the library CTest just built"
 export GGML_REROPE_LIBRARY="$PWD/build/ctest/src/libggml_rerope.so"
 "$PY" -m pytest -q tests
