@@ -9,7 +9,8 @@ from gguf import GGUFValueType as T
 
 import gguf_factory
 from ggml_rerope._binding import ffi, lib
-from runtime_helpers import RuntimeError_, check
+from ggml_rerope._internals import check
+from ggml_rerope.errors import ReropeError
 
 IO, INVALID = 5, 1
 SHAPE = dict(n_embd=64, n_head=2, n_head_kv=1, head_dim=32, n_ff=96, n_layer=1, n_vocab=272)
@@ -86,7 +87,8 @@ def test_yarn_keys_are_read(load):
 def test_scale_linear_is_the_factor_when_scaling_factor_is_absent(load):
     r = load(metadata={"llama.rope.scale_linear": (8.0, T.FLOAT32)}).info()
     assert r.has_scaling_factor == 1 and r.scaling_factor == 8.0
-    r = load(metadata={"llama.rope.scale_linear": (8.0, T.FLOAT32), "llama.rope.scaling.factor": (2.0, T.FLOAT32)}).info()
+    both = {"llama.rope.scale_linear": (8.0, T.FLOAT32), "llama.rope.scaling.factor": (2.0, T.FLOAT32)}
+    r = load(metadata=both).info()
     assert r.scaling_factor == 2.0
 
 
@@ -107,7 +109,7 @@ def test_factor_requests_that_are_wrong(load):
     m = load(extra_tensors={"rope_factors_long.weight": np.ones(HALF, np.float32)})
     for which, n, words in [(LONG, HALF - 1, "n must be n_factors"), (SHORT, HALF, "no tensor rope_factors_short"),
                             (FREQS, HALF, "no tensor rope_freqs"), (3, HALF, "which must be")]:
-        with pytest.raises(RuntimeError_) as e:
+        with pytest.raises(ReropeError) as e:
             m.factors(which, n)
         assert e.value.status == INVALID and words in e.value.message, e.value.message
     assert lib.ggml_rerope_model_get_rope_info(ffi.NULL, ffi.new("ggml_rerope_rope_info *")) == INVALID
@@ -115,6 +117,6 @@ def test_factor_requests_that_are_wrong(load):
 
 
 def test_a_rope_key_of_the_wrong_type(load):
-    with pytest.raises(RuntimeError_) as e:
+    with pytest.raises(ReropeError) as e:
         load(metadata={"llama.rope.scaling.original_context_length": (8192.0, T.FLOAT32)})
     assert e.value.status == IO and "original_context_length has type float32, expected an integer" in e.value.message

@@ -1,7 +1,7 @@
 /* fuzz_gguf: feeds mutants of small valid GGUFs to the runtime, one child process per case.
  *
  *   fuzz_gguf --kind byte|semantic --seeds a.gguf,b.gguf --cases N [--jobs J] [--seed S] [--start K]
- *             [--timeout-ms T] [--crash-dir DIR] [--errors-top K]
+ *             [--timeout-ms T] [--crash-dir DIR] [--errors-top K] [--max-seconds S]
  *   fuzz_gguf --kind selftest-crash|selftest-hang ...   (children that crash / hang on purpose)
  *   fuzz_gguf --replay INDEX --kind K --seeds ... [--seed S] --out FILE   (writes one case's mutant)
  *   fuzz_gguf --run FILE...                             (each file as one case)
@@ -43,6 +43,7 @@ typedef struct options {
     char * seeds;
     uint64_t cases, start, run_seed;
     int jobs, timeout_ms, errors_top, verbose;
+    double max_seconds; /* > 0: start no case after that long (the summary counts what ran) */
     const char * crash_dir;
     long long replay;
     const char * out;
@@ -285,11 +286,12 @@ static int run_pool(totals * T) {
     struct itimerval it = {{0, 250000}, {0, 250000}};
     setitimer(ITIMER_REAL, &it, NULL);
 
-    const uint64_t total = g_opt.kind == KIND_FILE ? (uint64_t) g_opt.n_files : g_opt.cases;
+    uint64_t total = g_opt.kind == KIND_FILE ? (uint64_t) g_opt.n_files : g_opt.cases;
     uint64_t next = 0;
     int running = 0;
     const double t_start = now_s();
     while (next < total || running > 0) {
+        if (g_opt.max_seconds > 0 && now_s() - t_start > g_opt.max_seconds) total = next;
         for (int i = 0; i < J && next < total; i++) {
             if (slots[i].pid) continue;
             slots[i].index = g_opt.kind == KIND_FILE ? next : g_opt.start + next;
@@ -344,7 +346,7 @@ static int run_pool(totals * T) {
 static void usage(void) {
     fprintf(stderr, "usage: fuzz_gguf --kind byte|semantic|selftest-crash|selftest-hang --seeds A.gguf[,B.gguf] "
                     "--cases N [--jobs J] [--seed S] [--start K] [--timeout-ms T] [--crash-dir DIR] "
-                    "[--errors-top K] [--verbose]\n"
+                    "[--errors-top K] [--max-seconds S] [--verbose]\n"
                     "       fuzz_gguf --replay INDEX --kind byte|semantic --seeds ... [--seed S] --out FILE\n"
                     "       fuzz_gguf --run FILE...\n");
     exit(2);
@@ -387,6 +389,7 @@ static void parse_args(int argc, char ** argv) {
         else if (strcmp(a, "--timeout-ms") == 0) o->timeout_ms = atoi(v);
         else if (strcmp(a, "--crash-dir") == 0) o->crash_dir = v;
         else if (strcmp(a, "--errors-top") == 0) o->errors_top = atoi(v);
+        else if (strcmp(a, "--max-seconds") == 0) o->max_seconds = atof(v);
         else if (strcmp(a, "--replay") == 0) o->replay = atoll(v);
         else if (strcmp(a, "--out") == 0) o->out = v;
         else usage();
@@ -435,6 +438,7 @@ int main(int argc, char ** argv) {
         g_opt.kind = KIND_FILE;
         g_opt.files = files;
         g_opt.n_files = g_n_seeds;
+        g_opt.max_seconds = 0;
         totals S = {0};
         g_print_files = 0;
         if (run_pool(&S) || S.ok != (uint64_t) g_n_seeds) {
