@@ -175,6 +175,32 @@ int32_t ggml_rerope_n_past(const ggml_rerope_context * ctx);
 int32_t ggml_rerope_n_ctx(const ggml_rerope_context * ctx);
 ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_keep);
 size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx);
+
+typedef struct ggml_rerope_rope_info {
+    char scaling_type[16];
+    float scaling_factor;
+    int32_t scaling_orig_ctx;
+    float scaling_attn_factor;
+    float yarn_ext_factor;
+    float yarn_attn_factor;
+    float yarn_beta_fast;
+    float yarn_beta_slow;
+    float yarn_log_multiplier;
+    int32_t has_scaling_factor, has_scaling_orig_ctx, has_scaling_attn_factor, has_yarn_ext_factor,
+            has_yarn_attn_factor, has_yarn_beta_fast, has_yarn_beta_slow, has_yarn_log_multiplier;
+    int32_t n_factors;
+    int32_t has_rope_freqs;
+    int32_t has_factors_long;
+    int32_t has_factors_short;
+} ggml_rerope_rope_info;
+
+typedef enum ggml_rerope_rope_factors {
+    GGML_REROPE_FACTORS_ROPE_FREQS = 0, GGML_REROPE_FACTORS_LONG = 1, GGML_REROPE_FACTORS_SHORT = 2
+} ggml_rerope_rope_factors;
+
+ggml_rerope_status ggml_rerope_model_get_rope_info(const ggml_rerope_model * model, ggml_rerope_rope_info * out);
+ggml_rerope_status ggml_rerope_model_get_rope_factors(const ggml_rerope_model * model, int32_t which, float * out,
+    int32_t n);
 """
 )
 

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import List, Optional
 
-from .schemes import add_scheme_arguments, scheme_options_from_args
+from .scheme_flags import add_scheme_arguments, scheme_options_from_args
 
 HELP_COMMANDS = "/reset: forget the conversation   /exit: quit   Ctrl-C: stop the answer"
 _MARK = "\x00DOCUMENT-END\x00"

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class ReropeError(Exception):
-    """Base class of every error raised by ggml_rerope."""
+    """Base class of every error raised by ggml_rerope.
+
+    An error that came from the C library carries its ggml_rerope_status in `status` (None
+    otherwise); `message` is the text (the library's ggml_rerope_last_error for C errors)."""
+
+    status: Optional[int] = None
+
+    @property
+    def message(self) -> str:
+        return str(self)
 
 
 class LibraryNotFoundError(ReropeError, ImportError):
     """libggml_rerope could not be found or loaded."""
+
+
+class InvalidArgumentError(ReropeError, ValueError):
+    """The C library rejected an argument (GGML_REROPE_ERR_INVALID_ARG); also a ValueError."""
 
 
 class UnsupportedError(ReropeError):
@@ -31,16 +46,20 @@ class OutOfMemoryError(ReropeError, MemoryError):
     """An allocation failed."""
 
 
+_BY_STATUS = {
+    1: InvalidArgumentError,
+    2: UnsupportedError,
+    3: OutOfMemoryError,
+    4: CudaError,
+    5: ModelLoadError,
+    6: ContextFullError,
+}
+
+
 def raise_for_status(status: int, message: str) -> None:
     """Raises the exception that matches a ggml_rerope_status (0 = OK returns)."""
     if status == 0:
         return
-    cls = {
-        1: ValueError,
-        2: UnsupportedError,
-        3: OutOfMemoryError,
-        4: CudaError,
-        5: ModelLoadError,
-        6: ContextFullError,
-    }.get(status, ReropeError)
-    raise cls(message or f"ggml_rerope error {status}")
+    err = _BY_STATUS.get(int(status), ReropeError)(message or f"ggml_rerope error {status}")
+    err.status = int(status)
+    raise err

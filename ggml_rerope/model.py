@@ -23,22 +23,14 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ._binding import ffi, last_error, lib
+from ._internals import INT32_MAX, KV_TYPES, RuntimeContext, RuntimeModel
 from .default_model import default_model_path
-from .errors import ContextFullError, ModelLoadError, raise_for_status
+from .errors import ContextFullError, ModelLoadError
 from . import schemes
 from .sampling import Sampler
 from .tokenizer import Tokenizer
 
-_KV_TYPES = {"f16": 1, "f32": 0}  # GGML_REROPE_KV_F16 / _F32
-_INT32_MAX = 2**31 - 1
-
 ProgressFn = Callable[[int, int], None]
-
-
-def _check(status: int) -> None:
-    if status != 0:
-        raise_for_status(status, last_error())
 
 
 def _int_arg(name: str, value, minimum: int, allow_none: bool = False) -> Optional[int]:
@@ -48,17 +40,12 @@ def _int_arg(name: str, value, minimum: int, allow_none: bool = False) -> Option
         raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if value > _INT32_MAX:
-        raise ValueError(f"{name} must be <= {_INT32_MAX}, got {value}")
+    if value > INT32_MAX:
+        raise ValueError(f"{name} must be <= {INT32_MAX}, got {value}")
     return int(value)
 
 
-# Schemes whose parameters need only the runtime's model info (no GGUF tensors or rope-scaling
-# metadata): built without re-reading the file's metadata in Python (about 2 s).
-_INFO_ONLY_SCHEMES = ("none", "rerope", "leaky-rerope", "self-extend")
-
-
-def _make_scheme(model: "Model", n_ctx: int, rope_scaling, rerope_window: Optional[int],
+def _make_scheme(hyper: schemes.ModelHyper, n_ctx: int, rope_scaling, rerope_window: Optional[int],
                  rerope_leaky_k: Optional[float], logn: bool, rope_options: Optional[dict]) -> schemes.Scheme:
     """The position scheme for Model's rope options: the one place where they meet schemes.py.
 
@@ -85,7 +72,6 @@ def _make_scheme(model: "Model", n_ctx: int, rope_scaling, rerope_window: Option
         if not isinstance(rope_options, dict):
             raise TypeError(f"rope_options must be a dict or None, got {type(rope_options).__name__}")
         options.update(rope_options)
-    hyper = schemes.hyper_from(model._info) if name in _INFO_ONLY_SCHEMES else schemes.hyper_from(model.model_path)
     try:
         return schemes.make_scheme(name, hyper, n_ctx, **options)
     except TypeError as e:  # an option the scheme does not take
@@ -196,8 +182,8 @@ class Model:
         verbose: bool = False,
         rope_options: Optional[dict] = None,
     ):
-        self._ctx = ffi.NULL
-        self._model = ffi.NULL
+        self._ctx: Optional[RuntimeContext] = None
+        self._model: Optional[RuntimeModel] = None
         self._tokenizer: Optional[Tokenizer] = None
         self._tokens: List[int] = []  # what the KV cache holds, in order
 
@@ -214,7 +200,7 @@ class Model:
             rerope_leaky_k = float(rerope_leaky_k)
         if not isinstance(logn, (bool, np.bool_)):
             raise TypeError(f"logn must be a bool, got {type(logn).__name__}")
-        if kv_type not in _KV_TYPES:
+        if kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
         if seed is not None:
             seed = _int_arg("seed", seed, 0)
@@ -236,25 +222,16 @@ class Model:
         self._n_threads = n_threads
         self._seed_rng = np.random.default_rng(seed)
 
-        mparams = ffi.new("ggml_rerope_model_params *", lib.ggml_rerope_model_default_params())
-        mparams.n_gpu_layers = n_gpu_layers
-        out_model = ffi.new("ggml_rerope_model **")
         t0 = time.perf_counter()
-        _check(lib.ggml_rerope_model_load(os.fsencode(model_path), mparams, out_model))
-        self._model = out_model[0]
+        self._model = RuntimeModel(model_path, n_gpu_layers=n_gpu_layers)
         try:
-            self._info = ffi.new("ggml_rerope_model_info *")
-            _check(lib.ggml_rerope_model_get_info(self._model, self._info))
-            self.scheme = _make_scheme(self, n_ctx, rope_scaling, rerope_window, rerope_leaky_k, logn, rope_options)
-
-            cparams = ffi.new("ggml_rerope_context_params *", lib.ggml_rerope_context_default_params())
-            cparams.n_ctx = n_ctx
-            cparams.n_batch = n_batch
-            cparams.n_threads = self._n_threads
-            cparams.kv_type = _KV_TYPES[kv_type]
-            out_ctx = ffi.new("ggml_rerope_context **")
-            _check(lib.ggml_rerope_context_new(self._model, cparams, out_ctx))
-            self._ctx = out_ctx[0]
+            self._info = self._model.info
+            self._info_dict = self._model.info_dict()
+            self._hyper = self._model.hyper()  # the GGUF's rotary metadata, as the loader read it
+            self.scheme = _make_scheme(self._hyper, n_ctx, rope_scaling, rerope_window, rerope_leaky_k, logn,
+                                       rope_options)
+            self._ctx = RuntimeContext(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=self._n_threads,
+                                       kv_type=KV_TYPES[kv_type])
             self._apply_scheme(0)
         except BaseException:
             self.close()
@@ -264,7 +241,7 @@ class Model:
             i = self._info
             print(
                 f"ggml_rerope: loaded {model_path} in {time.perf_counter() - t0:.2f} s: "
-                f"{ffi.string(i.architecture).decode()} {i.n_layer} layers, {i.n_head}/{i.n_head_kv} heads of "
+                f"{self._model.architecture} {i.n_layer} layers, {i.n_head}/{i.n_head_kv} heads of "
                 f"{i.head_dim}, n_ctx_train {i.n_ctx_train}, n_ctx {self.n_ctx}, {self.scheme.describe()}"
                 f", KV {kv_type}, {self._n_threads} threads",
                 file=sys.stderr,
@@ -275,12 +252,12 @@ class Model:
 
     def close(self) -> None:
         """Frees the context, the weights and the vocabulary now (also done by `with` and GC)."""
-        if getattr(self, "_ctx", ffi.NULL) != ffi.NULL:
-            lib.ggml_rerope_context_free(self._ctx)
-            self._ctx = ffi.NULL
-        if getattr(self, "_model", ffi.NULL) != ffi.NULL:
-            lib.ggml_rerope_model_free(self._model)
-            self._model = ffi.NULL
+        ctx, model = getattr(self, "_ctx", None), getattr(self, "_model", None)
+        self._ctx = self._model = None
+        if ctx is not None:
+            ctx.close()
+        if model is not None:
+            model.close()
         tok = getattr(self, "_tokenizer", None)
         if tok is not None:
             self._tokenizer = None
@@ -298,8 +275,8 @@ class Model:
         except Exception:  # interpreter shutdown: the library may be gone already
             pass
 
-    def _live(self):
-        if self._ctx == ffi.NULL:
+    def _live(self) -> RuntimeContext:
+        if self._ctx is None:
             raise ValueError("the model is closed")
         return self._ctx
 
@@ -307,7 +284,7 @@ class Model:
 
     @property
     def n_ctx(self) -> int:
-        return int(lib.ggml_rerope_n_ctx(self._live()))
+        return self._live().n_ctx
 
     @property
     def n_past(self) -> int:
@@ -333,7 +310,7 @@ class Model:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        return int(lib.ggml_rerope_kv_bytes_per_token(self._live()))
+        return self._live().kv_bytes_per_token
 
     @property
     def tokens(self) -> List[int]:
@@ -344,11 +321,7 @@ class Model:
     @property
     def info(self) -> Dict[str, Union[str, int, float]]:
         """Hyperparameters from the GGUF metadata."""
-        i = self._info
-        fields = [name for name, _ in ffi.typeof("ggml_rerope_model_info").fields if name != "architecture"]
-        out = {name: getattr(i, name) for name in fields}
-        out["architecture"] = ffi.string(i.architecture).decode()
-        return out
+        return dict(self._info_dict)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -393,11 +366,12 @@ class Model:
     def _sync(self) -> None:
         """Makes self._tokens and the C cache agree (an interrupt can land between a C call
         and the bookkeeping after it): both keep the shorter of the two."""
-        n = int(lib.ggml_rerope_n_past(self._live()))
+        ctx = self._live()
+        n = ctx.n_past
         if n < len(self._tokens):
             del self._tokens[n:]
         elif n > len(self._tokens):
-            _check(lib.ggml_rerope_truncate(self._ctx, len(self._tokens)))
+            ctx.truncate(len(self._tokens))
 
     def _eval_raw(self, arr: np.ndarray, out: Optional[np.ndarray], all_logits: bool) -> None:
         ctx = self._live()
@@ -409,9 +383,7 @@ class Model:
             )
         if self.scheme.dynamic:  # e.g. dynamic NTK: parameters follow the length after this eval
             self._apply_scheme(n_past + arr.size)
-        out_ptr = ffi.NULL if out is None else ffi.from_buffer("float[]", out, require_writable=True)
-        status = lib.ggml_rerope_eval(ctx, ffi.from_buffer("int32_t[]", arr), arr.size, out_ptr, int(all_logits))
-        _check(status)
+        ctx.eval(arr, out, all_logits)
         self._tokens.extend(arr.tolist())
 
     def eval(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
@@ -440,7 +412,7 @@ class Model:
 
     def reset(self) -> None:
         """Empties the KV cache."""
-        _check(lib.ggml_rerope_truncate(self._live(), 0))
+        self._live().truncate(0)
         self._tokens.clear()
 
     # -- position scheme ----------------------------------------------------------------------
@@ -468,14 +440,12 @@ class Model:
         """Changes the position scheme of the live context (same arguments as the constructor).
         The cache is kept as it is (it holds raw keys); later evaluations use the new scheme."""
         rerope_window = _int_arg("rerope_window", rerope_window, 1, allow_none=True)
-        self.scheme = _make_scheme(self, self.n_ctx, rope_scaling, rerope_window, rerope_leaky_k, logn, rope_options)
+        self.scheme = _make_scheme(self._hyper, self.n_ctx, rope_scaling, rerope_window, rerope_leaky_k, logn, rope_options)
         self._apply_scheme(len(self._tokens))
 
     def _apply_scheme(self, length: int) -> None:
         """Hands the scheme to the context; a dynamic one resolved at `length` cached tokens."""
-        cs, keepalive = schemes.c_scheme(self.scheme, max(1, length))
-        _check(lib.ggml_rerope_context_set_scheme(self._live(), cs))
-        del keepalive  # the call copied the factors
+        self._live().set_scheme(self.scheme, max(1, length))
 
     def prefill(self, tokens: Sequence[int], progress: Optional[ProgressFn] = None) -> np.ndarray:
         """Makes the context hold exactly `tokens`, keeping the longest prefix already cached and
@@ -492,7 +462,7 @@ class Model:
         diff = np.flatnonzero(np.asarray(self._tokens[:m], dtype=np.int64) != arr[:m])
         keep = int(diff[0]) if diff.size else m
         keep = min(keep, n - 1)  # the last prompt token is evaluated again for its logits
-        _check(lib.ggml_rerope_truncate(self._ctx, keep))
+        self._ctx.truncate(keep)
         del self._tokens[keep:]
         todo = arr[keep:]
         out = np.empty(self.n_vocab, dtype=np.float32)

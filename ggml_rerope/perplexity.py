@@ -33,7 +33,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .schemes import add_scheme_arguments, scheme_options_from_args
+from .scheme_flags import add_scheme_arguments, scheme_options_from_args
 
 
 class Progress:

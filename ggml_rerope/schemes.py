@@ -21,13 +21,15 @@ Conventions worth knowing:
   a llama.cpp mscale m becomes attn_factor = m^2 here.
 - Schemes other than rerope / leaky-rerope / self-extend use window = WINDOW_NONE, which
   makes the operator plain RoPE attention.
+
+This module is the math only: the command-line flags are in scheme_flags.py, the runtime's C
+struct is made by _internals.c_scheme, and a GGUF's rotary metadata is read by the C loader
+(ModelHyper.from_gguf).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import math
 import pathlib
 from collections.abc import Mapping
@@ -36,7 +38,6 @@ from typing import Callable, Optional
 import numpy as np
 
 FAR_CLAMP, FAR_LEAKY, FAR_GROUP = 0, 1, 2
-FAR_MODE_NAMES = {FAR_CLAMP: "clamp", FAR_LEAKY: "leaky", FAR_GROUP: "group"}
 WINDOW_NONE = 2**31 - 1  # INT32_MAX: every distance is "near", i.e. plain RoPE
 
 # A frequency of exactly 0 (no rotation) is what Giraffe truncation asks for, but the
@@ -84,87 +85,25 @@ class ModelHyper:
 
     @classmethod
     def from_gguf(cls, path) -> "ModelHyper":
-        """Hyperparameters, rope_freqs / rope_factors_* tensors and rope.scaling.* metadata of a GGUF."""
-        return _hyper_from_gguf(str(pathlib.Path(path).resolve()))
+        """Hyperparameters, rope_freqs / rope_factors_* tensors and rope.scaling.* metadata of a GGUF,
+        as the runtime's loader reads them (ggml_rerope_model_get_rope_info)."""
+        from ._internals import read_model_hyper  # the C library; scheme math alone does not need it
 
-
-_SCALING_KEYS = {  # GGUF key suffix (after "<arch>.rope.scaling.") -> our name
-    "type": "type",
-    "factor": "factor",
-    "original_context_length": "orig_ctx",
-    "attn_factor": "attn_factor",
-    "yarn_ext_factor": "ext_factor",
-    "yarn_attn_factor": "yarn_attn_factor",
-    "yarn_beta_fast": "beta_fast",
-    "yarn_beta_slow": "beta_slow",
-    "yarn_log_multiplier": "log_mul",
-}
-
-
-@functools.lru_cache(maxsize=8)
-def _hyper_from_gguf(path: str) -> ModelHyper:
-    import gguf  # only needed here; reading a GGUF's metadata takes about 2 s
-
-    reader = gguf.GGUFReader(path)
-
-    def value(key, default=None):
-        field = reader.fields.get(key)
-        return default if field is None else field.contents()
-
-    arch = value("general.architecture")
-    if arch is None:
-        raise ValueError(f"{path}: not a model GGUF (no general.architecture)")
-    n_embd = int(value(f"{arch}.embedding_length"))
-    n_head = int(value(f"{arch}.attention.head_count"))
-    head_dim = int(value(f"{arch}.attention.key_length", n_embd // n_head))
-    n_rot = int(value(f"{arch}.rope.dimension_count", head_dim))
-    scaling = {}
-    for suffix, name in _SCALING_KEYS.items():
-        v = value(f"{arch}.rope.scaling.{suffix}")
-        if v is not None:
-            scaling[name] = v
-    if "factor" not in scaling and value(f"{arch}.rope.scale_linear") is not None:
-        scaling["factor"] = value(f"{arch}.rope.scale_linear")
-    tensors = {t.name: t for t in reader.tensors}
-
-    def tensor(name):
-        t = tensors.get(name)
-        return None if t is None else np.array(t.data, dtype=np.float64).reshape(-1)
-
-    return ModelHyper(
-        n_rot=n_rot,
-        rope_base=float(value(f"{arch}.rope.freq_base", 10000.0)),
-        n_ctx_train=int(value(f"{arch}.context_length")),
-        head_dim=head_dim,
-        rope_freqs=tensor("rope_freqs.weight"),
-        rope_factors_long=tensor("rope_factors_long.weight"),
-        rope_factors_short=tensor("rope_factors_short.weight"),
-        rope_scaling=scaling,
-        has_rope_freqs="rope_freqs.weight" in tensors,
-    )
+        return read_model_hyper(path)
 
 
 def hyper_from(info) -> ModelHyper:
-    """A ModelHyper from a ModelHyper, a GGUF path, a mapping, or any object with the attributes
-    n_rot, rope_base, n_ctx_train, head_dim (a runtime ggml_rerope_model_info, a Model). When the
-    object also names its GGUF file (model_path / path), the file's rope_freqs and YaRN metadata
-    are read from it."""
+    """A ModelHyper from a ModelHyper, a GGUF path (`ModelHyper.from_gguf`), a mapping, or any object
+    with the attributes n_rot, rope_base, n_ctx_train, head_dim (a runtime ggml_rerope_model_info)."""
     if isinstance(info, ModelHyper):
         return info
     if isinstance(info, (str, pathlib.Path)):
         return ModelHyper.from_gguf(info)
-    path = None
     if isinstance(info, Mapping):
         get = info.get
     else:
         def get(key, default=None):
             return getattr(info, key, default)
-    path = get("model_path") or get("path")
-    if path and pathlib.Path(str(path)).is_file():
-        return ModelHyper.from_gguf(path)
-    inner = get("info")  # e.g. a Model whose .info is the runtime struct
-    if inner is not None and get("n_rot") is None:
-        return hyper_from(inner)
     missing = [k for k in ("n_rot", "rope_base", "n_ctx_train", "head_dim") if get(k) is None]
     if missing:
         raise TypeError(f"info must give n_rot, rope_base, n_ctx_train and head_dim; missing {missing}")
@@ -253,36 +192,6 @@ class Scheme:
         if self.dynamic:
             parts.append("dynamic")
         return " ".join(parts)
-
-
-def c_scheme(scheme: Scheme, length: Optional[int] = None):
-    """The runtime's ggml_rerope_scheme struct for `scheme` (resolved at `length` if dynamic).
-
-    Returns (struct pointer, keepalive): keep `keepalive` alive until the struct has been passed
-    to ggml_rerope_context_set_scheme (which copies the factors).
-    """
-    from ._binding import ffi
-
-    if scheme.dynamic:
-        if length is None:
-            raise ValueError(f"scheme {scheme.name!r} is dynamic: pass the current length")
-        scheme = scheme.resolve(length)
-    s = ffi.new("ggml_rerope_scheme *")
-    s.window = int(min(scheme.window, WINDOW_NONE))
-    s.far_mode = int(scheme.far_mode)
-    s.leaky_k = float(scheme.leaky_k)
-    s.group_size = int(scheme.group_size)
-    s.logn_train_len = int(scheme.logn_train_len)
-    s.rope_base = float(scheme.rope_base)
-    s.attn_factor = float(scheme.attn_factor)
-    keep = None
-    if scheme.freq_factors is not None:
-        arr = np.ascontiguousarray(scheme.freq_factors, dtype=np.float32)
-        keep = ffi.new("float[]", arr.tolist())
-        s.freq_factors = keep
-    else:
-        s.freq_factors = ffi.NULL
-    return s, keep
 
 
 # ------------------------------------------------------------------ helpers
@@ -629,84 +538,3 @@ def make_scheme(name, info, n_ctx, **options) -> Scheme:
     n_ctx = _check_n_ctx(n_ctx)
     options = {k: v for k, v in options.items() if v is not None}
     return SCHEMES[key](hyper_from(info), n_ctx, **options)
-
-
-# ------------------------------------------------------------------ command-line flags
-
-# flag destination -> (scheme option name, schemes that take it)
-_FLAG_OPTIONS = {
-    "rope_scale": ("scale", {"linear", "ntk", "yarn", "power"}),
-    "rerope_window": ("window", {"rerope", "leaky-rerope"}),
-    "rerope_leaky_k": ("leaky_k", {"leaky-rerope"}),
-    "grp_attn_n": ("group", {"self-extend"}),
-    "grp_attn_w": ("window", {"self-extend"}),
-    "yarn_beta_fast": ("beta_fast", {"yarn"}),
-    "yarn_beta_slow": ("beta_slow", {"yarn"}),
-    "yarn_ext_factor": ("ext_factor", {"yarn"}),
-    "yarn_attn_factor": ("attn_factor", {"yarn", "longrope"}),
-    "yarn_orig_ctx": ("orig_ctx", {"yarn", "longrope"}),
-    "giraffe_power": ("power", {"power"}),
-    "truncate_wavelength": ("wavelength", {"truncate"}),
-    "longrope_factors": ("factors", {"longrope"}),
-}
-
-
-def add_scheme_arguments(parser, default: str = "rerope"):
-    """Adds the position-scheme flags every CLI shares (one definition)."""
-    g = parser.add_argument_group("position scheme")
-    g.add_argument("--rope-scaling", default=default, metavar="NAME",
-                   help=f"position scheme: {', '.join(SCHEMES)} (default: {default})")
-    g.add_argument("--rope-scale", type=float, help="extension factor s (linear, ntk, yarn; default n_ctx / trained context)")
-    g.add_argument("--rerope-window", type=int, help="ReRoPE window w (default: trained context / 2; leaky: / 4)")
-    g.add_argument("--rerope-leaky-k", type=float, help="Leaky ReRoPE slope divisor k (default: fits n_ctx into the trained context)")
-    g.add_argument("--no-logn", dest="logn", action="store_false", default=True,
-                   help="ReRoPE without log-n query scaling")
-    g.add_argument("--grp-attn-n", type=int, help="self-extend group size G (default: smallest that fits)")
-    g.add_argument("--grp-attn-w", type=int, help="self-extend neighbour window W (default: trained context / 4)")
-    g.add_argument("--yarn-beta-fast", type=float, help="YaRN beta_fast (default: GGUF, else 32)")
-    g.add_argument("--yarn-beta-slow", type=float, help="YaRN beta_slow (default: GGUF, else 1)")
-    g.add_argument("--yarn-ext-factor", type=float, help="YaRN extrapolation mix (default: GGUF, else 1)")
-    g.add_argument("--yarn-attn-factor", type=float, help="YaRN / LongRoPE attention factor (multiplies q and k)")
-    g.add_argument("--yarn-orig-ctx", type=int, help="original context of YaRN / LongRoPE (default: GGUF, else trained)")
-    g.add_argument("--giraffe-power", type=float, help="power k of Giraffe power scaling (default 0.5)")
-    g.add_argument("--truncate-wavelength", type=float, help="Giraffe truncation cut-off wavelength (default: trained context)")
-    g.add_argument("--longrope-factors", type=_parse_factors, metavar="F1,F2,...|FILE",
-                   help="LongRoPE per-pair divisors (comma list or a file of numbers)")
-    return g
-
-
-def _parse_factors(text: str):
-    p = pathlib.Path(text)
-    raw = p.read_text() if p.is_file() else text
-    try:
-        return [float(x) for x in raw.replace(",", " ").split()]
-    except ValueError as e:  # ArgumentTypeError: argparse shows this message, not "invalid _parse_factors value"
-        raise argparse.ArgumentTypeError(f"not a file nor a list of numbers: {e}") from None
-
-
-def scheme_options_from_args(args) -> tuple:
-    """(scheme name, options dict) from parsed add_scheme_arguments flags; flags that the chosen
-    scheme does not take are an error when given, so a typo does not silently do nothing."""
-    name = str(args.rope_scaling).lower().replace("_", "-")
-    if name not in SCHEMES:
-        raise ValueError(f"unknown position scheme {args.rope_scaling!r}; valid: {', '.join(SCHEMES)}")
-    options = {}
-    for dest, (opt, takers) in _FLAG_OPTIONS.items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if name not in takers:
-            flag = "--" + dest.replace("_", "-")
-            raise ValueError(f"{flag} does not apply to --rope-scaling {name} (it applies to {', '.join(sorted(takers))})")
-        options[opt] = value
-    if name in ("rerope", "leaky-rerope"):
-        options["logn"] = bool(getattr(args, "logn", True))
-    elif getattr(args, "logn", True) is False:
-        raise ValueError(f"--no-logn applies to rerope and leaky-rerope, not {name}")
-    return name, options
-
-
-def scheme_from_args(args, info, n_ctx) -> Scheme:
-    """The Scheme the parsed flags ask for, for model `info` at context n_ctx."""
-    name, options = scheme_options_from_args(args)
-    return make_scheme(name, info, n_ctx, **options)

@@ -17,23 +17,10 @@ import numpy as np
 import pytest
 
 import gguf_factory
-from ggml_rerope._cuda import cuda_available
-from runtime_helpers import INT32_MAX, KV_F16, Runtime, assert_within_llama_cpp_noise, compare, llama_cpp_logits
-from test_runtime_vs_llama_cpp import TEXT, _default_model_path
+from ggml_rerope._internals import INT32_MAX, KV_F16, Runtime
+from logit_checks import assert_within_llama_cpp_noise, compare, llama_cpp_logits, text_tokens
 
-
-def _llama_cpp_has_gpu() -> bool:
-    try:
-        import llama_cpp
-
-        return bool(llama_cpp.llama_supports_gpu_offload())
-    except Exception:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not (cuda_available() and _llama_cpp_has_gpu()),
-    reason="needs a GPU, libggml_rerope with CUDA kernels and llama-cpp-python built with -DGGML_CUDA=on")
+pytestmark = pytest.mark.needs_cuda_runtime
 
 
 def ours(path, tokens, ngl, n_batch=64, **scheme):
@@ -71,7 +58,7 @@ def test_gpu_matches_cpu_within_llama_cpp_gpu_cpu_gap(tmp_path, arch, wtype):
         assert_within_gap(gpu, cpu, floor, f"{arch} {wtype} {scheme}: ours GPU vs CPU")
         if scheme["window"] == INT32_MAX:  # plain RoPE: the same model as llama.cpp's, on the same GPU
             alt = llama_cpp_logits(path, tokens, flash_attn=False, kv_type=KV_F16, n_gpu_layers=-1)
-            assert_within_gap(gpu, lcpp_gpu, compare(alt, lcpp_gpu), f"  ours GPU vs llama.cpp CUDA (FA on/off gap)")
+            assert_within_gap(gpu, lcpp_gpu, compare(alt, lcpp_gpu), "  ours GPU vs llama.cpp CUDA (FA on/off gap)")
 
 
 def test_gpu_decode_after_prefill_equals_one_prefill(tmp_path):
@@ -90,15 +77,11 @@ def test_gpu_decode_after_prefill_equals_one_prefill(tmp_path):
     assert c["rel_mean"] < 2e-3 and c["agree"][c["margin"] >= 0.05].all(), (c["rel_mean"], c["argmax"])
 
 
-@pytest.mark.skipif(_default_model_path() is None or not TEXT.exists(), reason="SmolLM2 or the shared text missing")
-def test_smollm2_gpu_matches_llama_cpp_cuda():
+def test_smollm2_gpu_matches_llama_cpp_cuda(default_model_file, shared_text):
     """SmolLM2 (head size 64), 1000 tokens, window covering them: ours on the GPU vs llama.cpp CUDA
     with flash attention, bounded by llama.cpp CUDA's own flash-attention on/off gap."""
-    import llama_cpp
-
-    path = _default_model_path()
-    vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
-    tokens = np.array(vocab.tokenize(TEXT.read_text()[:20000].encode())[:1000], np.int32)
+    path = default_model_file
+    tokens = text_tokens(path, shared_text, 1000)
     ref = llama_cpp_logits(path, tokens, flash_attn=True, kv_type=KV_F16, n_gpu_layers=-1)
     alt = llama_cpp_logits(path, tokens, flash_attn=False, kv_type=KV_F16, n_gpu_layers=-1)
     got = ours(path, tokens, -1, n_batch=512, window=INT32_MAX, logn_train_len=0)

@@ -14,14 +14,15 @@ from gguf import GGUFValueType as T
 
 import gguf_factory
 from ggml_rerope import errors
-from runtime_helpers import Runtime, RuntimeError_
+from ggml_rerope._internals import Runtime
+from ggml_rerope.errors import ReropeError
 
 IO = 5
 TINY = dict(n_embd=64, n_head=2, n_head_kv=1, head_dim=32, n_ff=96, n_layer=2, n_vocab=272)
 
 
-def load_error(path) -> RuntimeError_:
-    with pytest.raises(RuntimeError_) as e:
+def load_error(path) -> ReropeError:
+    with pytest.raises(ReropeError) as e:
         Runtime(path, n_ctx=16, n_threads=1)
     return e.value
 

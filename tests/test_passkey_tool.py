@@ -4,7 +4,6 @@ and end to end on the default model at a few hundred tokens."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,8 +12,6 @@ import numpy as np
 import pytest
 
 from ggml_rerope.passkey import PromptBuilder, filler_sentences, first_number, make_keys, passkey
-
-TEXT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "war_and_peace.txt")
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +23,11 @@ def runtime():
     ev.close()
 
 
-@pytest.mark.parametrize("filler", [None, TEXT])
+@pytest.mark.parametrize("filler", ["standard", "shared text"])
 @pytest.mark.parametrize("depth", [0.0, 0.3, 1.0])
-def test_prompt_size_depth_and_tokenization(runtime, filler, depth):
-    b = PromptBuilder(runtime.tokenize, filler_sentences(filler))
+def test_prompt_size_depth_and_tokenization(runtime, request, filler, depth):
+    path = None if filler == "standard" else str(request.getfixturevalue("shared_text"))
+    b = PromptBuilder(runtime.tokenize, filler_sentences(path))
     pr = b.build(300, "12345", depth)
     assert 250 <= len(pr.tokens) <= 300
     text = runtime.detokenize(pr.tokens)

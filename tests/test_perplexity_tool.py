@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,6 @@ import pytest
 
 from ggml_rerope.perplexity import perplexity, token_nll
 
-TEXT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "war_and_peace.txt")
 V = 37
 
 
@@ -132,8 +130,8 @@ def runtime():
 
 
 @pytest.fixture(scope="module")
-def text_tokens(runtime):
-    with open(TEXT, encoding="utf-8") as f:
+def text_tokens(runtime, shared_text):
+    with open(shared_text, encoding="utf-8") as f:
         return runtime.tokenize(f.read(20000), add_bos=True)
 
 
@@ -155,12 +153,11 @@ def test_model_loss_equals_direct_logits(runtime, text_tokens):
     assert len(res.buckets) == 3
 
 
-def test_cli_json(runtime):
-    env = dict(os.environ)
-    out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", TEXT, "--ctx", "128", "--chunks", "1",
+def test_cli_json(runtime, shared_text):
+    out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", str(shared_text), "--ctx", "128", "--chunks", "1",
                           "--rope-scaling", "rerope", "--rerope-window", "32", "--no-logn", "--bucket", "64",
                           "--batch", "64", "--json", "--threads", "2"],
-                         capture_output=True, text=True, env=env, timeout=300)
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     d = json.loads(out.stdout)
     for key in ("loss", "ppl", "n_ctx", "chunks", "buckets"):
@@ -171,19 +168,22 @@ def test_cli_json(runtime):
     assert "ETA" in out.stderr  # the progress bar
 
 
-def test_cli_rejects_a_flag_of_another_scheme():
-    out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", TEXT, "--ctx", "64",
+def test_cli_rejects_a_flag_of_another_scheme(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("Some text. " * 20)
+    out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", str(text), "--ctx", "64",
                           "--rope-scaling", "yarn", "--rerope-window", "8"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--rerope-window" in out.stderr
 
 
 @pytest.mark.parametrize("args, message", [
     (["/nonexistent/text.txt", "--ctx", "64"], "cannot read text file /nonexistent/text.txt"),
-    ([TEXT, "--ctx", "0"], "n_ctx must be >= 1, got 0"),
-    ([TEXT, "--ctx", "64", "--bucket", "0"], "bucket must be >= 1, got 0"),
-    ([TEXT, "--ctx", "64", "--score-last", "8"], "--score-last and --end-token go together"),
+    (["TEXT", "--ctx", "0"], "n_ctx must be >= 1, got 0"),
+    (["TEXT", "--ctx", "64", "--bucket", "0"], "bucket must be >= 1, got 0"),
+    (["TEXT", "--ctx", "64", "--score-last", "8"], "--score-last and --end-token go together"),
 ])
-def test_cli_bad_input_is_one_error_line(args, message):
+def test_cli_bad_input_is_one_error_line(shared_text, args, message):
+    args = [str(shared_text) if a == "TEXT" else a for a in args]
     out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", *args, "--no-progress"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
@@ -191,8 +191,9 @@ def test_cli_bad_input_is_one_error_line(args, message):
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), out.stderr  # no traceback
 
 
-def test_cli_rejects_negative_chunks():
-    out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", TEXT, "--ctx", "64", "--chunks", "-1"],
+def test_cli_rejects_negative_chunks(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", str(tmp_path / "text.txt"), "--ctx", "64",
+                          "--chunks", "-1"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--chunks must be >= 0" in out.stderr
 

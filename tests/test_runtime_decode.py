@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import gguf_factory
-from runtime_helpers import KV_F16, KV_F32, Runtime
+from ggml_rerope._internals import KV_F16, KV_F32, Runtime
 
 SCHEMES = {
     "rerope-w16-logn": dict(window=16, logn_train_len=32),  # log-n scaling active past position 31

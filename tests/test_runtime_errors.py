@@ -9,7 +9,8 @@ import pytest
 import gguf_factory
 from ggml_rerope import errors
 from ggml_rerope._binding import ffi, lib
-from runtime_helpers import INT32_MAX, KV_F16, KV_F32, Runtime, RuntimeError_
+from ggml_rerope._internals import INT32_MAX, KV_F16, KV_F32, Runtime
+from ggml_rerope.errors import ReropeError
 
 OK, INVALID, UNSUPPORTED, NO_MEMORY, IO, CONTEXT_FULL = 0, 1, 2, 3, 5, 6
 
@@ -29,8 +30,8 @@ def files(tmp_path_factory):
     )
 
 
-def load_error(path) -> RuntimeError_:
-    with pytest.raises(RuntimeError_) as e:
+def load_error(path) -> ReropeError:
+    with pytest.raises(ReropeError) as e:
         Runtime(path)
     return e.value
 
@@ -85,20 +86,20 @@ def test_status_maps_to_typed_python_errors(files):
 
 @pytest.mark.parametrize("n_ctx", [0, -5])
 def test_n_ctx_not_positive(files, n_ctx):
-    with pytest.raises(RuntimeError_) as e:
+    with pytest.raises(ReropeError) as e:
         Runtime(files["good"], n_ctx=n_ctx)
     assert e.value.status == INVALID and "n_ctx" in e.value.message
 
 
 def test_n_ctx_too_large_for_memory(files):
-    with pytest.raises(RuntimeError_) as e:
+    with pytest.raises(ReropeError) as e:
         Runtime(files["good"], n_ctx=INT32_MAX, kv_type=KV_F32)
     assert e.value.status == NO_MEMORY and "n_ctx" in e.value.message and "MiB" in e.value.message
 
 
 def test_bad_context_params(files):
     for kw, word in [(dict(n_batch=0), "n_batch"), (dict(kv_type=7), "kv_type")]:
-        with pytest.raises(RuntimeError_) as e:
+        with pytest.raises(ReropeError) as e:
             Runtime(files["good"], **kw)
         assert e.value.status == INVALID and word in e.value.message
 
@@ -106,12 +107,12 @@ def test_bad_context_params(files):
 def test_prompt_longer_than_context(files):
     with Runtime(files["good"], n_ctx=64) as rt:
         toks = np.arange(3, 3 + 65)
-        with pytest.raises(RuntimeError_) as e:
+        with pytest.raises(ReropeError) as e:
             rt.eval(toks)
         assert e.value.status == CONTEXT_FULL and "n_ctx = 64" in e.value.message
         assert rt.n_past == 0  # nothing was evaluated
         rt.eval(toks[:60])
-        with pytest.raises(RuntimeError_) as e:
+        with pytest.raises(ReropeError) as e:
             rt.eval(toks[:5])  # 60 + 5 > 64
         assert e.value.status == CONTEXT_FULL and rt.n_past == 60
         rt.eval(toks[:4])  # exactly full is fine
@@ -121,7 +122,7 @@ def test_prompt_longer_than_context(files):
 def test_token_out_of_vocabulary(files):
     with Runtime(files["good"], n_ctx=32) as rt:
         for bad in (-1, rt.n_vocab):
-            with pytest.raises(RuntimeError_) as e:
+            with pytest.raises(ReropeError) as e:
                 rt.eval([5, bad])
             assert e.value.status == INVALID and "tokens[1]" in e.value.message and "vocabulary" in e.value.message
         assert rt.n_past == 0
@@ -131,7 +132,7 @@ def test_bad_scheme_keeps_the_old_one(files):
     with Runtime(files["good"], n_ctx=32) as rt:
         for fields, word in [(dict(window=0), "window"), (dict(far_mode=9), "far_mode"),
                              (dict(logn_train_len=1), "logn"), (dict(rope_base=-1.0), "rope_base")]:
-            with pytest.raises(RuntimeError_) as e:
+            with pytest.raises(ReropeError) as e:
                 rt.set_scheme(**fields)
             assert e.value.status == INVALID and word in e.value.message
         rt.eval([5, 6, 7])  # still usable
@@ -141,7 +142,7 @@ def test_truncate_range(files):
     with Runtime(files["good"], n_ctx=32) as rt:
         rt.eval([5, 6, 7])
         for bad in (-1, 4):
-            with pytest.raises(RuntimeError_) as e:
+            with pytest.raises(ReropeError) as e:
                 rt.truncate(bad)
             assert e.value.status == INVALID and "n_keep" in e.value.message
         rt.truncate(0)
@@ -170,4 +171,4 @@ def test_info_and_kv_bytes_match_llama_cpp_layout(files):
                 s["n_layer"], s["n_head"], s["n_head_kv"], s["head_dim"], s["n_vocab"], 4096)
             assert i.rope_mode == 2  # NEOX
             # llama.cpp: 2 (K and V) * n_layer * n_head_kv * head_dim * sizeof(type), no second K copy
-            assert lib.ggml_rerope_kv_bytes_per_token(rt.ctx) == 2 * s["n_layer"] * s["n_head_kv"] * s["head_dim"] * size
+            assert rt.ctx.kv_bytes_per_token == 2 * s["n_layer"] * s["n_head_kv"] * s["head_dim"] * size

@@ -10,8 +10,8 @@ import pytest
 
 import ggml_rerope
 from ggml_rerope._cuda import cuda_available
+from ggml_rerope._internals import KV_F16, KV_F32, Runtime
 from gguf_factory import write_model
-from runtime_helpers import KV_F16, KV_F32, Runtime
 
 
 def logits_both_ways(monkeypatch, capfd, path, tokens, split, kv_type, window, n_batch=16):

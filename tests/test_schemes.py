@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ggml_rerope import reference
+from ggml_rerope.scheme_flags import add_scheme_arguments, scheme_from_args, scheme_options_from_args
 from ggml_rerope.schemes import (
     FAR_CLAMP,
     FAR_GROUP,
@@ -19,10 +20,7 @@ from ggml_rerope.schemes import (
     WINDOW_NONE,
     ModelHyper,
     Scheme,
-    add_scheme_arguments,
     make_scheme,
-    scheme_from_args,
-    scheme_options_from_args,
     yarn_corr_dims,
 )
 
@@ -464,7 +462,7 @@ def test_cli_bad_longrope_factors_say_why(capsys, tmp_path):
 
 
 def test_c_struct_conversion():
-    from ggml_rerope.schemes import c_scheme
+    from ggml_rerope._internals import c_scheme
 
     sch = make_scheme("yarn", HYPER, N)
     s, keep = c_scheme(sch)
@@ -484,6 +482,74 @@ def test_c_struct_conversion():
 
 def test_scheme_is_a_value():
     assert make_scheme("rerope", HYPER, N) == Scheme("rerope", window=L_TRAIN // 2, logn_train_len=L_TRAIN)
+
+
+# ------------------------------------------------------------------ the GGUF's rotary metadata, read by the C loader
+
+
+def test_from_gguf_reads_the_rotary_metadata_the_file_holds(tmp_path):
+    """ModelHyper.from_gguf gets every rope.scaling.* key, rope_freqs and the LongRoPE factor tensors
+    through the runtime's loader (no GGUF parsing in Python): the values written come back."""
+    import gguf
+    import gguf_factory
+
+    F32, U32, STR = gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.UINT32, gguf.GGUFValueType.STRING
+    n_pairs = gguf_factory.DEFAULT_SHAPE["head_dim"] // 2
+    long_f, short_f = np.linspace(1.0, 6.0, n_pairs), np.linspace(1.0, 1.5, n_pairs)
+    keys = {"type": ("yarn", STR), "factor": (4.0, F32), "original_context_length": (1024, U32),
+            "attn_factor": (1.25, F32), "yarn_ext_factor": (0.5, F32), "yarn_attn_factor": (0.75, F32),
+            "yarn_beta_fast": (16.0, F32), "yarn_beta_slow": (2.0, F32), "yarn_log_multiplier": (0.1, F32)}
+    path = gguf_factory.write_model(
+        tmp_path / "scaled.gguf", "llama", "F32", n_ctx_train=4096, rope_freqs=True,
+        metadata={f"llama.rope.scaling.{k}": v for k, v in keys.items()},
+        extra_tensors={"rope_factors_long.weight": long_f.astype(np.float32),
+                       "rope_factors_short.weight": short_f.astype(np.float32)})
+    h = ModelHyper.from_gguf(path)
+    assert (h.n_rot, h.rope_base, h.n_ctx_train, h.head_dim) == (2 * n_pairs, 10000.0, 4096, 2 * n_pairs)
+    scaling = dict(h.rope_scaling)
+    assert scaling.pop("type") == "yarn"
+    assert scaling == pytest.approx({"factor": 4.0, "orig_ctx": 1024, "attn_factor": 1.25, "ext_factor": 0.5,
+                                     "yarn_attn_factor": 0.75, "beta_fast": 16.0, "beta_slow": 2.0, "log_mul": 0.1},
+                                    rel=1e-6)
+    assert h.has_rope_freqs
+    np.testing.assert_array_equal(h.rope_freqs, np.geomspace(1.0, 8.0, n_pairs).astype(np.float32))
+    np.testing.assert_array_equal(h.rope_factors_long, long_f.astype(np.float32))
+    np.testing.assert_array_equal(h.rope_factors_short, short_f.astype(np.float32))
+    # the schemes read them: YaRN from the keys, LongRoPE from the long factors beyond orig_ctx
+    written = ModelHyper(n_rot=2 * n_pairs, rope_base=10000.0, n_ctx_train=4096, head_dim=2 * n_pairs,
+                         rope_freqs=np.geomspace(1.0, 8.0, n_pairs), has_rope_freqs=True,
+                         rope_scaling={"factor": 4.0, "orig_ctx": 1024, "attn_factor": 1.25, "ext_factor": 0.5,
+                                       "beta_fast": 16.0, "beta_slow": 2.0, "log_mul": 0.1})
+    got, want = make_scheme("yarn", path, 4096), make_scheme("yarn", written, 4096)
+    np.testing.assert_allclose(got.freq_factors, want.freq_factors, rtol=1e-6)
+    assert got.attn_factor == pytest.approx(want.attn_factor, rel=1e-6) and got.attn_factor != 1.0
+    np.testing.assert_allclose(make_scheme("longrope", path, 2048).freq_factors, 1 / long_f, rtol=1e-6)
+
+    plain = ModelHyper.from_gguf(gguf_factory.write_model(tmp_path / "plain.gguf", "qwen2", "F32"))
+    assert plain.rope_scaling == {} and not plain.has_rope_freqs
+    assert plain.rope_freqs is None and plain.rope_factors_long is None and plain.rope_factors_short is None
+
+
+def test_model_folds_the_gguf_rope_freqs_into_its_scheme(tmp_path):
+    """Model builds its scheme from the factors the loader read: "linear" at scale 1 hands the
+    operator 1/rope_freqs explicitly and must compute what "none" (the runtime's own factors) does,
+    and differ from the same weights without rope_freqs."""
+    import gguf_factory
+    from ggml_rerope.model import Model
+
+    tokens = np.random.default_rng(9).integers(3, gguf_factory.DEFAULT_SHAPE["n_vocab"], 48)
+    freqs = gguf_factory.write_model(tmp_path / "freqs.gguf", "llama", "F32", seed=12, rope_freqs=True)
+    plain = gguf_factory.write_model(tmp_path / "plain.gguf", "llama", "F32", seed=12)
+    logits = {}
+    for label, path, kw in (("none", freqs, dict(rope_scaling="none")),
+                            ("linear", freqs, dict(rope_scaling="linear", rope_options={"scale": 1.0})),
+                            ("plain", plain, dict(rope_scaling="none"))):
+        with Model(str(path), n_ctx=64, n_threads=1, **kw) as m:
+            if label == "linear":
+                np.testing.assert_allclose(m.scheme.freq_factors, 1 / np.geomspace(1.0, 8.0, 32), rtol=1e-6)
+            logits[label] = m.logits(tokens)
+    np.testing.assert_allclose(logits["linear"], logits["none"], atol=1e-5, rtol=0)
+    assert np.abs(logits["plain"] - logits["none"]).max() > 1e-2
 
 
 # ------------------------------------------------------------------ a live switch on a Model context

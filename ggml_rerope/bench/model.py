@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import builtins
-import ctypes
 import functools
 import json
 import os
@@ -28,8 +27,6 @@ import time
 from typing import Dict, List, Optional
 
 import numpy as np
-
-TARGETS = "ours >= 1.0x llama.cpp prefill and decode; KV bytes/token equal; peak RSS <= 1.1x"
 
 
 def default_text() -> Optional[pathlib.Path]:
@@ -89,91 +86,32 @@ class Ours:
 
 
 class LlamaCpp:
-    """llama.cpp through llama-cpp-python's low-level API (no Llama object: its Python-side
-    logits buffers would count against llama.cpp's memory)."""
+    """llama.cpp through the one llama.cpp driver (ggml_rerope.llama_cpp_engine; no Llama object)."""
 
     name = "llama.cpp"
     label = "llama.cpp (flash attn)"
 
     def __init__(self, path: str, n_ctx: int, threads: int, batch: int, ubatch: Optional[int] = None,
                  n_gpu_layers: int = 0):
-        import llama_cpp
-        from llama_cpp._utils import suppress_stdout_stderr
+        from ..llama_cpp_engine import LlamaCppEngine
 
-        self.lc = llama_cpp
-        with suppress_stdout_stderr(disable=False):  # llama.cpp's load log
-            llama_cpp.llama_backend_init()
-            mp = llama_cpp.llama_model_default_params()
-            mp.n_gpu_layers = n_gpu_layers
-            self.model = llama_cpp.llama_model_load_from_file(path.encode(), mp)
-            if not self.model:
-                raise RuntimeError(f"llama.cpp could not load {path}")
-            cp = llama_cpp.llama_context_default_params()
-            cp.n_ctx = n_ctx
-            cp.n_batch = batch
-            cp.n_ubatch = ubatch or batch
-            cp.n_threads = cp.n_threads_batch = threads
-            cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            cp.no_perf = True
-            self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
-            if not self.ctx:
-                raise RuntimeError("llama.cpp could not create the context")
-        self.n_batch = batch
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
-        self.mem = llama_cpp.llama_get_memory(self.ctx)
-        self.batch = llama_cpp.llama_batch_init(batch, 0, 1)
-        self.n_past = 0
+        self.engine = LlamaCppEngine(path, n_ctx, n_batch=batch, n_ubatch=ubatch, n_threads=threads,
+                                     n_gpu_layers=n_gpu_layers, flash_attn=True)
 
     def reset(self):
-        self.lc.llama_memory_clear(self.mem, True)
-        self.n_past = 0
-
-    def _decode(self, tokens, want_logits: bool) -> Optional[np.ndarray]:
-        b = self.batch
-        n = len(tokens)
-        b.n_tokens = n
-        for i, t in enumerate(tokens):
-            b.token[i] = int(t)
-            b.pos[i] = self.n_past + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = want_logits and i == n - 1
-        rc = self.lc.llama_decode(self.ctx, b)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode failed ({rc})")
-        self.n_past += n
-        if not want_logits:
-            return None
-        ptr = self.lc.llama_get_logits_ith(self.ctx, -1)
-        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)).copy()
+        self.engine.reset()
 
     def prefill(self, tokens: np.ndarray) -> np.ndarray:
-        out = None
-        for s in range(0, len(tokens), self.n_batch):
-            chunk = tokens[s : s + self.n_batch]
-            out = self._decode(chunk, s + self.n_batch >= len(tokens))
-        return out
+        return self.engine.eval(tokens)
 
     def decode(self, token: int) -> np.ndarray:
-        return self._decode([token], True)
+        return self.engine.eval([token])
 
     def kv_bytes_per_token(self) -> int:
-        lc = self.lc
-        n_layer, n_head, n_head_kv = (lc.llama_model_n_layer(self.model), lc.llama_model_n_head(self.model),
-                                      lc.llama_model_n_head_kv(self.model))
-        head_dim = lc.llama_model_n_embd(self.model) // n_head
-        return 2 * n_layer * n_head_kv * head_dim * 2  # K and V, f16
+        return self.engine.kv_bytes_per_token()
 
     def close(self):
-        from llama_cpp._utils import suppress_stdout_stderr
-
-        lc = self.lc
-        if self.ctx:
-            with suppress_stdout_stderr(disable=False):
-                lc.llama_batch_free(self.batch)
-                lc.llama_free(self.ctx)
-                lc.llama_model_free(self.model)
-            self.ctx = None
+        self.engine.close()
 
 
 def make_engine(kind: str, path: str, n_ctx: int, args):

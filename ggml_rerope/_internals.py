@@ -1,0 +1,344 @@
+"""Owning wrappers of the runtime's C objects, between _binding.py and Model (as llama-cpp-python's
+_internals.py sits between llama_cpp.py and Llama).
+
+Each class owns one C object, frees it exactly once (close(), `with`, or garbage collection) and
+turns every non-OK ggml_rerope_status into its typed exception (errors.py; the exception's
+`status` is the C status). Nothing above this module handles a raw C pointer.
+
+    with RuntimeModel(path) as model:
+        hyper = model.hyper()                         # what the position schemes need
+        with RuntimeContext(model, n_ctx=4096, n_threads=2) as ctx:
+            ctx.set_scheme(schemes.make_scheme("rerope", hyper, 4096))
+            out = np.empty((len(tokens), model.n_vocab), np.float32)
+            ctx.eval(tokens, out, all_logits=True)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import weakref
+from typing import Optional
+
+import numpy as np
+
+from ._binding import ffi, last_error, lib
+from .errors import ModelLoadError, raise_for_status
+from .schemes import WINDOW_NONE, ModelHyper, Scheme
+
+KV_F32, KV_F16 = 0, 1  # GGML_REROPE_KV_F32 / _F16
+KV_TYPES = {"f32": KV_F32, "f16": KV_F16}
+INT32_MAX = 2**31 - 1
+FACTORS_ROPE_FREQS, FACTORS_LONG, FACTORS_SHORT = 0, 1, 2  # ggml_rerope_rope_factors
+
+
+def check(status: int) -> None:
+    """Raises the typed exception of a non-OK status, with the library's message."""
+    if status != 0:
+        raise_for_status(status, last_error())
+
+
+def c_scheme(scheme: Scheme, length: Optional[int] = None):
+    """The runtime's ggml_rerope_scheme struct for `scheme` (resolved at `length` if dynamic).
+
+    Returns (struct pointer, keepalive): keep `keepalive` alive until the struct has been passed
+    to ggml_rerope_context_set_scheme (which copies the factors).
+    """
+    if scheme.dynamic:
+        if length is None:
+            raise ValueError(f"scheme {scheme.name!r} is dynamic: pass the current length")
+        scheme = scheme.resolve(length)
+    s = ffi.new("ggml_rerope_scheme *")
+    s.window = int(min(scheme.window, WINDOW_NONE))
+    s.far_mode = int(scheme.far_mode)
+    s.leaky_k = float(scheme.leaky_k)
+    s.group_size = int(scheme.group_size)
+    s.logn_train_len = int(scheme.logn_train_len)
+    s.rope_base = float(scheme.rope_base)
+    s.attn_factor = float(scheme.attn_factor)
+    keep = None
+    if scheme.freq_factors is not None:
+        arr = np.ascontiguousarray(scheme.freq_factors, dtype=np.float32)
+        keep = ffi.new("float[]", arr.tolist())
+        s.freq_factors = keep
+    else:
+        s.freq_factors = ffi.NULL
+    return s, keep
+
+
+# rope_info field -> its has_* flag and the name ModelHyper.rope_scaling uses (schemes.yarn / longrope)
+_SCALING_FIELDS = (
+    ("scaling_factor", "has_scaling_factor", "factor"),
+    ("scaling_orig_ctx", "has_scaling_orig_ctx", "orig_ctx"),
+    ("scaling_attn_factor", "has_scaling_attn_factor", "attn_factor"),
+    ("yarn_ext_factor", "has_yarn_ext_factor", "ext_factor"),
+    ("yarn_attn_factor", "has_yarn_attn_factor", "yarn_attn_factor"),
+    ("yarn_beta_fast", "has_yarn_beta_fast", "beta_fast"),
+    ("yarn_beta_slow", "has_yarn_beta_slow", "beta_slow"),
+    ("yarn_log_multiplier", "has_yarn_log_multiplier", "log_mul"),
+)
+
+
+class RuntimeModel:
+    """A loaded GGUF model (ggml_rerope_model): weights, hyperparameters, rotary metadata.
+
+    close() first closes the contexts made on it that are still open (a context must not outlive
+    its model)."""
+
+    def __init__(self, path, *, n_gpu_layers: int = 0, use_mmap: bool = True):
+        self._ptr = ffi.NULL
+        self._contexts = weakref.WeakSet()
+        self.path = os.fspath(path)
+        params = ffi.new("ggml_rerope_model_params *", lib.ggml_rerope_model_default_params())
+        params.n_gpu_layers = int(n_gpu_layers)
+        params.use_mmap = int(bool(use_mmap))
+        out = ffi.new("ggml_rerope_model **")
+        check(lib.ggml_rerope_model_load(os.fsencode(self.path), params, out))
+        self._ptr = out[0]
+        try:
+            self.info = ffi.new("ggml_rerope_model_info *")
+            check(lib.ggml_rerope_model_get_info(self._ptr, self.info))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def ptr(self):
+        """The ggml_rerope_model pointer (ValueError once closed)."""
+        if self._ptr == ffi.NULL:
+            raise ValueError("the model is closed")
+        return self._ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr == ffi.NULL
+
+    @property
+    def architecture(self) -> str:
+        return ffi.string(self.info.architecture).decode()
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self.info.n_vocab)
+
+    def info_dict(self) -> dict:
+        """ggml_rerope_model_info as a dict (architecture as a str)."""
+        out = {name: getattr(self.info, name) for name, _ in ffi.typeof("ggml_rerope_model_info").fields}
+        out["architecture"] = self.architecture
+        return out
+
+    def rope_info(self):
+        """The GGUF's rotary metadata beyond info (a ggml_rerope_rope_info struct)."""
+        out = ffi.new("ggml_rerope_rope_info *")
+        check(lib.ggml_rerope_model_get_rope_info(self.ptr, out))
+        return out
+
+    def rope_factors(self, which: int, n: int) -> np.ndarray:
+        """The n values of a rotary factor tensor (FACTORS_*) as stored: divisors of theta."""
+        out = np.empty(n, dtype=np.float32)
+        check(lib.ggml_rerope_model_get_rope_factors(self.ptr, int(which), ffi.from_buffer("float[]", out), n))
+        return out
+
+    def hyper(self) -> ModelHyper:
+        """What the position schemes need to know about this model (schemes.ModelHyper)."""
+        i, r = self.info, self.rope_info()
+        scaling = {name: getattr(r, field) for field, flag, name in _SCALING_FIELDS if getattr(r, flag)}
+        kind = ffi.string(r.scaling_type).decode()
+        if kind:
+            scaling["type"] = kind
+
+        def factors(present, which):
+            return self.rope_factors(which, r.n_factors).astype(np.float64) if present else None
+
+        return ModelHyper(
+            n_rot=int(i.n_rot),
+            rope_base=float(i.rope_base),
+            n_ctx_train=int(i.n_ctx_train),
+            head_dim=int(i.head_dim),
+            rope_freqs=factors(r.has_rope_freqs, FACTORS_ROPE_FREQS),
+            rope_factors_long=factors(r.has_factors_long, FACTORS_LONG),
+            rope_factors_short=factors(r.has_factors_short, FACTORS_SHORT),
+            rope_scaling=scaling,
+            has_rope_freqs=bool(r.has_rope_freqs),
+        )
+
+    def default_scheme(self):
+        """The model's default ggml_rerope_scheme (a struct value, to edit and pass on)."""
+        return lib.ggml_rerope_scheme_default(self.ptr)
+
+    def close(self) -> None:
+        for ctx in list(self._contexts):
+            ctx.close()
+        if getattr(self, "_ptr", ffi.NULL) != ffi.NULL:
+            lib.ggml_rerope_model_free(self._ptr)
+            self._ptr = ffi.NULL
+
+    def __enter__(self) -> RuntimeModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may be gone already
+            pass
+
+
+class RuntimeContext:
+    """A KV cache and compute state on a RuntimeModel (ggml_rerope_context).
+
+    n_batch / n_threads None keep the library's defaults (512; every CPU core)."""
+
+    def __init__(self, model: RuntimeModel, *, n_ctx: int, n_batch: Optional[int] = None,
+                 n_threads: Optional[int] = None, kv_type: int = KV_F16):
+        self._ptr = ffi.NULL
+        params = ffi.new("ggml_rerope_context_params *", lib.ggml_rerope_context_default_params())
+        params.n_ctx = int(n_ctx)
+        if n_batch is not None:
+            params.n_batch = int(n_batch)
+        if n_threads is not None:
+            params.n_threads = int(n_threads)
+        params.kv_type = int(kv_type)
+        out = ffi.new("ggml_rerope_context **")
+        check(lib.ggml_rerope_context_new(model.ptr, params, out))
+        self._ptr = out[0]
+        self.model = model  # keeps the model object alive while this context is
+        model._contexts.add(self)
+
+    @property
+    def ptr(self):
+        """The ggml_rerope_context pointer (ValueError once closed)."""
+        if self._ptr == ffi.NULL:
+            raise ValueError("the model is closed")
+        return self._ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr == ffi.NULL
+
+    @property
+    def n_ctx(self) -> int:
+        return int(lib.ggml_rerope_n_ctx(self.ptr))
+
+    @property
+    def n_past(self) -> int:
+        return int(lib.ggml_rerope_n_past(self.ptr))
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return int(lib.ggml_rerope_kv_bytes_per_token(self.ptr))
+
+    def set_scheme(self, scheme: Scheme, length: int = 1) -> None:
+        """Makes `scheme` the context's position scheme (a dynamic one resolved at `length`)."""
+        cs, keepalive = c_scheme(scheme, length)
+        check(lib.ggml_rerope_context_set_scheme(self.ptr, cs))
+        del keepalive  # the call copied the factors
+
+    def set_scheme_fields(self, **fields) -> None:
+        """Sets a scheme given as ggml_rerope_scheme fields over the model's default one."""
+        s = self.model.default_scheme()
+        for name, value in fields.items():
+            setattr(s, name, value)
+        check(lib.ggml_rerope_context_set_scheme(self.ptr, ffi.new("ggml_rerope_scheme *", s)))
+
+    def eval(self, tokens: np.ndarray, out: Optional[np.ndarray] = None, all_logits: bool = False) -> None:
+        """Appends `tokens` (int32) to the cache; writes the logits into `out` (float32, n_vocab
+        values, or len(tokens) * n_vocab with all_logits), or none when out is None."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        if out is None:
+            out_ptr = ffi.NULL
+        else:
+            want = (tokens.size if all_logits else 1) * self.model.n_vocab
+            if out.dtype != np.float32 or out.size != want or not out.flags.c_contiguous:
+                raise ValueError(f"out must be a contiguous float32 array of {want} values")
+            out_ptr = ffi.from_buffer("float[]", out, require_writable=True)
+        check(lib.ggml_rerope_eval(self.ptr, ffi.from_buffer("int32_t[]", tokens), tokens.size, out_ptr,
+                                   int(bool(all_logits))))
+
+    def truncate(self, n_keep: int) -> None:
+        """Keeps the first n_keep tokens of the cache."""
+        check(lib.ggml_rerope_truncate(self.ptr, int(n_keep)))
+
+    def close(self) -> None:
+        if getattr(self, "_ptr", ffi.NULL) != ffi.NULL:
+            lib.ggml_rerope_context_free(self._ptr)
+            self._ptr = ffi.NULL
+
+    def __enter__(self) -> RuntimeContext:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may be gone already
+            pass
+
+
+class Runtime:
+    """One RuntimeModel and one RuntimeContext on it, returning logits as new arrays: for the tests
+    and scripts that drive the C runtime below Model (no tokenizer, scheme as raw struct fields)."""
+
+    def __init__(self, path, n_ctx: int = 512, n_batch: int = 512, n_threads: int = 2, kv_type: int = KV_F16,
+                 n_gpu_layers: int = 0):
+        self.model = RuntimeModel(path, n_gpu_layers=n_gpu_layers)
+        try:
+            self.ctx = RuntimeContext(self.model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, kv_type=kv_type)
+        except BaseException:
+            self.model.close()
+            raise
+
+    @property
+    def info(self):
+        return self.model.info
+
+    @property
+    def n_vocab(self) -> int:
+        return self.model.n_vocab
+
+    @property
+    def n_past(self) -> int:
+        return self.ctx.n_past
+
+    def set_scheme(self, **fields) -> None:
+        """ggml_rerope_scheme fields over the model's default scheme (window=, logn_train_len=, ...)."""
+        self.ctx.set_scheme_fields(**fields)
+
+    def eval(self, tokens, all_logits: bool = False) -> np.ndarray:
+        """Appends tokens; returns every token's logits (n, n_vocab) with all_logits, else the last's."""
+        n = len(tokens)
+        out = np.zeros((n if all_logits else 1, self.n_vocab), np.float32)
+        self.ctx.eval(tokens, out, all_logits)
+        return out if all_logits else out[0]
+
+    def truncate(self, n_keep: int) -> None:
+        self.ctx.truncate(n_keep)
+
+    def close(self) -> None:
+        self.model.close()  # closes the context first
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_hyper(path: str, mtime_ns: int, size: int) -> ModelHyper:
+    with RuntimeModel(path) as model:  # mmap: the weights are mapped, not read
+        return model.hyper()
+
+
+def read_model_hyper(path) -> ModelHyper:
+    """schemes.ModelHyper of a GGUF file, read by the runtime's loader (cached per file version)."""
+    p = pathlib.Path(path).resolve()
+    st = p.stat() if p.is_file() else None
+    if st is None:
+        raise ModelLoadError(f"model file not found: {path}")
+    return _cached_hyper(str(p), st.st_mtime_ns, st.st_size)
