@@ -124,7 +124,8 @@ class RuntimeModel:
 
     def info_dict(self) -> dict:
         """ggml_rerope_model_info as a dict (architecture as a str)."""
-        out = {name: getattr(self.info, name) for name, _ in ffi.typeof("ggml_rerope_model_info").fields}
+        fields = [name for name, _ in ffi.typeof("ggml_rerope_model_info").fields if name != "architecture"]
+        out = {name: getattr(self.info, name) for name in fields}
         out["architecture"] = self.architecture
         return out
 
