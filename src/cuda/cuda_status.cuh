@@ -7,10 +7,10 @@ extern "C" {
 #include "errors.h"
 }
 
-#define REROPE_CUDA_TRY(call)                                                                                     \
-    do {                                                                                                          \
-        const cudaError_t err_ = (call);                                                                          \
-        if (err_ != cudaSuccess)                                                                                  \
-            return rerope_fail(GGML_REROPE_ERR_CUDA, "%s: %s (%s)", #call, cudaGetErrorString(err_),              \
-                               cudaGetErrorName(err_));                                                           \
+#define REROPE_CUDA_TRY(call)                                                                        \
+    do {                                                                                             \
+        const cudaError_t err_ = (call);                                                             \
+        if (err_ != cudaSuccess)                                                                     \
+            return rerope_fail(GGML_REROPE_ERR_CUDA, "%s: %s (%s)", #call, cudaGetErrorString(err_), \
+                               cudaGetErrorName(err_));                                              \
     } while (0)

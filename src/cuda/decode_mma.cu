@@ -3,20 +3,19 @@
 // Grid: (split, KV head, chunk of 16 query rows). The rows of a KV head's group (n_q x
 // n_head/n_head_kv) share every key, so they form one zero-padded m16 tile: each K/V head
 // is read once for its whole group. Key tiles are dealt round-robin to every warp of the
-// grid (warp w of split s takes tiles s*WARPS + w + k*n_split*WARPS): the near tiles, the
-// only ones rotated, are the last ~w keys, and contiguous splits put them all on the last
-// block, which then set the kernel's time. Each warp loads its tiles with cp.async into its own ring, rotates a tile
-// in shared memory only when a key is near (or the far path is leaky / group), and runs
-// the same near / far / mixed scoring and online softmax as the prefill kernel. Warps
-// merge at the end; reduce_kernel (decode.cu) merges the splits.
+// grid (warp w of split s takes tiles s*WARPS + w + k*n_split*WARPS; heuristics.cuh says
+// why). Each warp loads its tiles with cp.async into its own ring, rotates a tile in shared
+// memory only when a key is near (or the far path is leaky / group), and runs the same
+// near / far / mixed scoring and online softmax as the prefill kernel. Warps merge at the
+// end (decode_split.cuh); decode_reduce.cu merges the splits.
 #include <math.h>
 
-#include <algorithm>
-
 #include "decode_split.cuh"
+#include "dispatch.cuh"
 #include "launch.cuh"
 #include "mma.cuh"
 #include "rotary.cuh"
+#include "softmax.cuh"
 #include "traits.cuh"
 
 namespace rerope_cuda {
@@ -34,11 +33,11 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, DecodeMmaTraits<D
     double * s_theta = reinterpret_cast<double *>(smem + Tr::OFF_THETA);
     int * s_qpos = reinterpret_cast<int *>(smem + Tr::OFF_QPOS);
     unsigned char * wbase = smem + Tr::OFF_WARPS + warp * Tr::WARP_BYTES;
-    half * sK0 = reinterpret_cast<half *>(wbase);            // [STAGES]
-    half * sV0 = sK0 + Tr::STAGES * TH;                       // [STAGES]
-    half * sKr = sV0 + Tr::STAGES * TH;                       // near-rotated
-    half * sKf = sKr + TH;                                    // far-rotated (leaky / group)
-    int * s_kpos = reinterpret_cast<int *>(sKf + TH);         // [STAGES][KEYS]
+    half * sK0 = reinterpret_cast<half *>(wbase);     // [STAGES]
+    half * sV0 = sK0 + Tr::STAGES * TH;                // [STAGES]
+    half * sKr = sV0 + Tr::STAGES * TH;                // near-rotated
+    half * sKf = sKr + TH;                             // far-rotated (leaky / group)
+    int * s_kpos = reinterpret_cast<int *>(sKf + TH);  // [STAGES][KEYS]
     const half * kg = static_cast<const half *>(a.k);
     const half * vg = static_cast<const half *>(a.v);
 
@@ -55,38 +54,17 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, DecodeMmaTraits<D
     // Query rows (zero past nrows), rotated for both paths, pre-scaled, staged as f16.
     half * sQn = reinterpret_cast<half *>(smem + Tr::OFF_WARPS);
     half * sQf = sQn + ROWS * SD;
-    for (int idx = tid; idx < ROWS * (D / 2); idx += Tr::THREADS) {
-        const int r = idx / (D / 2), u = idx % (D / 2);
-        int da, db;
-        unit_dims(u, a.n_rot, a.rope_mode, da, db);
-        const int i = s_qpos[r];
-        float xa = 0.f, xb = 0.f;
-        if (r < nrows) {
+    stage_query_rows<D, SD>(
+        a, ROWS, nrows,
+        [&](int r) {
             const int row = r0 + r;
-            const float * qr = a.q + ((size_t) (row / a.group) * a.n_head + kvh * a.group + row % a.group) * D;
-            xa = qr[da];
-            xb = qr[db];
-        }
-        const float f = s_qfac[r];
-        float na = xa, nb = xb, fa = xa, fb = xb;
-        if (u < a.n_rot / 2 && r < nrows) {  // padding rows stay zero
-            float c, s;
-            rot_cos_sin((double) i, s_theta[u], c, s);
-            na = xa * c - xb * s, nb = xa * s + xb * c;
-            rot_cos_sin(far_q_pos(a, i), s_theta[u], c, s);
-            fa = xa * c - xb * s, fb = xa * s + xb * c;
-        }
-        sQn[r * SD + da] = __float2half_rn(na * f), sQn[r * SD + db] = __float2half_rn(nb * f);
-        sQf[r * SD + da] = __float2half_rn(fa * f), sQf[r * SD + db] = __float2half_rn(fb * f);
-    }
+            return a.q + ((size_t) (row / a.group) * a.n_head + kvh * a.group + row % a.group) * D;
+        },
+        s_qpos, s_qfac, s_theta, sQn, sQf, tid, Tr::THREADS);
     __syncthreads();
     uint32_t qn[D / 16][4], qf[D / 16][4];
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-        const int off = (lane % 16) * SD + ks * 16 + (lane / 16) * 8;
-        ldsm_x4(qn[ks], sQn + off);
-        ldsm_x4(qf[ks], sQf + off);
-    }
+    load_query_fragments<D, SD>(qn, sQn, lane);
+    load_query_fragments<D, SD>(qf, sQf, lane);
     __syncthreads();  // the staging area belongs to the rings from here
 
     const int g = lane / 4, tq = lane % 4;
@@ -96,15 +74,10 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, DecodeMmaTraits<D
     for (int nb = 0; nb < D / 8; ++nb) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.f;
     float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
 
+    // This warp's tiles: every t_step-th one, skipping tiles wholly in the causal future.
     const int t_end = (a.n_kv + KEYS - 1) / KEYS;
     const int t_step = gridDim.x * W;
-    auto next_tile = [&](int t) {  // this warp's tiles: every t_step-th one, skipping masked-out tiles
-        for (t += t_step; t < t_end; t += t_step) {
-            const int2 b = key_tile_bounds(a, t, KEYS);
-            if (!(a.causal && b.x > qmax)) break;
-        }
-        return t;
-    };
+    auto next_tile = [&](int t) { return next_visible_tile(a, t, t_step, t_end, KEYS, qmax); };
     auto issue = [&](int t, int st) {
         constexpr int CH = D / 8;
         for (int idx = lane; idx < KEYS * CH; idx += 32) {
@@ -148,78 +121,37 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, DecodeMmaTraits<D
 
         const int2 kb = key_tile_bounds(a, kt, KEYS);
         const TileClass tc = classify(a, qmin, qmax, kb.x, kb.y);
-        const bool need_mask = (kt + 1) * KEYS > a.n_kv || (a.causal && kb.y > qmin);
+        const bool need_mask = tile_needs_mask(a, kt, KEYS, kb, qmin);
         const int * kp_s = s_kpos + pb * KEYS;
         const half * k_raw = sK0 + pb * TH;
         const half * sV = sV0 + pb * TH;
         if (!tc.far_all)
-            rotate_rows<D>(k_raw, SD, sKr, SD, KEYS, [&](int r) { return (double) kp_s[r]; }, s_theta, a.n_rot,
-                           a.rope_mode, lane, 32);
-        if (!tc.near_all && a.far_mode != 0)
-            rotate_rows<D>(k_raw, SD, sKf, SD, KEYS, [&](int r) { return far_k_pos(a, kp_s[r]); }, s_theta,
-                           a.n_rot, a.rope_mode, lane, 32);
-        if (!tc.far_all || (!tc.near_all && a.far_mode != 0)) __syncwarp();
-        const half * far_k = a.far_mode == 0 ? k_raw : sKf;
+            rotate_rows<D>(
+                k_raw, SD, sKr, SD, KEYS, [&](int r) { return (double) kp_s[r]; }, s_theta, a.n_rot, a.rope_mode, lane,
+                32);
+        if (!tc.near_all && far_rotates_keys(a))
+            rotate_rows<D>(
+                k_raw, SD, sKf, SD, KEYS, [&](int r) { return far_k_pos(a, kp_s[r]); }, s_theta, a.n_rot, a.rope_mode,
+                lane, 32);
+        if (!tc.far_all || (!tc.near_all && far_rotates_keys(a))) __syncwarp();
+        const half * far_k = far_rotates_keys(a) ? sKf : k_raw;
 
-        // Scores of the 16 rows x 16 keys: two n8 blocks.
+        // Scores of the 16 rows x 16 keys: two n8 blocks, near (s) and far (t2) as needed.
         float s[2][4] = {}, t2[2][4] = {};
-#pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) {
-            uint32_t b[4];
-            const int key = (lane % 8) + (lane / 16) * 8;
-            const int dim = ks * 16 + ((lane / 8) % 2) * 8;
-            if (!tc.far_all) {
-                ldsm_x4(b, sKr + key * SD + dim);
-                mma_16816(s[0], qn[ks], b[0], b[1]);
-                mma_16816(s[1], qn[ks], b[2], b[3]);
-            }
-            if (!tc.near_all) {
-                ldsm_x4(b, far_k + key * SD + dim);
-                mma_16816(t2[0], qf[ks], b[0], b[1]);
-                mma_16816(t2[1], qf[ks], b[2], b[3]);
-            }
-        }
+        if (!tc.far_all) qk_16keys<D, SD>(s[0], s[1], qn, sKr, lane);
+        if (!tc.near_all) qk_16keys<D, SD>(t2[0], t2[1], qf, far_k, lane);
+        // Far scores where the pair is far, then the mask; one pass over the 8 elements.
 #pragma unroll
         for (int nb = 0; nb < 2; ++nb)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const int kp = kp_s[nb * 8 + 2 * tq + (e & 1)];
+                const int kp = kp_s[fragment_key(nb, e, tq)];
                 const int q = qp[e >> 1];
-                if (tc.far_all || (!tc.near_all && (long long) q - kp >= a.window)) s[nb][e] = t2[nb][e];
-                if (need_mask && (kp == KPOS_INVALID || (a.causal && kp > q))) s[nb][e] = -INFINITY;
+                if (tc.far_all || (!tc.near_all && !key_is_near(a, q, kp))) s[nb][e] = t2[nb][e];
+                if (need_mask && key_is_masked(a, q, kp)) s[nb][e] = -INFINITY;
             }
-        // Online softmax (base 2), rows g and g + 8.
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            float mx = fmaxf(fmaxf(s[0][2 * h], s[0][2 * h + 1]), fmaxf(s[1][2 * h], s[1][2 * h + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m_r[h], mx);
-            const float m_use = m_new == -INFINITY ? 0.f : m_new;
-            const float alpha = exp2f(m_r[h] - m_use);
-            float sum = 0.f;
-#pragma unroll
-            for (int nb = 0; nb < 2; ++nb) {
-                s[nb][2 * h] = exp2f(s[nb][2 * h] - m_use);
-                s[nb][2 * h + 1] = exp2f(s[nb][2 * h + 1] - m_use);
-                sum += s[nb][2 * h] + s[nb][2 * h + 1];
-            }
-            l_r[h] = l_r[h] * alpha + sum;
-            m_r[h] = m_new;
-#pragma unroll
-            for (int nb = 0; nb < D / 8; ++nb) o[nb][2 * h] *= alpha, o[nb][2 * h + 1] *= alpha;
-        }
-        const uint32_t p[4] = {pack_half2(s[0][0], s[0][1]), pack_half2(s[0][2], s[0][3]),
-                               pack_half2(s[1][0], s[1][1]), pack_half2(s[1][2], s[1][3])};
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-            uint32_t b[4];
-            const int key = (lane % 8) + ((lane / 8) % 2) * 8;
-            const int dim = dp * 16 + (lane / 16) * 8;
-            ldsm_x4_trans(b, sV + key * SD + dim);
-            mma_16816(o[2 * dp], p, b[0], b[1]);
-            mma_16816(o[2 * dp + 1], p, b[2], b[3]);
-        }
+        online_softmax_tile<2, D / 8>(s, m_r, l_r, o);
+        pv_16keys<D, SD>(o, s[0], s[1], sV, lane);
         __syncwarp();  // this stage may be refilled next
     }
     cp_async_wait<0>();
@@ -230,9 +162,7 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, DecodeMmaTraits<D
     float * s_ml = s_o + W * ROWS * D;                                // [WARPS][ROWS][2]
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-        float l = l_r[h];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const float l = quad_row_sum(l_r[h]);
         const int r = g + 8 * h;
 #pragma unroll
         for (int nb = 0; nb < D / 8; ++nb)
@@ -256,31 +186,9 @@ template <int D> cudaError_t launch(const AttnArgs & a, const DecodePlan & plan,
 
 }  // namespace
 
-int decode_mma_key_tile() { return DecodeMmaTraits<64>::KEYS; }
-
-// Blocks: WAVES x two resident per multiprocessor, over KV heads x row chunks, at most one
-// per WARPS key tiles. One wave: the round-robin tiles keep the blocks' work equal, so a
-// second wave would only add a tail. Kernel times on the H100, 32k / 128k keys: 60 / 195 us
-// (docs/gpu/full_run14_roundrobin_decode.log) against 97 / 192 us for contiguous splits.
-#ifndef GGML_REROPE_DECODE_MMA_WAVES
-#define GGML_REROPE_DECODE_MMA_WAVES 1
-#endif
-DecodePlan plan_decode_mma(const AttnArgs & a, int sm_count) {
-    using Tr = DecodeMmaTraits<64>;
-    DecodePlan p = {};
-    p.rows = a.n_q * a.group;
-    p.row_chunks = (p.rows + Tr::ROWS - 1) / Tr::ROWS;
-    const long long per_split = (long long) a.n_head_kv * p.row_chunks;
-    const long long slots = 2LL * GGML_REROPE_DECODE_MMA_WAVES * (sm_count > 0 ? sm_count : 1);
-    const long long most = ((a.n_kv + Tr::KEYS - 1) / Tr::KEYS + Tr::WARPS - 1) / Tr::WARPS;
-    p.n_split = (int) std::max(1LL, std::min(most, (slots + per_split - 1) / per_split));
-    p.keys_per_split = 0;  // tiles are dealt round-robin, not in ranges
-    return p;
-}
-
 cudaError_t launch_decode_mma(const AttnArgs & a, const DecodePlan & plan, int head_dim, float * work,
                               cudaStream_t stream) {
-    return head_dim == 64 ? launch<64>(a, plan, work, stream) : launch<128>(a, plan, work, stream);
+    return HEADDIM_SWITCH(head_dim, [&] { return launch<kHeadDim>(a, plan, work, stream); });
 }
 
 }  // namespace rerope_cuda

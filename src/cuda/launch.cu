@@ -7,13 +7,16 @@
 #include <stdint.h>
 
 #include "cuda_status.cuh"
+#include "decode_split.cuh"
+#include "heuristics.cuh"
 #include "launch.cuh"
 
 namespace rerope_cuda {
 namespace {
 
-// Decode kernel for at most this many queries; prefill above.
-constexpr int DECODE_MAX_QUERIES = 4;
+// Workspace pieces start on 256-byte boundaries, as cudaMalloc's blocks do: every vector
+// load of the kernels stays aligned.
+constexpr size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 // Stream-ordered scratch memory, freed on every return path.
 struct Scratch {
@@ -43,49 +46,50 @@ ggml_rerope_status keep_pool_memory(int device) {
 }  // namespace
 
 ggml_rerope_status run_attention(AttnArgs a, int head_dim, int kv_type, cudaStream_t stream) {
-    const int f16 = kv_type == GGML_REROPE_KV_F16;
-    const bool decode = a.n_q <= DECODE_MAX_QUERIES;
     int device = 0, sm_count = 1;
     REROPE_CUDA_TRY(cudaGetDevice(&device));
     REROPE_CUDA_TRY(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
     const ggml_rerope_status pool_st = keep_pool_memory(device);
     if (pool_st != GGML_REROPE_OK) return pool_st;
 
-    DecodePlan plan = {};
-    size_t bytes = 0, bounds_bytes = 0;
-    // f16 decode runs on tensor cores; f32 K/V decode on the scalar split-K kernel.
-    const bool decode_mma = decode && f16;
-    const int tile = decode_mma ? decode_mma_key_tile() : prefill_key_tile();
-    if (a.k_pos && (!decode || decode_mma)) bounds_bytes = (size_t) ((a.n_kv + tile - 1) / tile) * sizeof(int2);
-    bytes = (bounds_bytes + 255) / 256 * 256;
+    const bool decode = runs_decode(a.n_q);
+    const bool decode_mma = decode && decode_on_tensor_cores(kv_type);
+    // The tensor-core kernels classify whole key tiles by position range; with explicit key
+    // positions those ranges come from a pre-pass (the f32 decode tests each key instead).
+    const bool tiles_by_range = !decode || decode_mma;
+    const int tile = decode_mma ? DecodeMmaTuning::KEYS : PrefillTuning::BLOCK_N;
+    const size_t bounds_bytes = a.k_pos && tiles_by_range ? (size_t) ((a.n_kv + tile - 1) / tile) * sizeof(int2) : 0;
     const size_t rot_bytes = (size_t) a.n_kv * a.n_head_kv * head_dim * sizeof(half);
+
+    // Workspace: [tile bounds] | decode: split partials; prefill: rotated keys (near, far).
+    DecodePlan plan = {};
+    size_t bytes = align256(bounds_bytes);
     if (decode) {
-        plan = decode_mma ? plan_decode_mma(a, sm_count) : plan_decode(a, head_dim, sm_count);
+        plan = decode_mma ? plan_decode_mma(a, sm_count) : plan_decode_f32(a, sm_count);
         bytes += decode_workspace_floats(plan, a, head_dim) * sizeof(float);
     } else {
-        bytes += rot_bytes * (a.far_mode == GGML_REROPE_FAR_CLAMP ? 1 : 2);  // rotated keys
+        bytes += rot_bytes * (far_rotates_keys(a) ? 2 : 1);
     }
     Scratch scratch;
     scratch.stream = stream;
     if (bytes) REROPE_CUDA_TRY(cudaMallocAsync(&scratch.ptr, bytes, stream));
     char * base = static_cast<char *>(scratch.ptr);
-    if (bounds_bytes) {  // prefill with explicit key positions: per-tile position ranges
+    char * after_bounds = base + align256(bounds_bytes);
+    if (bounds_bytes) {
         a.k_bounds = reinterpret_cast<const int2 *>(base);
         REROPE_CUDA_TRY(launch_key_bounds(a.k_pos, a.n_kv, tile, reinterpret_cast<int2 *>(base), stream));
     }
     if (decode) {
-        float * work = reinterpret_cast<float *>(base + (bounds_bytes + 255) / 256 * 256);
-        if (decode_mma)
-            REROPE_CUDA_TRY(launch_decode_mma(a, plan, head_dim, work, stream));
-        else
-            REROPE_CUDA_TRY(launch_decode(a, plan, head_dim, f16, work, stream));
+        float * work = reinterpret_cast<float *>(after_bounds);
+        if (decode_mma) REROPE_CUDA_TRY(launch_decode_mma(a, plan, head_dim, work, stream));
+        else REROPE_CUDA_TRY(launch_decode_f32(a, plan, head_dim, work, stream));
     } else {
-        half * k_near = reinterpret_cast<half *>(base + (bounds_bytes + 255) / 256 * 256);
-        half * k_far = a.far_mode == GGML_REROPE_FAR_CLAMP ? nullptr : k_near + rot_bytes / sizeof(half);
-        REROPE_CUDA_TRY(launch_rotate_keys(a, head_dim, f16, k_near, k_far, stream));
+        half * k_near = reinterpret_cast<half *>(after_bounds);
+        half * k_far = far_rotates_keys(a) ? k_near + rot_bytes / sizeof(half) : nullptr;
+        REROPE_CUDA_TRY(launch_rotate_keys(a, head_dim, kv_type, k_near, k_far, stream));
         a.k_near = k_near;
         a.k_far = k_far;
-        REROPE_CUDA_TRY(launch_prefill(a, head_dim, f16, stream));
+        REROPE_CUDA_TRY(launch_prefill(a, head_dim, kv_type, stream));
     }
     return GGML_REROPE_OK;
 }

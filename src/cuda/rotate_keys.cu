@@ -1,6 +1,8 @@
 // Prefill's key pre-pass: the raw keys of one call rotated once, in f16, into a transient
 // workspace -- near: R_(k_pos[j]) k_j; far (LEAKY / GROUP only): R_(far_k_pos(j)) k_j.
 // One thread per rotation unit (a pair, or two unrotated dimensions).
+#include "dispatch.cuh"
+#include "heuristics.cuh"
 #include "launch.cuh"
 #include "rotary.cuh"
 
@@ -43,15 +45,15 @@ __global__ void rotate_keys_kernel(const __grid_constant__ AttnArgs a, int head_
 
 }  // namespace
 
-cudaError_t launch_rotate_keys(const AttnArgs & a, int head_dim, int kv_is_f16, half * k_near, half * k_far,
+cudaError_t launch_rotate_keys(const AttnArgs & a, int head_dim, int kv_type, half * k_near, half * k_far,
                                cudaStream_t stream) {
+    constexpr int TH = ROTATE_KEYS_THREADS;
     const long long items = (long long) a.n_kv * a.n_head_kv * (head_dim / 2);
-    const unsigned blocks = (unsigned) ((items + 255) / 256);
-    if (kv_is_f16)
-        rotate_keys_kernel<half><<<blocks, 256, 0, stream>>>(a, head_dim, k_near, k_far);
-    else
-        rotate_keys_kernel<float><<<blocks, 256, 0, stream>>>(a, head_dim, k_near, k_far);
-    return cudaGetLastError();
+    const unsigned blocks = (unsigned) ((items + TH - 1) / TH);
+    return KV_TYPE_SWITCH(kv_type, [&] {
+        rotate_keys_kernel<kv_t><<<blocks, TH, 0, stream>>>(a, head_dim, k_near, k_far);
+        return cudaGetLastError();
+    });
 }
 
 }  // namespace rerope_cuda

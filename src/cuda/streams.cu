@@ -34,7 +34,8 @@ int rt_cuda_event_is_valid(void * event) {
 
 ggml_rerope_status rt_cuda_stream_wait(void * stream, void * event) {
     const cudaError_t err = cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event), 0);
-    if (err != cudaSuccess) return rerope_fail(GGML_REROPE_ERR_CUDA, "cudaStreamWaitEvent: %s", cudaGetErrorString(err));
+    if (err != cudaSuccess)
+        return rerope_fail(GGML_REROPE_ERR_CUDA, "cudaStreamWaitEvent: %s", cudaGetErrorString(err));
     return GGML_REROPE_OK;
 }
 
