@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one script a GPU machine runs (issue 4): build the library with CUDA, verify the
-# kernels (tests/test_cuda.py), benchmark them (python/bench_cuda_attention.py). Logs go
-# to $OUT (the device tool brings that folder back), copies belong in docs/gpu/.
+# The one script a GPU machine runs: build the library with CUDA, verify the kernels
+# (tests/test_cuda.py), benchmark them (python/bench_cuda_attention.py). Logs go to $OUT
+# (the device tool brings that folder back).
 #
 #   python/gpu_run.sh smoke|test|bench|decode-variants|decode-waves|ncu-decode|model|full|all
 #
@@ -73,8 +73,8 @@ case "$MODE" in
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/bench_decode_waves1.json" || rc=1
         decode_variant build-gpu-w2 -DGGML_REROPE_DECODE_MMA_WAVES=2 bench_decode_waves2.json
         ;;
-    ncu-decode)  # Nsight Compute sections of one decode launch (n_kv = 131072)
-        ncu --kernel-name regex:decode_kernel --launch-skip 12 --launch-count 1 \
+    ncu-decode)  # Nsight Compute sections of one decode launch (n_kv = 131072, f16 K/V: the tensor-core kernel)
+        ncu --kernel-name regex:decode_mma_kernel --launch-skip 12 --launch-count 1 \
             --section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats \
             --section WarpStateStats --section MemoryWorkloadAnalysis --section InstructionStats \
             python3 python/bench_cuda_attention.py --prefill "" --decode 131072 >"$OUT/ncu_decode.txt" 2>&1 || rc=1
@@ -113,8 +113,8 @@ EOB
     model)
         python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/bench_model.json" || rc=1
         ;;
-    all)  # issue 4's whole H100 run in one command (~11 min on the H100: over one device call's 10 min
-        # limit here, so it ran as `lcp-cuda` + `full`, then `runtime`)
+    all)  # the whole GPU check in one command (~11 min on an H100: more than one 10-minute device
+        # call, so run it there as `lcp-cuda` + `full`, then `runtime`)
         "$0" lcp-cuda && "$0" full && "$0" runtime || rc=1
         ;;
     full)
