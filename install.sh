@@ -16,5 +16,5 @@ python -m pip install -q "scikit-build-core>=0.10" "cffi>=1.15" "numpy>=1.24" ni
 echo "install.sh: llama-cpp-python==0.3.36 (builds ggml from source the first time, ~5 minutes)" >&2
 python -m pip install -q llama-cpp-python==0.3.36
 # --no-build-isolation: link the ggml installed above, so the process holds one ggml.
-python -m pip install -q --no-build-isolation ".[test]" "$@"
+python -m pip install -q --no-build-isolation ".[test,server]" "$@"
 echo "install.sh: done. Python: $(command -v python)" >&2

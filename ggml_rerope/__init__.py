@@ -25,6 +25,10 @@ def __getattr__(name):
         from .model import Model
 
         return Model
+    if name == "Llama":  # llama-cpp-python's Llama on this runtime (ggml_rerope/llama.py)
+        from .llama import Llama
+
+        return Llama
     raise AttributeError(f"module 'ggml_rerope' has no attribute {name!r}")
 
 
@@ -32,6 +36,7 @@ __all__ = [
     "reference",
     "rerope_attention",
     "Model",
+    "Llama",
     "ReropeError",
     "UnsupportedError",
     "ModelLoadError",
