@@ -37,14 +37,44 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-echo "== build"
 GGML_DIR_ARG=()
 [ -d .dev/ggml/lib/cmake/ggml ] && GGML_DIR_ARG=(-Dggml_DIR="$PWD/.dev/ggml/lib/cmake/ggml")
-cmake -S . -B build-gpu -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_REROPE_BUILD_TESTS=OFF \
-    "${GGML_DIR_ARG[@]}" >"$OUT/cmake_configure.log" 2>&1 || { tail -30 "$OUT/cmake_configure.log"; exit 1; }
-cmake --build build-gpu -j 16 || exit 1
-export GGML_REROPE_LIBRARY="$PWD/build-gpu/src/libggml_rerope.so"
-python3 -c "from ggml_rerope import _binding as b; print('cuda_available =', b.lib.ggml_rerope_cuda_available())"
+BUILD=${BUILD_DIR:-/tmp/build-gpu}  # outside the tree, which is laid anew each call
+
+lcp_cuda_wait() {  # the background llama-cpp-python build of `lcp-cuda`; then its ggml is the one we link
+    for _ in $(seq 1 108); do [ -f /tmp/dev/lcp_cuda_done ] && break; sleep 5; done
+    cat /tmp/dev/lcp_cuda_done 2>/dev/null || { echo "llama-cpp-python build not finished"; tail -5 /tmp/dev/lcp_cuda_build.log; exit 1; }
+    grep -q "rc=0" /tmp/dev/lcp_cuda_done || { tail -30 /tmp/dev/lcp_cuda_build.log; exit 1; }
+    GGML_DIR_ARG=(-Dggml_DIR="$(dirname "$(find /tmp/site-cuda -name ggml-config.cmake | head -1)")")
+    export PYTHONPATH="/tmp/site-cuda:$PYTHONPATH" LD_LIBRARY_PATH=/tmp/site-cuda/llama_cpp/lib
+    # libggml carries pieces of std::regex; python3 loads no libstdc++ of its own (crashed without this)
+    export LD_PRELOAD=$(ldconfig -p | grep 'libstdc++.so.6 ' | head -1 | awk '{print $NF}')
+}
+
+build_lib() {  # the library with CUDA (sm_90) against the chosen ggml
+    echo "== build ($BUILD)"
+    [ -d /tmp/dev/llama_cpp_python-0.3.36 ] && [ ${#GGML_DIR_ARG[@]} -eq 0 ] && lcp_cuda_wait
+    cmake -S . -B "$BUILD" -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_REROPE_BUILD_TESTS=OFF \
+        "${GGML_DIR_ARG[@]}" >"$OUT/cmake_configure.log" 2>&1 || { tail -30 "$OUT/cmake_configure.log"; exit 1; }
+    cmake --build "$BUILD" -j 16 >"$OUT/cmake_build.log" 2>&1 || { tail -40 "$OUT/cmake_build.log"; exit 1; }
+    export GGML_REROPE_LIBRARY="$BUILD/src/libggml_rerope.so"
+    python3 -c "from ggml_rerope import _binding as b; print('cuda_available =', b.lib.ggml_rerope_cuda_available())"
+}
+
+lcp_cuda_start() {  # llama-cpp-python 0.3.36 with ggml-cuda, built in the background (~4-8 min on 16 cores)
+    [ -f /tmp/dev/lcp_cuda_done ] && return 0
+    # .dev/lcp-cuda.tar.gz: the 0.3.36 sdist without models/docs/tests/examples/tools, ggml-cuda kept (4 MB)
+    mkdir -p /tmp/dev && tar xzf .dev/lcp-cuda.tar.gz -C /tmp/dev || exit 1
+    cat > /tmp/dev/build_lcp_cuda.sh <<'EOB'
+t0=$(date +%s); cd /tmp/dev/llama_cpp_python-0.3.36 || exit 1
+CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON" \
+  CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -v --no-build-isolation --no-deps --no-cache-dir --target /tmp/site-cuda . \
+  > /tmp/dev/lcp_cuda_build.log 2>&1
+echo "rc=$? after $(( $(date +%s) - t0 )) s" > /tmp/dev/lcp_cuda_done
+EOB
+    setsid nohup bash /tmp/dev/build_lcp_cuda.sh >/dev/null 2>&1 </dev/null &
+    echo "llama-cpp-python CUDA build started in the background (log /tmp/dev/lcp_cuda_build.log)"
+}
 
 rc=0
 decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark of a build with one more -D flag
@@ -54,6 +84,7 @@ decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark o
     GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" \
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/$3" || rc=1
 }
+[ "$MODE" = lcp-cuda ] || [ "$MODE" = kernels ] || [ "$MODE" = runtime ] || [ "$MODE" = fuzz ] || build_lib
 case "$MODE" in
     smoke)
         python3 -m pytest -x -q -rs tests/test_cuda.py \
@@ -80,35 +111,30 @@ case "$MODE" in
             python3 python/bench_cuda_attention.py --prefill "" --decode 131072 >"$OUT/ncu_decode.txt" 2>&1 || rc=1
         grep -vE "^\{|^\||^copy" "$OUT/ncu_decode.txt" | grep -E "[A-Za-z]" | head -150
         ;;
-    lcp-cuda)  # call 1 of the runtime check: build llama-cpp-python with ggml-cuda in the background (~5-8 min)
-        # .dev/lcp-cuda.tar.gz: the 0.3.36 sdist without models/docs/tests/examples, ggml-cuda kept (3.6 MB)
-        mkdir -p /tmp/dev && tar xzf .dev/lcp-cuda.tar.gz -C /tmp/dev || exit 1
-        cat > /tmp/dev/build_lcp_cuda.sh <<'EOB'
-t0=$(date +%s); cd /tmp/dev/llama_cpp_python-0.3.36 || exit 1
-CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON" \
-  CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -v --no-build-isolation --no-deps --no-cache-dir --target /tmp/site-cuda . \
-  > /tmp/dev/lcp_cuda_build.log 2>&1
-echo "rc=$? after $(( $(date +%s) - t0 )) s" > /tmp/dev/lcp_cuda_done
-EOB
-        setsid nohup bash /tmp/dev/build_lcp_cuda.sh >/dev/null 2>&1 </dev/null &
-        echo "llama-cpp-python CUDA build started in the background (log /tmp/dev/lcp_cuda_build.log)"
+    lcp-cuda)  # starts the background build and returns; a later mode waits for it
+        lcp_cuda_start
         ;;
-    runtime)  # call 2: our library against that ggml; GPU runtime tests (logits vs CPU and llama.cpp CUDA), model bench
-        for _ in $(seq 1 96); do [ -f /tmp/dev/lcp_cuda_done ] && break; sleep 5; done
-        cat /tmp/dev/lcp_cuda_done 2>/dev/null || { echo "llama-cpp-python build not finished"; tail -5 /tmp/dev/lcp_cuda_build.log; exit 1; }
-        CFG=$(find /tmp/site-cuda -name ggml-config.cmake | head -1)
-        cmake -S . -B build-rt -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_REROPE_BUILD_TESTS=OFF \
-            -Dggml_DIR="$(dirname "$CFG")" >"$OUT/cmake_rt.log" 2>&1 && cmake --build build-rt -j 16 >>"$OUT/cmake_rt.log" 2>&1 \
-            || { tail -30 "$OUT/cmake_rt.log"; exit 1; }
-        export GGML_REROPE_LIBRARY="$PWD/build-rt/src/libggml_rerope.so" PYTHONPATH="/tmp/site-cuda:$PYTHONPATH" \
-            LD_LIBRARY_PATH=/tmp/site-cuda/llama_cpp/lib
-        # libggml carries pieces of std::regex; python3 loads no libstdc++ of its own (crashed without this)
-        export LD_PRELOAD=$(ldconfig -p | grep 'libstdc++.so.6 ' | head -1 | awk '{print $NF}')
+    kernels)  # one call: the ggml-cuda build in the background, then the kernel tests against its ggml
+        lcp_cuda_start; build_lib
+        python3 -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/kernel_tests.log" || rc=1
+        ;;
+    runtime)  # our library against the ggml-cuda build; GPU runtime tests (logits vs CPU and llama.cpp CUDA), model bench
+        build_lib
         python3 -m pytest -q -rs -s tests/test_cuda_runtime.py tests/test_runtime_outside.py ${RUNTIME_TESTS:-} 2>&1 \
             | tee "$OUT/runtime_tests.log" || rc=1
         if [ "${RUNTIME_BENCH:-1}" = 1 ]; then  # RUNTIME_BENCH=0: the tests alone
             python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/bench_model.json" || rc=1
         fi
+        ;;
+    fuzz)  # the loader fuzzer on the host's cores: FUZZ_CASES of each kind, plain and ASan/UBSan builds
+        [ -d /tmp/dev/llama_cpp_python-0.3.36 ] && lcp_cuda_wait
+        # CPU only (children are forked from a warm parent: no CUDA in them); CUDA's driver needs the shadow gap
+        export CUDA_VISIBLE_DEVICES="" ASAN_OPTIONS=protect_shadow_gap=0:detect_leaks=0
+        for build in plain asan; do
+            flag=(); [ $build = asan ] && flag=(--asan)
+            PYTHON=python3 tests/fuzz/run_fuzz.sh --kind both --cases "${FUZZ_CASES:-100000}" --jobs 16 "${flag[@]}" \
+                --build-dir "/tmp/fuzz-$build" --crash-dir "$OUT/crashes-$build" 2>&1 | tee "$OUT/fuzz_$build.log" || rc=1
+        done
         ;;
     model)
         python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/bench_model.json" || rc=1

@@ -52,7 +52,7 @@ cmake --build "$build_dir" -j "$jobs" --target fuzz_gguf >/dev/null
 harness=$build_dir/tests/fuzz/fuzz_gguf
 
 seed_dir=$build_dir/fuzz-seeds
-seeds=$(PYTHONPATH=$PWD "$PY" tests/fuzz/make_seeds.py "$seed_dir")
+seeds=$(PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "$PY" tests/fuzz/make_seeds.py "$seed_dir")
 
 rc=0
 kinds=$kind
