@@ -31,8 +31,7 @@ static double rotated_dot(const float * q, const float * k, double rel, double b
 }
 
 /* Plain loop: every query row, every visible key, rel = min(i - j, w). */
-static void reference(const float * q, const float * k, const float * v, int n, int window, double base,
-                      double * out) {
+static void reference(const float * q, const float * k, const float * v, int n, int window, double base, double * out) {
     double * p = malloc(sizeof(double) * (size_t) n);
     for (int i = 0; i < n; i++) {
         for (int h = 0; h < N_HEAD; h++) {
@@ -64,8 +63,8 @@ int main(int argc, char ** argv) {
         return 2;
     }
 
-    struct ggml_init_params ip = {.mem_size = (size_t) 64 * 1024 * 1024 + (size_t) n * 4096, .mem_buffer = NULL,
-                                  .no_alloc = false};
+    struct ggml_init_params ip = {
+        .mem_size = (size_t) 64 * 1024 * 1024 + (size_t) n * 4096, .mem_buffer = NULL, .no_alloc = false};
     struct ggml_context * ctx = ggml_init(ip);
     struct ggml_tensor * q = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, HEAD_DIM, N_HEAD, n);
     struct ggml_tensor * k = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, HEAD_DIM, N_HEAD_KV, n);

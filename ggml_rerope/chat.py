@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import List, Optional
+from typing import Optional
 
 from .scheme_flags import add_scheme_arguments, scheme_options_from_args
 
@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-p", type=float, default=0.05, help="min-p (0: off; default 0.05)")
     p.add_argument("--repeat-penalty", type=float, default=1.0, help="repeat penalty (1: off; default 1.0)")
     p.add_argument("--seed", type=int, default=-1, help="sampling seed (-1: random)")
-    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="-1: the whole model on the GPU (needs CUDA builds of this package and llama-cpp-python); 0: CPU")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                   help="-1: the whole model on the GPU (needs CUDA builds of this package and of "
+                        "llama-cpp-python); 0: CPU")
     p.add_argument("-s", "--system", default=None, help="system prompt")
     p.add_argument("--kv-type", default="f16", choices=("f16", "f32"), help="KV cache type (default f16)")
     p.add_argument("-f", "--file", metavar="PATH", help="document to put into the context first")
@@ -93,8 +95,8 @@ class Chat:
     def __init__(self, model, args, document: Optional[str], out=None):
         self.model, self.args, self.document = model, args, document
         self.out = out  # where answers go; None: sys.stdout at the time of writing
-        self.base: List[dict] = [{"role": "system", "content": args.system}] if args.system else []
-        self.messages: List[dict] = list(self.base)
+        self.base: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+        self.messages: list[dict] = list(self.base)
 
     def _user_content(self, text: str) -> str:
         # The document goes into the first user turn, ahead of the question.
@@ -136,7 +138,7 @@ class Chat:
         self.messages.append({"role": "user", "content": self._user_content(text)})
         progress = ProgressLine(min_tokens=2 * a.batch_size)
         progress.start()
-        pieces: List[str] = []
+        pieces: list[str] = []
         finish = None
         stream = None
         try:
@@ -173,7 +175,8 @@ class Chat:
             out.flush()
         content = "".join(pieces)
         self.messages.append({"role": "assistant", "content": content})
-        note = " [context full: /reset or raise -c]" if finish == "length" and self.model.n_past >= self.model.n_ctx else ""
+        context_full = finish == "length" and self.model.n_past >= self.model.n_ctx
+        note = " [context full: /reset or raise -c]" if context_full else ""
         print(_stats_line(self.model.last_timings) + note, file=sys.stderr)
         return content
 
@@ -249,7 +252,7 @@ def _load(args):
     )
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from .errors import ReropeError

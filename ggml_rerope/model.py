@@ -18,15 +18,16 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
+from . import schemes
 from ._internals import INT32_MAX, KV_TYPES, RuntimeContext, RuntimeModel
 from .default_model import default_model_path
 from .errors import ContextFullError, ModelLoadError
-from . import schemes
 from .sampling import Sampler
 from .tokenizer import Tokenizer
 
@@ -185,7 +186,7 @@ class Model:
         self._ctx: Optional[RuntimeContext] = None
         self._model: Optional[RuntimeModel] = None
         self._tokenizer: Optional[Tokenizer] = None
-        self._tokens: List[int] = []  # what the KV cache holds, in order
+        self._tokens: list[int] = []  # what the KV cache holds, in order
 
         n_ctx = _int_arg("n_ctx", n_ctx, 1)
         n_threads = _int_arg("n_threads", n_threads, 1, allow_none=True)
@@ -263,7 +264,7 @@ class Model:
             self._tokenizer = None
             tok.close()
 
-    def __enter__(self) -> "Model":
+    def __enter__(self) -> Model:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -313,13 +314,13 @@ class Model:
         return self._live().kv_bytes_per_token
 
     @property
-    def tokens(self) -> List[int]:
+    def tokens(self) -> list[int]:
         """Copy of the tokens the KV cache holds."""
         self._sync()
         return list(self._tokens)
 
     @property
-    def info(self) -> Dict[str, Union[str, int, float]]:
+    def info(self) -> dict[str, Union[str, int, float]]:
         """Hyperparameters from the GGUF metadata."""
         return dict(self._info_dict)
 
@@ -339,7 +340,7 @@ class Model:
 
     # -- tokens -----------------------------------------------------------------------------
 
-    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> List[int]:
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
         """Token ids of `text` (add_bos: the model's BOS where its vocabulary asks for one;
         special: parse special-token text such as "<|im_start|>")."""
         return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
@@ -440,7 +441,8 @@ class Model:
         """Changes the position scheme of the live context (same arguments as the constructor).
         The cache is kept as it is (it holds raw keys); later evaluations use the new scheme."""
         rerope_window = _int_arg("rerope_window", rerope_window, 1, allow_none=True)
-        self.scheme = _make_scheme(self._hyper, self.n_ctx, rope_scaling, rerope_window, rerope_leaky_k, logn, rope_options)
+        self.scheme = _make_scheme(self._hyper, self.n_ctx, rope_scaling, rerope_window, rerope_leaky_k, logn,
+                                   rope_options)
         self._apply_scheme(len(self._tokens))
 
     def _apply_scheme(self, length: int) -> None:
@@ -484,7 +486,7 @@ class Model:
                        repeat_penalty=repeat_penalty, seed=seed)
 
     @staticmethod
-    def _stops(stop) -> List[str]:
+    def _stops(stop) -> list[str]:
         if stop is None:
             return []
         if isinstance(stop, str):
@@ -494,7 +496,7 @@ class Model:
             raise TypeError("stop must be a str, a list of str or None")
         return stops
 
-    def _prompt_tokens(self, prompt) -> List[int]:
+    def _prompt_tokens(self, prompt) -> list[int]:
         if isinstance(prompt, str):
             # As llama-cpp-python's completion: BOS where the vocabulary wants it, special tokens parsed.
             tokens = self.tokenize(prompt, add_bos=True, special=True)
@@ -508,8 +510,8 @@ class Model:
             )
         return tokens
 
-    def _stream(self, prompt_tokens: List[int], sampler: Sampler, max_tokens: Optional[int],
-                stops: List[str], run: _Run, progress: Optional[ProgressFn]) -> Iterator[str]:
+    def _stream(self, prompt_tokens: list[int], sampler: Sampler, max_tokens: Optional[int],
+                stops: list[str], run: _Run, progress: Optional[ProgressFn]) -> Iterator[str]:
         logits = self.prefill(prompt_tokens, progress)
         timings = self.last_timings
         tok = self.tokenizer
@@ -562,7 +564,7 @@ class Model:
         min_p: float = 0.05,
         repeat_penalty: float = 1.0,
         seed: Optional[int] = None,
-        stop: Optional[Union[str, List[str]]] = None,
+        stop: Optional[Union[str, list[str]]] = None,
         *,
         progress: Optional[ProgressFn] = None,
     ) -> Iterator[str]:
@@ -578,7 +580,7 @@ class Model:
 
     def create_chat_completion(
         self,
-        messages: Sequence[Dict[str, str]],
+        messages: Sequence[dict[str, str]],
         max_tokens: Optional[int] = None,
         temperature: float = 0.2,
         top_p: float = 0.95,
@@ -586,7 +588,7 @@ class Model:
         min_p: float = 0.05,
         repeat_penalty: float = 1.0,
         seed: Optional[int] = None,
-        stop: Optional[Union[str, List[str]]] = None,
+        stop: Optional[Union[str, list[str]]] = None,
         stream: bool = False,
         *,
         progress: Optional[ProgressFn] = None,
@@ -601,7 +603,7 @@ class Model:
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
             raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
         for i, msg in enumerate(messages):
-            if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
+            if not (isinstance(msg, dict) and isinstance(msg.get("role"), str) and isinstance(msg.get("content"), str)):
                 raise ValueError(f"messages[{i}] must be a dict with str 'role' and 'content'")
         if max_tokens is not None:
             max_tokens = _int_arg("max_tokens", max_tokens, -(2**31))

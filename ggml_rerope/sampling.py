@@ -9,7 +9,8 @@ survived. Temperature 0 is greedy: the argmax after the repeat penalty.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence, Tuple
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def apply_repeat_penalty(logits: np.ndarray, recent_tokens: Iterable[int], penal
 
 def filter_candidates(
     logits: np.ndarray, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Token ids that survive top-k, then top-p, then min-p, sorted by decreasing logit,
     with their logits. top_k <= 0, top_p >= 1 and min_p <= 0 switch a filter off.
     At least one token always survives."""

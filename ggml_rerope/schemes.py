@@ -84,7 +84,7 @@ class ModelHyper:
         return np.ones(self.n_rot // 2)
 
     @classmethod
-    def from_gguf(cls, path) -> "ModelHyper":
+    def from_gguf(cls, path) -> ModelHyper:
         """Hyperparameters, rope_freqs / rope_factors_* tensors and rope.scaling.* metadata of a GGUF,
         as the runtime's loader reads them (ggml_rerope_model_get_rope_info)."""
         from ._internals import read_model_hyper  # the C library; scheme math alone does not need it
@@ -137,13 +137,13 @@ class Scheme:
     rope_base: float = 0.0
     freq_factors: Optional[np.ndarray] = None
     attn_factor: float = 1.0
-    resolver: Optional[Callable[[int], "Scheme"]] = dataclasses.field(default=None, compare=False, repr=False)
+    resolver: Optional[Callable[[int], Scheme]] = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def dynamic(self) -> bool:
         return self.resolver is not None
 
-    def resolve(self, length: int) -> "Scheme":
+    def resolve(self, length: int) -> Scheme:
         return self if self.resolver is None else self.resolver(int(length))
 
     def base(self, hyper: ModelHyper) -> float:

@@ -8,7 +8,8 @@ by llama-cpp-python's own Jinja2ChatFormatter, exactly as `Llama.create_chat_com
 from __future__ import annotations
 
 import ctypes
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import llama_cpp
 from llama_cpp._utils import suppress_stdout_stderr
@@ -40,13 +41,13 @@ class Tokenizer:
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self.bos_id = int(self._llama.token_bos())
         self.eos_id = int(self._llama.token_eos())
-        self.metadata: Dict[str, str] = dict(self._llama.metadata)
+        self.metadata: dict[str, str] = dict(self._llama.metadata)
         self._piece_buf = ctypes.create_string_buffer(256)
         self._formatter: Optional[Jinja2ChatFormatter] = None
 
     # -- text <-> tokens ---------------------------------------------------------------------
 
-    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> List[int]:
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
         """Token ids of `text`. add_bos adds the model's special prefix tokens where its vocabulary
         asks for them (llama.cpp's add_special); special=True parses "<|im_start|>"-style tokens."""
         if not isinstance(text, str):
@@ -128,12 +129,12 @@ class Tokenizer:
         finally:
             fmt.add_generation_prompt = fmt_saved
 
-    def chat_stop(self) -> List[str]:
+    def chat_stop(self) -> list[str]:
         """Stop strings the template implies (llama-cpp-python uses the EOS token's text)."""
         eos = self._llama._model.token_get_text(self.eos_id) if self.eos_id >= 0 else ""
         return [eos] if eos else []
 
-    def chat_tokens(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> List[int]:
+    def chat_tokens(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
         """Tokens of a conversation's prompt, tokenized as llama-cpp-python's chat handler does:
         special tokens parsed, no extra BOS (the template writes what the model needs)."""
         return self.tokenize(self.chat_prompt(messages, add_generation_prompt), add_bos=False, special=True)

@@ -37,7 +37,7 @@ import platform
 import sys
 import time
 import traceback
-from typing import Dict, List, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -48,10 +48,12 @@ ENGINES = ("ours", "llama.cpp")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=("8b", "tiny"), default="8b", help="model shape (tiny: CPU self-check)")
-    p.add_argument("--out", help="GGUF path (default /tmp/ggml_rerope_bench_<shape>_q4_0.gguf); reused if it has the shape")
+    p.add_argument("--out",
+                   help="GGUF path (default /tmp/ggml_rerope_bench_<shape>_q4_0.gguf); reused if it has the shape")
     p.add_argument("--contexts", default="8192,32768", help="comma-separated contexts N (default 8192,32768)")
     p.add_argument("--ngl", type=int, default=-1, help="layers on the GPU, both engines (-1 all; 0 CPU)")
-    p.add_argument("--n-batch", type=int, default=None, help="batch of both engines (default 2048 with a GPU, 512 on CPU)")
+    p.add_argument("--n-batch", type=int, default=None,
+                   help="batch of both engines (default 2048 with a GPU, 512 on CPU)")
     p.add_argument("--n-ubatch", type=int, default=None, help="llama.cpp micro-batch (default = --n-batch)")
     p.add_argument("--decode", type=int, default=64, help="greedy decode steps after the prompt (default 64)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per engine and context; medians reported")
@@ -138,7 +140,7 @@ def run(args) -> dict:
     n_vocab = int(SHAPES[args.shape]["n_vocab"])
     for n in contexts:
         prompt = rng.integers(0, n_vocab, n - args.decode, dtype=np.int32)  # same ids for both engines
-        row: Dict[str, object] = {"ctx": n, "prompt_tokens": int(prompt.size)}
+        row: dict[str, object] = {"ctx": n, "prompt_tokens": int(prompt.size)}
         for kind in engines:  # one engine alive at a time (GPU memory)
             eng = None
             try:
@@ -161,7 +163,7 @@ def run(args) -> dict:
     return result
 
 
-def print_row(row: dict, engines: List[str], first: bool, result: dict) -> None:
+def print_row(row: dict, engines: list[str], first: bool, result: dict) -> None:
     if first:
         print(f"device {result['device']}; ngl {result['ngl']}, n_batch {result['n_batch']}, "
               f"n_ubatch {result['n_ubatch']}, {result['threads']} threads, decode {result['decode_tokens']} "
@@ -187,7 +189,7 @@ def print_row(row: dict, engines: List[str], first: bool, result: dict) -> None:
     sys.stdout.flush()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.n_batch is None:
         args.n_batch = 512 if args.ngl == 0 else 2048

@@ -41,11 +41,11 @@ extern "C" {
 #endif
 
 #if defined(_WIN32) && defined(GGML_REROPE_BUILD)
-#    define GGML_REROPE_API __declspec(dllexport)
+#define GGML_REROPE_API __declspec(dllexport)
 #elif defined(_WIN32)
-#    define GGML_REROPE_API __declspec(dllimport)
+#define GGML_REROPE_API __declspec(dllimport)
 #else
-#    define GGML_REROPE_API __attribute__((visibility("default")))
+#define GGML_REROPE_API __attribute__((visibility("default")))
 #endif
 
 struct ggml_context;

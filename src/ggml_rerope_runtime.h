@@ -144,8 +144,8 @@ GGML_REROPE_API ggml_rerope_status ggml_rerope_context_set_scheme(ggml_rerope_co
  * Fails with GGML_REROPE_ERR_CONTEXT_FULL (nothing evaluated) when n_past + n_tokens > n_ctx,
  * and with GGML_REROPE_ERR_INVALID_ARG for a token outside 0 .. n_vocab-1. On any failure
  * n_past is left as it was before the call. n_tokens = 0 with logits NULL does nothing. */
-GGML_REROPE_API ggml_rerope_status ggml_rerope_eval(ggml_rerope_context * ctx, const int32_t * tokens,
-                                                    int32_t n_tokens, float * logits, int32_t all_logits);
+GGML_REROPE_API ggml_rerope_status ggml_rerope_eval(ggml_rerope_context * ctx, const int32_t * tokens, int32_t n_tokens,
+                                                    float * logits, int32_t all_logits);
 
 /* Tokens in the cache now (the next eval's first position). */
 GGML_REROPE_API int32_t ggml_rerope_n_past(const ggml_rerope_context * ctx);

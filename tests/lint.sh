@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Lint: `ruff check` over the Python code (rules in pyproject.toml [tool.ruff]) and
-# `clang-format --dry-run --Werror` over the C / CUDA sources (style in .clang-format).
+# `clang-format --dry-run --Werror` over the C / CUDA sources of src/, examples/, tests/c/ and
+# tests/fuzz/ (style in .clang-format).
 # Exits non-zero on any finding. `tests/lint.sh --fix` applies what the tools can fix instead.
 #
 # Both tools are pinned: a different clang-format version lays code out differently, so the
@@ -32,7 +33,7 @@ ensure() {  # PACKAGE VERSION: pip-install PACKAGE==VERSION unless that version 
 ensure ruff "$RUFF_VERSION"
 ensure clang-format "$CLANG_FORMAT_VERSION"
 
-mapfile -t c_files < <(find src examples tests/c -type f \( -name '*.c' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) | sort)
+mapfile -t c_files < <(find src examples tests/c tests/fuzz -type f \( -name '*.c' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) | sort)
 
 rc=0
 if [ "$fix" = true ]; then

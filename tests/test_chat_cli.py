@@ -73,7 +73,8 @@ def test_missing_file_and_bad_flags(tmp_path):
 def test_file_goes_into_context_with_progress(tmp_path):
     doc = tmp_path / "doc.txt"
     doc.write_text("Notes of the meeting. " * 60 + "The secret word is banana.")
-    r = run_cli("--file", str(doc), "--prompt", "What is the secret word?", "--temp", "0", "-c", "1024", "-b", "64", "-n", "8")
+    r = run_cli("--file", str(doc), "--prompt", "What is the secret word?",
+                "--temp", "0", "-c", "1024", "-b", "64", "-n", "8")
     assert r.returncode == 0, r.stderr
     m = re.search(r"prompt: (\d+) new tokens", r.stderr)
     assert m and int(m.group(1)) > 300  # the document was evaluated with the question

@@ -2,9 +2,9 @@
 command-line tool exits 1 with one 'error:' line naming the problem, not a traceback."""
 
 import os
+import pathlib
 import subprocess
 import sys
-import pathlib
 
 import pytest
 

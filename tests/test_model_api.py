@@ -229,7 +229,8 @@ def test_chat_completion_stream_shape(model):
     assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
     first, middle, last = chunks[0]["choices"][0], chunks[1:-1], chunks[-1]["choices"][0]
     assert first["delta"] == {"role": "assistant"} and first["finish_reason"] is None
-    assert all(c["choices"][0]["finish_reason"] is None and set(c["choices"][0]["delta"]) == {"content"} for c in middle)
+    assert all(c["choices"][0]["finish_reason"] is None and set(c["choices"][0]["delta"]) == {"content"}
+               for c in middle)
     assert last["delta"] == {} and last["finish_reason"] == "stop"
     assert "".join(c["choices"][0]["delta"]["content"] for c in middle) == whole["choices"][0]["message"]["content"]
 
@@ -313,4 +314,4 @@ def test_close_and_context_manager():
     with Model(n_ctx=32) as m2:
         assert m2.eval([1, 2, 3]).shape == (m2.n_vocab,)
     with pytest.raises(ValueError, match="closed"):
-        m2.n_past
+        _ = m2.n_past  # the property read is what must raise

@@ -154,7 +154,8 @@ def test_model_loss_equals_direct_logits(runtime, text_tokens):
 
 
 def test_cli_json(runtime, shared_text):
-    out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", str(shared_text), "--ctx", "128", "--chunks", "1",
+    out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", str(shared_text),
+                          "--ctx", "128", "--chunks", "1",
                           "--rope-scaling", "rerope", "--rerope-window", "32", "--no-logn", "--bucket", "64",
                           "--batch", "64", "--json", "--threads", "2"],
                          capture_output=True, text=True, timeout=300)
@@ -172,7 +173,8 @@ def test_cli_rejects_a_flag_of_another_scheme(tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("Some text. " * 20)
     out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", str(text), "--ctx", "64",
-                          "--rope-scaling", "yarn", "--rerope-window", "8"], capture_output=True, text=True, timeout=120)
+                          "--rope-scaling", "yarn", "--rerope-window", "8"],
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--rerope-window" in out.stderr
 
 

@@ -42,6 +42,7 @@ def test_rows_of_the_same_computation_share_one_measurement():
     shows it for both, marked '='); rows that differ must never share."""
     sys.path.insert(0, os.path.join(ROOT, "python"))
     import quality_report as qr
+
     from ggml_rerope import schemes
 
     hyper = schemes.hyper_from(dict(n_rot=64, rope_base=10000.0, n_ctx_train=8192, head_dim=64))

@@ -26,7 +26,8 @@ def test_no_filter_keeps_all_sorted():
     assert kept() == [3, 1, 4, 5, 0, 2]
 
 
-@pytest.mark.parametrize("k,expect", [(1, [3]), (2, [3, 1]), (4, [3, 1, 4, 5]), (0, [3, 1, 4, 5, 0, 2]), (99, [3, 1, 4, 5, 0, 2])])
+@pytest.mark.parametrize("k,expect", [(1, [3]), (2, [3, 1]), (4, [3, 1, 4, 5]), (0, [3, 1, 4, 5, 0, 2]),
+                                      (99, [3, 1, 4, 5, 0, 2])])
 def test_top_k(k, expect):
     assert kept(top_k=k) == expect
 

@@ -165,7 +165,8 @@ def transcribe_llama_cpp_yarn_thetas(n_dims, n_ctx_orig, base, freq_scale, beta_
     f32 = np.float32
 
     def corr_dim(n_rot):
-        return f32(n_dims) * np.log(f32(n_ctx_orig) / (f32(n_rot) * f32(2) * f32(math.pi))) / (f32(2) * np.log(f32(base)))
+        return (f32(n_dims) * np.log(f32(n_ctx_orig) / (f32(n_rot) * f32(2) * f32(math.pi)))
+                / (f32(2) * np.log(f32(base))))
 
     start = np.floor(corr_dim(beta_fast))
     end = np.ceil(corr_dim(beta_slow))
@@ -433,7 +434,8 @@ def test_cli_flags_make_the_scheme():
     sch = scheme_from_args(parse(["--rope-scaling", "leaky-rerope", "--rerope-window", "8", "--rerope-leaky-k", "2",
                                   "--no-logn"]), HYPER, N)
     assert (sch.name, sch.window, sch.leaky_k, sch.logn_train_len) == ("leaky-rerope", 8, 2.0, 0)
-    sch = scheme_from_args(parse(["--rope-scaling", "self-extend", "--grp-attn-n", "4", "--grp-attn-w", "16"]), HYPER, N)
+    args = parse(["--rope-scaling", "self-extend", "--grp-attn-n", "4", "--grp-attn-w", "16"])
+    sch = scheme_from_args(args, HYPER, N)
     assert (sch.group_size, sch.window) == (4, 16)
     sch = scheme_from_args(parse(["--rope-scaling", "yarn", "--rope-scale", "2", "--yarn-beta-fast", "16"]), HYPER, N)
     want = transcribe_llama_cpp_yarn_thetas(D, L_TRAIN, 10000.0, 0.5, 16.0, 1.0, 1.0)
@@ -491,6 +493,7 @@ def test_from_gguf_reads_the_rotary_metadata_the_file_holds(tmp_path):
     """ModelHyper.from_gguf gets every rope.scaling.* key, rope_freqs and the LongRoPE factor tensors
     through the runtime's loader (no GGUF parsing in Python): the values written come back."""
     import gguf
+
     import gguf_factory
 
     F32, U32, STR = gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.UINT32, gguf.GGUFValueType.STRING

@@ -8,14 +8,12 @@ any well-formed vocabulary does: the three specials, the 256 byte tokens, then f
 
 from __future__ import annotations
 
-from typing import List, Tuple
-
 # gguf token types (llama.cpp's llama_token_type)
 _NORMAL, _UNKNOWN, _CONTROL, _BYTE = 1, 2, 3, 6
 N_FIXED = 3 + 256  # specials + byte tokens: the smallest vocabulary this writes
 
 
-def minimal_vocab(n_vocab: int) -> Tuple[List[str], List[float], List[int]]:
+def minimal_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     """Tokens, scores and types of an n_vocab-token vocabulary (n_vocab >= N_FIXED)."""
     if n_vocab < N_FIXED:
         raise ValueError(f"n_vocab must be >= {N_FIXED} (specials + byte tokens), got {n_vocab}")

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -123,7 +123,7 @@ def make_engine(kind: str, path: str, n_ctx: int, args):
 # -- measuring --------------------------------------------------------------------------------
 
 
-def measure(engine, tokens: np.ndarray, n_decode: int, repeats: int, warmup: int = 64) -> Dict[str, object]:
+def measure(engine, tokens: np.ndarray, n_decode: int, repeats: int, warmup: int = 64) -> dict[str, object]:
     """Median prefill and decode tokens/s; one untimed warm-up pass of `warmup` tokens first
     (graph allocation; on a GPU, a full batch so its start-up is out of the timing)."""
     engine.reset()
@@ -204,18 +204,18 @@ def prompt_tokens(model_path: str, text_path: pathlib.Path, n: int) -> np.ndarra
     return np.asarray(ids[:n], dtype=np.int32)
 
 
-def verdicts(row: dict) -> Dict[str, str]:
+def verdicts(row: dict) -> dict[str, str]:
     out = {}
-    o, l = row["ours"], row.get("llama.cpp")
-    if not l:
+    o, ref = row["ours"], row.get("llama.cpp")
+    if not ref:
         return out
     for key, name in (("prefill_tok_s", "prefill"), ("decode_tok_s", "decode")):
-        ratio = o[key] / l[key]
+        ratio = o[key] / ref[key]
         out[name] = f"{'met' if ratio >= 1.0 else 'MISSED'} ({ratio:.2f}x)"
-    out["kv"] = "met (equal)" if o["kv_bytes_per_token"] == l["kv_bytes_per_token"] else (
-        f"MISSED ({o['kv_bytes_per_token']} vs {l['kv_bytes_per_token']})")
-    if o.get("peak_rss_bytes") and l.get("peak_rss_bytes"):
-        ratio = o["peak_rss_bytes"] / l["peak_rss_bytes"]
+    out["kv"] = "met (equal)" if o["kv_bytes_per_token"] == ref["kv_bytes_per_token"] else (
+        f"MISSED ({o['kv_bytes_per_token']} vs {ref['kv_bytes_per_token']})")
+    if o.get("peak_rss_bytes") and ref.get("peak_rss_bytes"):
+        ratio = o["peak_rss_bytes"] / ref["peak_rss_bytes"]
         out["rss"] = f"{'met' if ratio <= 1.1 else 'MISSED'} ({ratio:.2f}x)"
     return out
 
@@ -277,8 +277,10 @@ def print_row(row: dict, first: bool, result: dict, out=None) -> None:
         print(head)
     n = row["ctx"]
     v = row["verdicts"]
-    lines = [("prefill tok/s", "prefill_tok_s", "{:.1f}", "prefill"), ("decode tok/s", "decode_tok_s", "{:.1f}", "decode"),
-             ("KV bytes/token", "kv_bytes_per_token", "{:.0f}", "kv"), ("peak RSS MiB", "peak_rss_bytes", "{:.1f}", "rss")]
+    lines = [("prefill tok/s", "prefill_tok_s", "{:.1f}", "prefill"),
+             ("decode tok/s", "decode_tok_s", "{:.1f}", "decode"),
+             ("KV bytes/token", "kv_bytes_per_token", "{:.0f}", "kv"),
+             ("peak RSS MiB", "peak_rss_bytes", "{:.1f}", "rss")]
     for i, (label, key, fmt, vk) in enumerate(lines):
         if key not in row["ours"]:
             continue
@@ -291,7 +293,7 @@ def print_row(row: dict, first: bool, result: dict, out=None) -> None:
     out.flush()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rss_child:
         return rss_child_main(args)

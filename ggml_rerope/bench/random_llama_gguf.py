@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Dict, Iterator, Tuple
+from collections.abc import Iterator
 
 import numpy as np
 
 from .gguf_vocab import add_minimal_vocab
 
 # Llama-3-8B: 32 layers, 4096 wide, 32 q heads / 8 KV heads of 128, FFN 14336, 128256 tokens.
-SHAPES: Dict[str, Dict[str, float]] = {
+SHAPES: dict[str, dict[str, float]] = {
     "8b": dict(n_embd=4096, n_layer=32, n_head=32, n_head_kv=8, head_dim=128, n_ff=14336,
                n_vocab=128256, rope_base=500000.0, n_ctx_train=8192, norm_eps=1e-5),
     # under 2 MB, for CPU self-checks: same structure, heads of 128 and GQA 2:1
@@ -36,7 +36,7 @@ def model_name(shape: str) -> str:
     return f"{FORMAT_TAG} shape={shape}"
 
 
-def _tensor_plan(s: dict) -> Iterator[Tuple[str, str, Tuple[int, int]]]:
+def _tensor_plan(s: dict) -> Iterator[tuple[str, str, tuple[int, int]]]:
     """(name, kind, (rows, cols)) in file order; kind "q4" (matrix) or "norm" (F32 vector, rows = 1)."""
     e, hd, ff = s["n_embd"], s["head_dim"], s["n_ff"]
     yield "token_embd.weight", "q4", (s["n_vocab"], e)
@@ -109,7 +109,7 @@ def write_model(path, shape: str = "8b", seed: int = 0) -> pathlib.Path:
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        for name, kind, (rows, cols) in plan:
+        for _name, kind, (rows, cols) in plan:
             if kind == "q4":
                 data = random_q4_0(rng, rows, cols)
             else:
@@ -140,7 +140,7 @@ def file_shape(path) -> str | None:
     return name[len(FORMAT_TAG) + len(" shape="):]
 
 
-def ensure_model(path, shape: str = "8b", seed: int = 0) -> Tuple[pathlib.Path, bool]:
+def ensure_model(path, shape: str = "8b", seed: int = 0) -> tuple[pathlib.Path, bool]:
     """The model at `path`, written unless a file of the same shape is there; (path, reused)."""
     if os.path.isfile(path) and file_shape(path) == shape:
         return pathlib.Path(path), True

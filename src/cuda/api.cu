@@ -22,8 +22,10 @@ ggml_rerope_status check_device_pointer(const void * p, const char * name) {
         return rerope_fail(GGML_REROPE_ERR_CUDA, "cudaPointerGetAttributes(%s): %s", name, cudaGetErrorString(err));
     }
     if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
-        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "%s is not a device pointer (use ggml_rerope_attn_cuda_from_host "
-                           "for host buffers)", name);
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG,
+                           "%s is not a device pointer (use ggml_rerope_attn_cuda_from_host "
+                           "for host buffers)",
+                           name);
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "%s must be 16-byte aligned", name);
     return GGML_REROPE_OK;
@@ -51,9 +53,9 @@ ggml_rerope_status check_cuda_call(const ggml_rerope_attn_call * c, int what) {
     return st;
 }
 
-AttnArgs make_args(const ggml_rerope_params * p, const float * q, int32_t n_q, int32_t n_head,
-                   const int32_t * q_pos, const void * k, const void * v, int32_t n_kv, int32_t n_head_kv,
-                   const int32_t * k_pos, float * out) {
+AttnArgs make_args(const ggml_rerope_params * p, const float * q, int32_t n_q, int32_t n_head, const int32_t * q_pos,
+                   const void * k, const void * v, int32_t n_kv, int32_t n_head_kv, const int32_t * k_pos,
+                   float * out) {
     AttnArgs a;
     memset(&a, 0, sizeof(a));
     a.q = q, a.k = k, a.v = v, a.out = out, a.q_pos = q_pos, a.k_pos = k_pos, a.k_bounds = nullptr;
@@ -129,8 +131,10 @@ ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_attn_call *
     if (err == cudaSuccess) err = cudaMemcpyAsync(dev, q, q_bytes, cudaMemcpyHostToDevice, stream);
     if (err == cudaSuccess) err = cudaMemcpyAsync(dev + off_k, k, kv_bytes, cudaMemcpyHostToDevice, stream);
     if (err == cudaSuccess) err = cudaMemcpyAsync(dev + off_v, v, kv_bytes, cudaMemcpyHostToDevice, stream);
-    if (err == cudaSuccess && q_pos) err = cudaMemcpyAsync(dev + off_qp, q_pos, n_q * 4, cudaMemcpyHostToDevice, stream);
-    if (err == cudaSuccess && k_pos) err = cudaMemcpyAsync(dev + off_kp, k_pos, n_kv * 4, cudaMemcpyHostToDevice, stream);
+    if (err == cudaSuccess && q_pos)
+        err = cudaMemcpyAsync(dev + off_qp, q_pos, n_q * 4, cudaMemcpyHostToDevice, stream);
+    if (err == cudaSuccess && k_pos)
+        err = cudaMemcpyAsync(dev + off_kp, k_pos, n_kv * 4, cudaMemcpyHostToDevice, stream);
     // Poison the output (all-ones bits = NaN): a row the kernels fail to write shows up.
     if (err == cudaSuccess) err = cudaMemsetAsync(dev + off_o, 0xff, q_bytes, stream);
     if (err != cudaSuccess) {
@@ -139,11 +143,10 @@ ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_attn_call *
         cudaStreamDestroy(stream);
         return rerope_fail(GGML_REROPE_ERR_CUDA, "copying the inputs to the device: %s", cudaGetErrorString(err));
     }
-    const AttnArgs a = make_args(params, reinterpret_cast<const float *>(dev), n_q, n_head,
-                                 q_pos ? reinterpret_cast<const int32_t *>(dev + off_qp) : nullptr, dev + off_k,
-                                 dev + off_v, n_kv, n_head_kv,
-                                 k_pos ? reinterpret_cast<const int32_t *>(dev + off_kp) : nullptr,
-                                 reinterpret_cast<float *>(dev + off_o));
+    const AttnArgs a = make_args(
+        params, reinterpret_cast<const float *>(dev), n_q, n_head,
+        q_pos ? reinterpret_cast<const int32_t *>(dev + off_qp) : nullptr, dev + off_k, dev + off_v, n_kv, n_head_kv,
+        k_pos ? reinterpret_cast<const int32_t *>(dev + off_kp) : nullptr, reinterpret_cast<float *>(dev + off_o));
     st = rerope_cuda::run_attention(a, d, kv_type, stream);
     if (st == GGML_REROPE_OK) {
         err = cudaMemcpyAsync(out, dev + off_o, q_bytes, cudaMemcpyDeviceToHost, stream);

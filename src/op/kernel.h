@@ -98,7 +98,8 @@ static inline rerope_ws_layout rerope_layout(const rerope_job * j) {
     size_t at = 0;
     L.rows_pad = (j->tq * j->gq + 3) & ~3;
     L.n_hb = j->n_split ? j->n_head_kv : 1;
-    size_t rp = (size_t) L.rows_pad, rh = rp * (size_t) L.n_hb, dp = (size_t) j->dp, bk = RR_BK, hf = (size_t) (j->half ? j->half : 1);
+    size_t rp = (size_t) L.rows_pad, rh = rp * (size_t) L.n_hb, dp = (size_t) j->dp, bk = RR_BK,
+           hf = (size_t) (j->half ? j->half : 1);
 #define RR_TAKE(field, n) (L.field = at, at += rerope_round16(n))
     RR_TAKE(qn, rh * dp);
     RR_TAKE(qf, rh * dp);

@@ -79,8 +79,8 @@ static void RR_FN(rr_setup)(ST * st, const rerope_job * job, void * ws) {
     st->item_i0 = -1;
 
     const float kinv = job->p.far_mode == GGML_REROPE_FAR_LEAKY ? 1.0f / job->p.leaky_k : 1.0f;
-    float * stn_c = st->f + st->L.stn_c, * stn_s = st->f + st->L.stn_s;
-    float * stl_c = st->f + st->L.stl_c, * stl_s = st->f + st->L.stl_s;
+    float *stn_c = st->f + st->L.stn_c, *stn_s = st->f + st->L.stn_s;
+    float *stl_c = st->f + st->L.stl_c, *stl_s = st->f + st->L.stl_s;
     for (int m = 0; m < job->half; m++) {
         const double th = job->theta[m];
         st->t1c[m] = cos(th);
@@ -116,8 +116,7 @@ static void RR_FN(rr_setup)(ST * st, const rerope_job * job, void * ws) {
 static inline double RR_FN(rr_far_q_angle)(const rerope_job * job, int32_t i) {
     const ggml_rerope_params * p = &job->p;
     switch (p->far_mode) {
-        case GGML_REROPE_FAR_LEAKY:
-            return (double) i / p->leaky_k + p->window - (double) p->window / p->leaky_k;
+        case GGML_REROPE_FAR_LEAKY: return (double) i / p->leaky_k + p->window - (double) p->window / p->leaky_k;
         case GGML_REROPE_FAR_GROUP:
             return (double) (i / p->group_size) + p->window - (double) (p->window / p->group_size);
         default: return (double) p->window;
@@ -227,7 +226,7 @@ static void RR_FN(rr_tile_cs)(ST * st, const rerope_job * job, int path, const i
     }
     if (group) {
         const int G = job->p.group_size, off = p0 % G;
-        const float * sc = st->f + st->L.stn_c, * ss = st->f + st->L.stn_s;
+        const float *sc = st->f + st->L.stn_c, *ss = st->f + st->L.stn_s;
         for (int m = 0; m < half; m++) {
             const float cA = (float) ac[m], sA = (float) as[m];
             for (int t = 0; t < RR_BK; t++) {
@@ -451,15 +450,14 @@ RR_INLINE void RR_FN(rr_pv_direct_t)(const float * P, const char * V, size_t vs,
 
 /* Scores and P.V of a full far-clamp tile for R <= RR_RB real rows, K/V from the cache: one
  * pair of functions per (row count, K/V type), so padded rows cost nothing. */
-#define RR_DIRECT_FNS(R, F16)                                                                                       \
-    static __attribute__((noinline)) void RR_FN(rr_dqk_##R##_##F16)(const float * Q, const char * K, size_t ks,  \
-                                                                    const char * V, size_t vs, float * S, int d,   \
-                                                                    int dp) {                                      \
-        RR_FN(rr_qk_direct)(Q, K, ks, V, vs, S, d, dp, R, F16);                                                    \
-    }                                                                                                               \
-    static __attribute__((noinline)) void RR_FN(rr_dpv_##R##_##F16)(const float * P, const char * V, size_t vs,   \
-                                                                    float * O, int d, int dp) {                    \
-        RR_FN(rr_pv_direct_t)(P, V, vs, O, d, dp, R, F16);                                                         \
+#define RR_DIRECT_FNS(R, F16)                                                                                   \
+    static __attribute__((noinline)) void RR_FN(rr_dqk_##R##_##F16)(                                            \
+        const float * Q, const char * K, size_t ks, const char * V, size_t vs, float * S, int d, int dp) {      \
+        RR_FN(rr_qk_direct)(Q, K, ks, V, vs, S, d, dp, R, F16);                                                 \
+    }                                                                                                           \
+    static __attribute__((noinline)) void RR_FN(rr_dpv_##R##_##F16)(const float * P, const char * V, size_t vs, \
+                                                                    float * O, int d, int dp) {                 \
+        RR_FN(rr_pv_direct_t)(P, V, vs, O, d, dp, R, F16);                                                      \
     }
 RR_DIRECT_FNS(1, 0)
 RR_DIRECT_FNS(2, 0)
@@ -475,13 +473,13 @@ _Static_assert(RR_RB == 4, "the decode variants cover 1..4 rows");
 /* One full far-clamp tile of one head block (rows <= RR_RB): scores, online softmax, P.V. */
 static void RR_FN(rr_direct_tile)(const float * Q, const char * K, size_t ks, const char * V, size_t vs, float * S,
                                   float * O, float * M, float * Lsum, int d, int dp, int rows, int f16) {
-#define RR_DIRECT(R)                                                                                  \
-    do {                                                                                              \
-        if (f16) RR_FN(rr_dqk_##R##_1)(Q, K, ks, V, vs, S, d, dp);                                    \
-        else RR_FN(rr_dqk_##R##_0)(Q, K, ks, V, vs, S, d, dp);                                        \
-        RR_FN(rr_softmax_update)(S, O, M, Lsum, R, R, dp);                                            \
-        if (f16) RR_FN(rr_dpv_##R##_1)(S, V, vs, O, d, dp);                                           \
-        else RR_FN(rr_dpv_##R##_0)(S, V, vs, O, d, dp);                                               \
+#define RR_DIRECT(R)                                               \
+    do {                                                           \
+        if (f16) RR_FN(rr_dqk_##R##_1)(Q, K, ks, V, vs, S, d, dp); \
+        else RR_FN(rr_dqk_##R##_0)(Q, K, ks, V, vs, S, d, dp);     \
+        RR_FN(rr_softmax_update)(S, O, M, Lsum, R, R, dp);         \
+        if (f16) RR_FN(rr_dpv_##R##_1)(S, V, vs, O, d, dp);        \
+        else RR_FN(rr_dpv_##R##_0)(S, V, vs, O, d, dp);            \
     } while (0)
     switch (rows) {
         case 1: RR_DIRECT(1); break;
@@ -637,7 +635,7 @@ void RR_CAT(rerope_kernel, RR_ISA)(const rerope_job * job, int ith, int nth, voi
     ST st;
     RR_FN(rr_setup)(&st, job, ws);
     const int gq = job->gq, dp = job->dp, d = job->d;
-    const float * O = st.f + st.L.o, * Lsum = st.f + st.L.l, * M = st.f + st.L.m;
+    const float *O = st.f + st.L.o, *Lsum = st.f + st.L.l, *M = st.f + st.L.m;
     const int rp = st.L.rows_pad;
 
     if (job->n_split > 0) {

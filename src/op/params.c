@@ -29,8 +29,7 @@ ggml_rerope_status ggml_rerope_check_params(const ggml_rerope_params * p) {
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_rot must be even and in 0..head_dim (%d), got %d",
                            p->head_dim, p->n_rot);
     if (p->rope_mode != GGML_REROPE_MODE_NORM && p->rope_mode != GGML_REROPE_MODE_NEOX)
-        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "rope_mode must be NORM (0) or NEOX (2), got %d",
-                           p->rope_mode);
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "rope_mode must be NORM (0) or NEOX (2), got %d", p->rope_mode);
     if (!(p->rope_base > 0.0f) || !isfinite(p->rope_base))
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "rope_base must be a finite number > 0, got %g",
                            (double) p->rope_base);

@@ -44,8 +44,8 @@ static float f16_to_f32(uint16_t h) {
 }
 
 /* The contract, literally: rotate q by rel(i, j) for every key, in double. */
-static void naive(const test_case * c, const ggml_rerope_params * p, const float * q, const float * k,
-                  const float * v, const int32_t * qp, const int32_t * kp, double * out) {
+static void naive(const test_case * c, const ggml_rerope_params * p, const float * q, const float * k, const float * v,
+                  const int32_t * qp, const int32_t * kp, double * out) {
     const int d = c->d, half = c->n_rot / 2, g = c->h / c->h_kv;
     const double scale = 1.0 / sqrt((double) d);
     double * s = malloc(sizeof(double) * c->n_kv);
@@ -62,8 +62,9 @@ static void naive(const test_case * c, const ggml_rerope_params * p, const float
                 if (dist >= c->window) {
                     if (c->far_mode == 0) rel = c->window;
                     else if (c->far_mode == 1) rel = c->window + (dist - c->window) / c->leaky;
-                    else rel = floor((double) qp[i] / c->group) - floor((double) kp[j] / c->group) + c->window -
-                               floor((double) c->window / c->group);
+                    else
+                        rel = floor((double) qp[i] / c->group) - floor((double) kp[j] / c->group) + c->window -
+                              floor((double) c->window / c->group);
                 }
                 for (int e = 0; e < d; e++) qr[e] = qv[e];
                 for (int m = 0; m < half; m++) {
@@ -146,13 +147,23 @@ static int run_case(int idx, const test_case * c) {
     p.group_size = c->group;
     p.logn_train_len = c->logn;
     p.causal = c->causal;
-    const void *kk = c->f16 ? (const void *) k16 : (const void *) k, *vv = c->f16 ? (const void *) v16 : (const void *) v;
+    const void *kk = c->f16 ? (const void *) k16 : (const void *) k,
+               *vv = c->f16 ? (const void *) v16 : (const void *) v;
     const int kv_type = c->f16 ? GGML_REROPE_KV_F16 : GGML_REROPE_KV_F32;
     int fails = 0;
 
     ggml_rerope_set_simd(GGML_REROPE_SIMD_SCALAR);
-    ggml_rerope_attn_call call = {.params = p, .q = q, .k = kk, .v = vv, .out = ref_out, .q_pos = qp, .k_pos = kp,
-                                  .n_q = c->n_q, .n_head = c->h, .n_kv = c->n_kv, .n_head_kv = c->h_kv,
+    ggml_rerope_attn_call call = {.params = p,
+                                  .q = q,
+                                  .k = kk,
+                                  .v = vv,
+                                  .out = ref_out,
+                                  .q_pos = qp,
+                                  .k_pos = kp,
+                                  .n_q = c->n_q,
+                                  .n_head = c->h,
+                                  .n_kv = c->n_kv,
+                                  .n_head_kv = c->h_kv,
                                   .kv_type = kv_type};
     ggml_rerope_status st = ggml_rerope_attn_host(&call, 3);
     if (st != GGML_REROPE_OK) {
