@@ -1,6 +1,6 @@
-"""H100 benchmark of the CUDA ReRoPE attention kernels (issue 4, item 5), in one run.
+"""Benchmark of the CUDA ReRoPE attention kernels against torch (results: BENCHMARKS.md, CUDA kernels).
 
-Prefill TFLOP/s (causal, 32 heads, d = 128, FLOPs = 2 n^2 d heads as the issue counts them):
+Prefill TFLOP/s (causal, 32 heads, d = 128, FLOPs = 2 n^2 d heads: QK^T and PV over the causal half):
 ours ReRoPE w = 1024, ours with w > n (plain RoPE through the same kernel), torch SDPA
 (is_causal, bf16), and a naive two-path ReRoPE in torch (two full score matrices per head,
 masked select; heads in chunks so it fits). Decode GB/s (1 query, 32 / 8 heads, d = 128, f16
@@ -8,7 +8,7 @@ K/V) against a device-to-device copy measured in the same run, plus torch SDPA d
 
 Ours: q f32, K/V f16 raw (unrotated), tensor-core operands f16 (same rate as bf16).
 Times: CUDA events, warm-up, median of repeats. Decode inputs rotate among several copies
-so they are not served from the 50 MB L2; decode is timed one call at a time (the host work of
+so they are not served from L2 (50 MB on an H100 / H200); decode is timed one call at a time (the host work of
 a call exposed) and BACK_TO_BACK calls in a row (as a model's layers run: host work overlapped).
 
     GGML_REROPE_LIBRARY=build-cuda/src/libggml_rerope.so python python/bench_cuda_attention.py --json out.json

@@ -1,4 +1,5 @@
-"""End-to-end model benchmark of issue 4 (item 5): ours vs llama.cpp on a Llama-3-8B-shaped Q4_0 GGUF.
+"""End-to-end model benchmark, ours vs llama.cpp, on a Llama-3-8B-shaped Q4_0 GGUF (results: BENCHMARKS.md,
+GPU runtime end to end).
 
 The model has random weights and is written on the benchmark machine (about 4.5 GB, 30-60 s;
 ggml_rerope/bench/random_llama_gguf.py), reused when --out already holds one of that shape. For each
@@ -14,7 +15,7 @@ Same token ids, same batch sizes and threads, one engine alive at a time, one wa
 layer and the host copy of the last logits (that copy is what waits for the GPU). Target: ours
 >= 0.9x llama.cpp, prefill and decode.
 
-On the H100 (the device machine has no gguf / llama-cpp-python / cffi of its own: they travel
+On a GPU machine (when it has no gguf / llama-cpp-python / cffi of its own: they travel
 as wheels in .whl, llama-cpp-python built with CMAKE_ARGS="-DGGML_CUDA=on"; python/gpu_run.sh
 installs .whl and builds build-gpu first, then `python/gpu_run.sh model` runs this command):
 

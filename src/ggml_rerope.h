@@ -1,7 +1,8 @@
 /*
  * ggml_rerope.h - fused ReRoPE / Leaky ReRoPE / Self-Extend attention.
  *
- * The math (the contract every kernel is tested against; see README and DESIGN):
+ * The math (the contract every kernel is tested against: this header, and its executable form in
+ * ggml_rerope/reference.py):
  *
  *   head size d, rotary dims d_r <= d (even), base b,
  *   theta_m = freq_factors[m] * b^(-2m/d_r),  m = 0 .. d_r/2-1   (factor 1 when NULL)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: the C tests through CTest, then the Python suite with pytest.
+# Runs every test: lint (tests/lint.sh), the C tests through CTest, then the Python suite with pytest.
 # Under CI (CI=true) or with --sanitize it also builds the C tests with
 # -fsanitize=address,undefined and runs them.
 set -euo pipefail
@@ -13,6 +13,10 @@ PY=$(command -v "$PY")  # absolute: CMake asks this Python where llama-cpp-pytho
 sanitize=${CI:-false}
 [ "${1:-}" = "--sanitize" ] && sanitize=true
 jobs=$(nproc 2>/dev/null || echo 2)
+
+# Lint first: it takes seconds, and style findings should not wait behind a full build.
+echo "== lint"
+PYTHON="$PY" tests/lint.sh
 
 echo "== C library and C tests (CTest)"
 cmake -S . -B build/ctest -DPython3_EXECUTABLE="$PY" >/dev/null

@@ -21,7 +21,7 @@ float program, though, and the bounds below come from where they differ:
   measured in the same test: our mean |dlogit| <= 1.3 x llama.cpp's own FA-on/FA-off difference
   (+ 0.2 % of the logits' std) and our argmax agreement >= llama.cpp's own agreement - 2 points.
   On SmolLM2-135M Q4_1 (30 quantized layers) this floor is large: llama.cpp FA on vs off agree on
-  the argmax at only ~96.5 % of 1000 positions (mean |dlogit| ~0.17), so the issue's fixed ">= 99 %"
+  the argmax at only ~96.5 % of 1000 positions (mean |dlogit| ~0.17), so a fixed ">= 99 %" agreement
   cannot hold there for ANY second implementation; we require it where the reference's top-2
   margin is >= 1 logit (argmax flips below that are rounding ties).
 """

@@ -329,12 +329,12 @@ def attention_with_rel(q, k, v, rel_fn, logn_train_len=0, scale=None):
     return out
 
 
-def test_self_extend_matches_design_formula():
+def test_self_extend_matches_the_grouped_distance_formula():
     W, G = 16, 4
     sch = make_scheme("self-extend", HYPER, N, group=G, window=W)
     assert (sch.window, sch.far_mode, sch.group_size) == (W, FAR_GROUP, G)
 
-    def rel(i, j):  # DESIGN.md: i - j inside the neighbour window, else grouped
+    def rel(i, j):  # i - j inside the neighbour window, else grouped (README "The math", ggml_rerope/reference.py)
         return i - j if i - j < W else i // G - j // G + W - W // G
 
     q, k, v = qkv(8)

@@ -2,8 +2,8 @@
 
     path = ensure_model("/tmp/llama3-8b-random-q4_0.gguf", "8b")   # reuses a file of that shape
 
-For the end-to-end GPU benchmark (issue 4): the weights are made on the benchmark machine
-(nothing travels) and never quantized: each Q4_0 block (32 weights) is written directly as an
+For the end-to-end GPU benchmark (python/bench_gpu_model.py): the weights are made on the
+benchmark machine (nothing travels) and never quantized: each Q4_0 block (32 weights) is written directly as an
 f16 scale followed by 16 random bytes of nibbles. Scales are 1 / (4.6 sqrt(n_in)) per matrix
 (uniform nibbles - 8 have a standard deviation of 4.6), so every matmul keeps unit-RMS inputs near
 unit RMS and activations stay finite over 32 layers. Norm weights are F32 ones (small noise).
