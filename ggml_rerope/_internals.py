@@ -27,10 +27,12 @@ from ._binding import ffi, last_error, lib
 from .errors import ModelLoadError, raise_for_status
 from .schemes import WINDOW_NONE, ModelHyper, Scheme
 
-KV_F32, KV_F16 = 0, 1  # GGML_REROPE_KV_F32 / _F16
+KV_F32, KV_F16 = lib.GGML_REROPE_KV_F32, lib.GGML_REROPE_KV_F16
 KV_TYPES = {"f32": KV_F32, "f16": KV_F16}
 INT32_MAX = 2**31 - 1
-FACTORS_ROPE_FREQS, FACTORS_LONG, FACTORS_SHORT = 0, 1, 2  # ggml_rerope_rope_factors
+FACTORS_ROPE_FREQS = lib.GGML_REROPE_FACTORS_ROPE_FREQS
+FACTORS_LONG = lib.GGML_REROPE_FACTORS_LONG
+FACTORS_SHORT = lib.GGML_REROPE_FACTORS_SHORT
 
 
 def check(status: int) -> None:

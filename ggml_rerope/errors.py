@@ -46,20 +46,28 @@ class OutOfMemoryError(ReropeError, MemoryError):
     """An allocation failed."""
 
 
-_BY_STATUS = {
-    1: InvalidArgumentError,
-    2: UnsupportedError,
-    3: OutOfMemoryError,
-    4: CudaError,
-    5: ModelLoadError,
-    6: ContextFullError,
+_ERROR_BY_STATUS_NAME = {
+    "GGML_REROPE_ERR_INVALID_ARG": InvalidArgumentError,
+    "GGML_REROPE_ERR_UNSUPPORTED": UnsupportedError,
+    "GGML_REROPE_ERR_NO_MEMORY": OutOfMemoryError,
+    "GGML_REROPE_ERR_CUDA": CudaError,
+    "GGML_REROPE_ERR_IO": ModelLoadError,
+    "GGML_REROPE_ERR_CONTEXT_FULL": ContextFullError,
 }
+
+
+def _error_class(status: int) -> type:
+    # _binding imports this module, so the status values are read from it at the first error.
+    from ._binding import lib
+
+    by_value = {getattr(lib, name): cls for name, cls in _ERROR_BY_STATUS_NAME.items()}
+    return by_value.get(status, ReropeError)
 
 
 def raise_for_status(status: int, message: str) -> None:
     """Raises the exception that matches a ggml_rerope_status (0 = OK returns)."""
     if status == 0:
         return
-    err = _BY_STATUS.get(int(status), ReropeError)(message or f"ggml_rerope error {status}")
+    err = _error_class(int(status))(message or f"ggml_rerope error {status}")
     err.status = int(status)
     raise err

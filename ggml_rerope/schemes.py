@@ -37,7 +37,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-FAR_CLAMP, FAR_LEAKY, FAR_GROUP = 0, 1, 2
+from ._binding import lib as _lib  # enum values only: the library itself is not opened
+
+FAR_CLAMP, FAR_LEAKY, FAR_GROUP = _lib.GGML_REROPE_FAR_CLAMP, _lib.GGML_REROPE_FAR_LEAKY, _lib.GGML_REROPE_FAR_GROUP
 WINDOW_NONE = 2**31 - 1  # INT32_MAX: every distance is "near", i.e. plain RoPE
 
 # A frequency of exactly 0 (no rotation) is what Giraffe truncation asks for, but the

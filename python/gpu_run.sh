@@ -84,7 +84,7 @@ decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark o
     GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" \
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/$3" || rc=1
 }
-[ "$MODE" = lcp-cuda ] || [ "$MODE" = kernels ] || [ "$MODE" = runtime ] || [ "$MODE" = fuzz ] || build_lib
+case "$MODE" in lcp-cuda|kernels|runtime|fuzz|lcp-cpu|cpu-model) ;; *) build_lib ;; esac
 case "$MODE" in
     smoke)
         python3 -m pytest -x -q -rs tests/test_cuda.py \
@@ -134,6 +134,33 @@ case "$MODE" in
             flag=(); [ $build = asan ] && flag=(--asan)
             PYTHON=python3 tests/fuzz/run_fuzz.sh --kind both --cases "${FUZZ_CASES:-100000}" --jobs 16 "${flag[@]}" \
                 --build-dir "/tmp/fuzz-$build" --crash-dir "$OUT/crashes-$build" 2>&1 | tee "$OUT/fuzz_$build.log" || rc=1
+        done
+        ;;
+    lcp-cpu)  # llama-cpp-python 0.3.36 CPU only (AVX2 / AVX-512 on, AMX off, as a 2-core desktop), in the background
+        mkdir -p /tmp/dev && tar xzf .dev/lcp-cuda.tar.gz -C /tmp/dev || exit 1
+        cat > /tmp/dev/build_lcp_cpu.sh <<'EOB'
+t0=$(date +%s); cd /tmp/dev/llama_cpp_python-0.3.36 || exit 1
+CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" \
+  CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -v --no-build-isolation --no-deps --no-cache-dir --target /tmp/site-cpu . \
+  > /tmp/dev/lcp_cpu_build.log 2>&1
+echo "rc=$? after $(( $(date +%s) - t0 )) s" > /tmp/dev/lcp_cpu_done
+EOB
+        setsid nohup bash /tmp/dev/build_lcp_cpu.sh >/dev/null 2>&1 </dev/null &
+        echo "llama-cpp-python CPU build started in the background (log /tmp/dev/lcp_cpu_build.log)"
+        ;;
+    cpu-model)  # the CPU runtime benchmark on 2 pinned cores against that build: CPU_CTX contexts, one at a time
+        for _ in $(seq 1 108); do [ -f /tmp/dev/lcp_cpu_done ] && break; sleep 5; done
+        cat /tmp/dev/lcp_cpu_done 2>/dev/null || { echo "llama-cpp-python CPU build not finished"; exit 1; }
+        CFG=$(find /tmp/site-cpu -name ggml-config.cmake | head -1)
+        cmake -S . -B /tmp/build-cpu -G Ninja -DGGML_REROPE_CUDA=OFF -DGGML_REROPE_BUILD_TESTS=OFF -Dggml_DIR="$(dirname "$CFG")" \
+            >"$OUT/cmake_cpu.log" 2>&1 && cmake --build /tmp/build-cpu -j 16 >>"$OUT/cmake_cpu.log" 2>&1 || { tail -30 "$OUT/cmake_cpu.log"; exit 1; }
+        export GGML_REROPE_LIBRARY=/tmp/build-cpu/src/libggml_rerope.so PYTHONPATH="/tmp/site-cpu:$PYTHONPATH" \
+            LD_LIBRARY_PATH=/tmp/site-cpu/llama_cpp/lib CUDA_VISIBLE_DEVICES=""
+        export LD_PRELOAD=$(ldconfig -p | grep 'libstdc++.so.6 ' | head -1 | awk '{print $NF}')
+        for n in ${CPU_CTX:-2048 8192}; do
+            taskset -c 2,3 python3 -m ggml_rerope.bench model "$GGML_REROPE_TEST_MODEL" --ctx "$n" --vs-llama-cpp --threads 2 \
+                --repeats "${CPU_REPEATS:-3}" --no-rss --json --text "$GGML_REROPE_TEST_TEXT" > "$OUT/cpu_model_ctx$n.json" || rc=1
+            python3 -m json.tool "$OUT/cpu_model_ctx$n.json" | grep -E '"(ctx|prefill_tok_s|decode_tok_s)"|ratio' | head -20
         done
         ;;
     model)
