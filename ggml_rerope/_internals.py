@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from ._binding import ffi, last_error, lib
+from ._closing import Closing
 from .errors import ModelLoadError, raise_for_status
 from .schemes import WINDOW_NONE, ModelHyper, Scheme
 
@@ -82,7 +83,7 @@ _SCALING_FIELDS = (
 )
 
 
-class RuntimeModel:
+class RuntimeModel(Closing):
     """A loaded GGUF model (ggml_rerope_model): weights, hyperparameters, rotary metadata.
 
     close() first closes the contexts made on it that are still open (a context must not outlive
@@ -177,20 +178,8 @@ class RuntimeModel:
             lib.ggml_rerope_model_free(self._ptr)
             self._ptr = ffi.NULL
 
-    def __enter__(self) -> RuntimeModel:
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the library may be gone already
-            pass
-
-
-class RuntimeContext:
+class RuntimeContext(Closing):
     """A KV cache and compute state on a RuntimeModel (ggml_rerope_context).
 
     n_batch / n_threads None keep the library's defaults (512; every CPU core)."""
@@ -269,18 +258,6 @@ class RuntimeContext:
         if getattr(self, "_ptr", ffi.NULL) != ffi.NULL:
             lib.ggml_rerope_context_free(self._ptr)
             self._ptr = ffi.NULL
-
-    def __enter__(self) -> RuntimeContext:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the library may be gone already
-            pass
 
 
 class Runtime:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from . import llama_args
+from ._closing import Closing
 from .errors import ContextFullError
 from .llama_text import LogprobRecorder, StopCutter, decode, logits_to_logprobs
 from .model import Model
@@ -113,7 +114,7 @@ class _Sampling:
         return self.stopped_by_criteria
 
 
-class Llama:
+class Llama(Closing):
     """llama-cpp-python's `Llama` on ggml_rerope's runtime. Keywords beyond llama-cpp-python's:
     rope_scaling (a scheme name of ggml_rerope.schemes.SCHEMES, default "rerope"),
     rerope_window, rerope_leaky_k, logn, rope_options, kv_type ("f16" / "f32"), as in Model.
@@ -194,18 +195,6 @@ class Llama:
         model, self._model = getattr(self, "_model", None), None
         if model is not None:
             model.close()
-
-    def __enter__(self) -> Llama:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the library may be gone already
-            pass
 
     def _live(self) -> Model:
         if self._model is None:

@@ -25,6 +25,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from . import schemes
+from ._closing import Closing
 from ._internals import INT32_MAX, KV_TYPES, RuntimeContext, RuntimeModel
 from .default_model import default_model_path
 from .errors import ContextFullError, ModelLoadError
@@ -135,7 +136,7 @@ class _Run:
         self.finish_reason: Optional[str] = None
 
 
-class Model:
+class Model(Closing):
     """A GGUF model (llama, qwen2, qwen3) with ReRoPE attention on a KV cache of raw keys.
 
     Args:
@@ -263,18 +264,6 @@ class Model:
         if tok is not None:
             self._tokenizer = None
             tok.close()
-
-    def __enter__(self) -> Model:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the library may be gone already
-            pass
 
     def _live(self) -> RuntimeContext:
         if self._ctx is None:
