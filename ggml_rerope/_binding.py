@@ -175,6 +175,9 @@ int32_t ggml_rerope_n_past(const ggml_rerope_context * ctx);
 int32_t ggml_rerope_n_ctx(const ggml_rerope_context * ctx);
 ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_keep);
 size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx);
+size_t ggml_rerope_state_size(const ggml_rerope_context * ctx);
+ggml_rerope_status ggml_rerope_state_get(const ggml_rerope_context * ctx, void * dst, size_t size);
+ggml_rerope_status ggml_rerope_state_set(ggml_rerope_context * ctx, const void * src, size_t size);
 
 typedef struct ggml_rerope_rope_info {
     char scaling_type[16];

@@ -254,6 +254,22 @@ class RuntimeContext(Closing):
         """Keeps the first n_keep tokens of the cache."""
         check(lib.ggml_rerope_truncate(self.ptr, int(n_keep)))
 
+    def state_size(self) -> int:
+        return int(lib.ggml_rerope_state_size(self.ptr))
+
+    def state_get(self) -> bytes:
+        """The cache's raw K/V rows with their header (ggml_rerope_state_get): valid under any scheme."""
+        size = self.state_size()
+        buf = bytearray(size)
+        check(lib.ggml_rerope_state_get(self.ptr, ffi.from_buffer(buf), size))
+        return bytes(buf)
+
+    def state_set(self, state: bytes) -> None:
+        """Loads a state_get() result (checked before anything is written: on error nothing changed)."""
+        if not isinstance(state, (bytes, bytearray, memoryview)):
+            raise TypeError(f"state must be bytes, got {type(state).__name__}")
+        check(lib.ggml_rerope_state_set(self.ptr, ffi.from_buffer(state), len(state)))
+
     def close(self) -> None:
         if getattr(self, "_ptr", ffi.NULL) != ffi.NULL:
             lib.ggml_rerope_context_free(self._ptr)

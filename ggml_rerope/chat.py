@@ -10,6 +10,7 @@ In the chat, Ctrl-C stops the answer being written; Ctrl-C twice at the prompt, 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Optional
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-type", default="f16", choices=("f16", "f32"), help="KV cache type (default f16)")
     p.add_argument("-f", "--file", metavar="PATH", help="document to put into the context first")
     p.add_argument("-p", "--prompt", metavar="TEXT", help="answer this once and exit")
+    p.add_argument("--prompt-cache", metavar="FILE",
+                   help="with --file: load the document's evaluated state from FILE when it matches, "
+                        "else evaluate it and save it there")
     p.add_argument("--verbose", action="store_true", help="print load details")
     add_scheme_arguments(p)
     return p
@@ -105,11 +109,25 @@ class Chat:
             return f"{self.document}\n\n{text}"
         return text
 
-    def read_document(self) -> None:
+    def read_document(self, prefix: Optional[list[int]] = None) -> None:
         """Evaluates the document part of the first turn now (with a progress line), so the
-        first question only adds its own tokens."""
+        first question only adds its own tokens (prefix: document_prefix(), when known)."""
         if self.document is None:
             return
+        prefix = self.document_prefix() if prefix is None else prefix
+        progress = ProgressLine("reading document")
+        progress.start()
+        try:
+            self.model.prefill(prefix, progress=progress)
+        finally:
+            progress.end()
+        t = self.model.last_timings
+        print(f"[document: {len(prefix)} tokens in {t.prompt_s:.1f} s"
+              f"{f' ({t.prompt_tok_s:.0f} tok/s)' if t.prompt_s > 0 else ''}]", file=sys.stderr)
+
+    def document_prefix(self) -> list[int]:
+        """The tokens of the first turn up to the end of the document (ContextFullError when they
+        do not fit)."""
         tok = self.model.tokenizer
         text = tok.chat_prompt(self.base + [{"role": "user", "content": self._user_content(_MARK)}])
         prefix = tok.tokenize(text.split(_MARK)[0], add_bos=False, special=True)[:-1]  # last may merge
@@ -120,15 +138,30 @@ class Chat:
                 f"the document has {len(prefix)} tokens, more than the context holds (n_ctx = "
                 f"{self.model.n_ctx}); raise -c/--ctx-size"
             )
-        progress = ProgressLine("reading document")
-        progress.start()
-        try:
-            self.model.prefill(prefix, progress=progress)
-        finally:
-            progress.end()
-        t = self.model.last_timings
-        print(f"[document: {len(prefix)} tokens in {t.prompt_s:.1f} s"
-              f"{f' ({t.prompt_tok_s:.0f} tok/s)' if t.prompt_s > 0 else ''}]", file=sys.stderr)
+        return prefix
+
+    def read_document_cached(self, cache_path: str) -> None:
+        """read_document through a prompt cache (llama.cpp's --prompt-cache): loads the saved state
+        when it holds this document's tokens for this model and KV type, else reads the document
+        and saves the state there."""
+        from .errors import ReropeError
+        from .saved_state import read_file
+
+        prefix = self.document_prefix()
+        if os.path.exists(cache_path):
+            try:
+                state = read_file(cache_path)
+                if state.tokens != prefix:
+                    raise ValueError("it holds other tokens than this document's")
+                self.model.load_state(state)
+                print(f"[prompt cache: loaded {len(prefix)} tokens from {cache_path}, 0 new tokens]",
+                      file=sys.stderr)
+                return
+            except (ReropeError, ValueError) as e:
+                print(f"[prompt cache: {cache_path} does not match ({e}): reading the document]", file=sys.stderr)
+        self.read_document(prefix)
+        self.model.save_state_file(cache_path)
+        print(f"[prompt cache: saved {self.model.n_past} tokens to {cache_path}]", file=sys.stderr)
 
     def answer(self, text: str, out=None) -> str:
         """Streams the answer to `text` onto `out`; Ctrl-C stops it (the partial answer stays in
@@ -272,14 +305,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             prompt = sys.stdin.read().strip()
             if not prompt:
                 raise ValueError("no prompt: stdin is empty (pass --prompt TEXT, or run in a terminal to chat)")
+        if args.prompt_cache is not None and document is None:
+            raise ValueError("--prompt-cache needs --file (the document it caches)")
         with _load(args) as model:
             chat = Chat(model, args, document)
+            if args.prompt_cache is not None:
+                chat.read_document_cached(args.prompt_cache)
             if prompt is not None:
                 chat.answer(prompt)
                 return 0
             print(f"[{model.model_path}: n_ctx {model.n_ctx} (trained {model.n_ctx_train}), "
                   f"{model.scheme.describe()}, {model.n_threads} threads]", file=sys.stderr)
-            chat.read_document()
+            if args.prompt_cache is None:
+                chat.read_document()
             return interactive(chat)
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -28,8 +28,11 @@ from . import schemes
 from ._closing import Closing
 from ._internals import INT32_MAX, KV_TYPES, RuntimeContext, RuntimeModel
 from .default_model import default_model_path
-from .errors import ContextFullError, ModelLoadError
+from .errors import ContextFullError, InvalidArgumentError, ModelLoadError
 from .sampling import Sampler
+from .saved_state import ModelState, check_compatible, model_identity
+from .saved_state import read_file as read_state_file
+from .saved_state import write_file as write_state_file
 from .tokenizer import Tokenizer
 
 ProgressFn = Callable[[int, int], None]
@@ -404,6 +407,48 @@ class Model(Closing):
         """Empties the KV cache."""
         self._live().truncate(0)
         self._tokens.clear()
+
+    # -- saved state --------------------------------------------------------------------------
+
+    def save_state(self) -> ModelState:
+        """The tokens and raw KV rows of the cache (llama-cpp-python's save_state). Valid under
+        every position scheme: after load_state, evaluation continues as set_rope_scaling on this
+        Model would (the scheme is not restored; it is recorded in state.scheme)."""
+        self._sync()
+        return ModelState(tokens=list(self._tokens), kv=self._live().state_get(), kv_type=self.kv_type,
+                          identity=model_identity(self._info_dict), scheme=self.scheme.describe())
+
+    def load_state(self, state: ModelState) -> None:
+        """Makes the cache hold `state` (this Model keeps its own scheme). Another model's state, a
+        different kv_type or one longer than n_ctx: InvalidArgumentError (a ValueError), with the
+        cache unchanged."""
+        if not isinstance(state, ModelState):
+            raise TypeError(f"state must be a ModelState, got {type(state).__name__}")
+        ctx = self._live()
+        check_compatible(state, model_identity(self._info_dict), self.kv_type)
+        n = len(state.tokens)
+        if n > self.n_ctx:
+            raise InvalidArgumentError(f"saved state holds {n} tokens, more than n_ctx = {self.n_ctx}")
+        if n and (min(state.tokens) < 0 or max(state.tokens) >= self.n_vocab):
+            raise InvalidArgumentError("saved state has a token id outside the vocabulary")
+        # The raw state's size fixes its token count: a mismatch with `tokens` is refused before loading.
+        self._sync()
+        header = ctx.state_size() - len(self._tokens) * ctx.kv_bytes_per_token
+        if len(state.kv) != header + n * ctx.kv_bytes_per_token:
+            raise InvalidArgumentError(f"saved state's KV rows ({len(state.kv)} bytes) do not hold its {n} tokens")
+        ctx.state_set(state.kv)
+        self._tokens = list(state.tokens)
+        if self.scheme.dynamic:
+            self._apply_scheme(n)
+
+    def save_state_file(self, path: Union[str, os.PathLike]) -> None:
+        """Writes save_state() to `path` (versioned, with the model's identity and a checksum)."""
+        write_state_file(path, self.save_state())
+
+    def load_state_file(self, path: Union[str, os.PathLike]) -> None:
+        """load_state of a save_state_file: ModelLoadError for a missing, truncated or corrupt
+        file; InvalidArgumentError for another model's or another kv_type's; cache unchanged."""
+        self.load_state(read_state_file(path))
 
     # -- position scheme ----------------------------------------------------------------------
 

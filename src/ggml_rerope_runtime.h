@@ -156,6 +156,22 @@ GGML_REROPE_API ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ct
 /* Bytes of K + V cache per token, all layers. */
 GGML_REROPE_API size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx);
 
+/* Saved state (a prompt cache): a small header (magic, version, n_layer, n_head_kv, head_dim, cache
+ * type, n_past) and the raw K and V rows 0..n_past-1 of every layer. Keys are cached unrotated, so a
+ * state is valid under every position scheme: set it, change the scheme, and the next eval equals what
+ * changing the scheme of the saving context would give. (Rows of layers > 0 were computed by attention
+ * under the saving scheme, so only a one-layer model equals a fresh prefill under the new one.) The
+ * scheme itself is not part of the state. */
+/* Bytes ggml_rerope_state_get writes now (0 for a NULL context). */
+GGML_REROPE_API size_t ggml_rerope_state_size(const ggml_rerope_context * ctx);
+/* Writes the state into dst; size must be >= ggml_rerope_state_size (else ERR_INVALID_ARG). */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_state_get(const ggml_rerope_context * ctx, void * dst, size_t size);
+/* Loads a state: the cache then holds its n_past tokens. Everything is checked before anything is
+ * written, so on failure the context is unchanged: ERR_IO for no state, another version or a size
+ * that does not match the header (truncated); ERR_INVALID_ARG for another model's shapes, another
+ * cache type or n_past > n_ctx (the message names what differs). */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_state_set(ggml_rerope_context * ctx, const void * src, size_t size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -362,3 +362,80 @@ ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_kee
 size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx) {
     return ctx ? rt_kv_bytes_per_token(&ctx->model->info, ctx->kv.type) : 0;
 }
+
+/* Saved state: header, then rt_kv_get_rows' bytes. Fixed-width fields in host byte order (a state
+ * is read back by the same build family on the same kind of machine, as llama.cpp's). */
+#define STATE_MAGIC 0x5652524Bu /* the bytes "KRRV" on a little-endian machine */
+#define STATE_VERSION 1u
+
+typedef struct state_header {
+    uint32_t magic, version;
+    int32_t n_layer, n_head_kv, head_dim, kv_type, n_past, reserved;
+} state_header;
+
+static size_t state_payload_bytes(const ggml_rerope_context * ctx, int32_t n_past) {
+    return 2 * (size_t) ctx->kv.n_layer * rt_kv_rows_bytes(&ctx->kv, n_past);
+}
+
+size_t ggml_rerope_state_size(const ggml_rerope_context * ctx) {
+    return ctx ? sizeof(state_header) + state_payload_bytes(ctx, ctx->n_past) : 0;
+}
+
+ggml_rerope_status ggml_rerope_state_get(const ggml_rerope_context * ctx, void * dst, size_t size) {
+    rerope_clear_error();
+    if (!ctx || !dst) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "ctx and dst must not be NULL");
+    const size_t need = ggml_rerope_state_size(ctx);
+    if (size < need)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "the state needs %zu bytes, dst has %zu", need, size);
+    const ggml_rerope_model_info * I = &ctx->model->info;
+    const state_header h = {.magic = STATE_MAGIC,
+                            .version = STATE_VERSION,
+                            .n_layer = I->n_layer,
+                            .n_head_kv = I->n_head_kv,
+                            .head_dim = I->head_dim,
+                            .kv_type = (int32_t) ctx->kv.type,
+                            .n_past = ctx->n_past};
+    memcpy(dst, &h, sizeof(h));
+    rt_kv_get_rows(&ctx->kv, ctx->n_past, (uint8_t *) dst + sizeof(h));
+    return GGML_REROPE_OK;
+}
+
+ggml_rerope_status ggml_rerope_state_set(ggml_rerope_context * ctx, const void * src, size_t size) {
+    rerope_clear_error();
+    if (!ctx || !src) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "ctx and src must not be NULL");
+    state_header h;
+    if (size < sizeof(h))
+        return rerope_fail(GGML_REROPE_ERR_IO, "state of %zu bytes is truncated: its header alone has %zu", size,
+                           sizeof(h));
+    memcpy(&h, src, sizeof(h));
+    if (h.magic != STATE_MAGIC) return rerope_fail(GGML_REROPE_ERR_IO, "not a ggml_rerope state (bad magic)");
+    if (h.version != STATE_VERSION)
+        return rerope_fail(GGML_REROPE_ERR_IO, "state version %u, this library reads version %u", h.version,
+                           STATE_VERSION);
+    const ggml_rerope_model_info * I = &ctx->model->info;
+    const struct {
+        const char * name;
+        int32_t state, here;
+    } shape[] = {{"n_layer", h.n_layer, I->n_layer},
+                 {"n_head_kv", h.n_head_kv, I->n_head_kv},
+                 {"head_dim", h.head_dim, I->head_dim}};
+    for (size_t i = 0; i < sizeof(shape) / sizeof(shape[0]); i++)
+        if (shape[i].state != shape[i].here)
+            return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "state is of another model: %s = %d, this model has %d",
+                               shape[i].name, shape[i].state, shape[i].here);
+    if (h.kv_type != (int32_t) ctx->kv.type) {
+        const char * st = h.kv_type == GGML_TYPE_F16 ? "f16" : h.kv_type == GGML_TYPE_F32 ? "f32" : "unknown";
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "state has a %s KV cache, this context's is %s", st,
+                           ggml_type_name(ctx->kv.type));
+    }
+    if (h.n_past < 0 || h.n_past > ctx->kv.n_ctx)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "state holds %d tokens, this context's n_ctx is %d", h.n_past,
+                           ctx->kv.n_ctx);
+    const size_t need = sizeof(h) + state_payload_bytes(ctx, h.n_past);
+    if (size != need)
+        return rerope_fail(GGML_REROPE_ERR_IO, "state of %d tokens must have %zu bytes, got %zu (%s)", h.n_past, need,
+                           size, size < need ? "truncated" : "trailing bytes");
+    rt_kv_set_rows(&ctx->kv, h.n_past, (const uint8_t *) src + sizeof(h));
+    ctx->n_past = h.n_past;
+    return GGML_REROPE_OK;
+}

@@ -60,3 +60,29 @@ void rt_kv_free(rt_kv_cache * kv) {
     free(kv->v);
     memset(kv, 0, sizeof(*kv));
 }
+
+size_t rt_kv_rows_bytes(const rt_kv_cache * kv, int32_t n_rows) {
+    return kv->n_layer > 0 ? kv->k[0]->nb[2] * (size_t) n_rows : 0;
+}
+
+void rt_kv_get_rows(const rt_kv_cache * kv, int32_t n_rows, void * dst) {
+    const size_t n = rt_kv_rows_bytes(kv, n_rows);
+    if (n == 0) return;
+    uint8_t * p = dst;
+    for (int il = 0; il < kv->n_layer; il++) {
+        ggml_backend_tensor_get(kv->k[il], p, 0, n);
+        ggml_backend_tensor_get(kv->v[il], p + n, 0, n);
+        p += 2 * n;
+    }
+}
+
+void rt_kv_set_rows(rt_kv_cache * kv, int32_t n_rows, const void * src) {
+    const size_t n = rt_kv_rows_bytes(kv, n_rows);
+    if (n == 0) return;
+    const uint8_t * p = src;
+    for (int il = 0; il < kv->n_layer; il++) {
+        ggml_backend_tensor_set(kv->k[il], p, 0, n);
+        ggml_backend_tensor_set(kv->v[il], p + n, 0, n);
+        p += 2 * n;
+    }
+}

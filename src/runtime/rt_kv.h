@@ -18,5 +18,11 @@ typedef struct rt_kv_cache {
 ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, enum ggml_type type);
 void rt_kv_free(rt_kv_cache * kv);
 size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type type);
+/* Bytes of one layer's K (or V) rows 0..n_rows-1: they are contiguous, the row index is outermost. */
+size_t rt_kv_rows_bytes(const rt_kv_cache * kv, int32_t n_rows);
+/* Copies rows 0..n_rows-1 of every layer out of / into the cache (CPU or GPU buffer), layer by layer,
+ * K then V: 2 * n_layer * rt_kv_rows_bytes(kv, n_rows) bytes. n_rows <= n_ctx is the caller's check. */
+void rt_kv_get_rows(const rt_kv_cache * kv, int32_t n_rows, void * dst);
+void rt_kv_set_rows(rt_kv_cache * kv, int32_t n_rows, const void * src);
 
 #endif
