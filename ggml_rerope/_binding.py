@@ -174,6 +174,7 @@ ggml_rerope_status ggml_rerope_eval(ggml_rerope_context * ctx, const int32_t * t
 int32_t ggml_rerope_n_past(const ggml_rerope_context * ctx);
 int32_t ggml_rerope_n_ctx(const ggml_rerope_context * ctx);
 ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_keep);
+ggml_rerope_status ggml_rerope_kv_remove(ggml_rerope_context * ctx, int32_t p0, int32_t p1);
 size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx);
 size_t ggml_rerope_state_size(const ggml_rerope_context * ctx);
 ggml_rerope_status ggml_rerope_state_get(const ggml_rerope_context * ctx, void * dst, size_t size);

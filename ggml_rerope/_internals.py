@@ -254,6 +254,10 @@ class RuntimeContext(Closing):
         """Keeps the first n_keep tokens of the cache."""
         check(lib.ggml_rerope_truncate(self.ptr, int(n_keep)))
 
+    def kv_remove(self, p0: int, p1: int) -> None:
+        """Drops cached tokens p0 .. p1-1; the later ones move down (context shift, no re-rotation)."""
+        check(lib.ggml_rerope_kv_remove(self.ptr, int(p0), int(p1)))
+
     def state_size(self) -> int:
         return int(lib.ggml_rerope_state_size(self.ptr))
 

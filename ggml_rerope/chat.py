@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-cache", metavar="FILE",
                    help="with --file: load the document's evaluated state from FILE when it matches, "
                         "else evaluate it and save it there")
+    p.add_argument("--context-shift", action="store_true",
+                   help="when the context is full, drop the oldest half after --keep tokens and go on")
+    p.add_argument("--keep", type=int, default=None, metavar="N",
+                   help="tokens a context shift keeps at the start (default: the system prompt's)")
     p.add_argument("--verbose", action="store_true", help="print load details")
     add_scheme_arguments(p)
     return p
@@ -101,6 +105,9 @@ class Chat:
         self.out = out  # where answers go; None: sys.stdout at the time of writing
         self.base: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
         self.messages: list[dict] = list(self.base)
+        if getattr(args, "keep", None) is None and self.base and getattr(model, "context_shift", False):
+            # a context shift keeps the system turn
+            model.n_keep = len(model.tokenizer.chat_tokens(self.base, add_generation_prompt=False))
 
     def _user_content(self, text: str) -> str:
         # The document goes into the first user turn, ahead of the question.
@@ -281,7 +288,8 @@ def _load(args):
     return Model(
         args.model_opt or args.model, n_ctx=args.ctx_size, n_threads=args.threads, n_batch=args.batch_size,
         n_gpu_layers=args.n_gpu_layers, rope_scaling=name, rope_options=options, kv_type=args.kv_type,
-        seed=None if args.seed < 0 else args.seed, verbose=args.verbose,
+        seed=None if args.seed < 0 else args.seed, verbose=args.verbose, context_shift=args.context_shift,
+        n_keep=0 if args.keep is None else args.keep,
     )
 
 

@@ -168,6 +168,12 @@ class Model(Closing):
         kv_type: "f16" (default) or "f32" KV cache.
         seed: seed of sampling; None = fresh entropy. A call's own seed overrides it.
         verbose: print load information to stderr.
+        context_shift: when an evaluation or a generation would overflow n_ctx, drop the oldest
+            tokens after the first `n_keep` and go on, as llama.cpp's --context-shift: half of
+            the tokens past n_keep go (n_discard = (n_past - n_keep) // 2). The cache holds raw
+            keys, so the kept ones need no re-rotation. A prompt longer than n_ctx is cut the way
+            llama.cpp's server cuts it. Off (default): ContextFullError.
+        n_keep: tokens at the start never dropped by a context shift (e.g. the system prompt).
     """
 
     def __init__(
@@ -186,6 +192,8 @@ class Model(Closing):
         seed: Optional[int] = None,
         verbose: bool = False,
         rope_options: Optional[dict] = None,
+        context_shift: bool = False,
+        n_keep: int = 0,
     ):
         self._ctx: Optional[RuntimeContext] = None
         self._model: Optional[RuntimeModel] = None
@@ -209,6 +217,10 @@ class Model(Closing):
             raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
         if seed is not None:
             seed = _int_arg("seed", seed, 0)
+        if not isinstance(context_shift, (bool, np.bool_)):
+            raise TypeError(f"context_shift must be a bool, got {type(context_shift).__name__}")
+        self.context_shift = bool(context_shift)
+        self.n_keep = _int_arg("n_keep", n_keep, 0)
         if model_path is None:
             model_path = default_model_path()
         if not isinstance(model_path, (str, os.PathLike)):
@@ -368,6 +380,8 @@ class Model(Closing):
 
     def _eval_raw(self, arr: np.ndarray, out: Optional[np.ndarray], all_logits: bool) -> None:
         ctx = self._live()
+        if self.context_shift:
+            self._shift_for(arr.size)
         n_past, n_ctx = len(self._tokens), self.n_ctx
         if n_past + arr.size > n_ctx:
             raise ContextFullError(
@@ -378,6 +392,37 @@ class Model(Closing):
             self._apply_scheme(n_past + arr.size)
         ctx.eval(arr, out, all_logits)
         self._tokens.extend(arr.tolist())
+
+    def _shift_for(self, n_new: int) -> None:
+        """Context shift until n_new more tokens fit: each step drops half of the tokens after
+        n_keep (llama.cpp's rule); stops when nothing can be dropped (then the caller's check
+        raises ContextFullError)."""
+        ctx = self._live()
+        while len(self._tokens) + n_new > self.n_ctx:
+            n_past = len(self._tokens)
+            n_keep = min(self.n_keep, n_past)
+            n_discard = (n_past - n_keep) // 2
+            if n_discard < 1:
+                return
+            ctx.kv_remove(n_keep, n_keep + n_discard)
+            del self._tokens[n_keep : n_keep + n_discard]
+            if self.verbose:
+                print(f"ggml_rerope: context shift: dropped {n_discard} tokens after the first {n_keep}",
+                      file=sys.stderr)
+
+    def _fit_prompt(self, tokens: list[int]) -> list[int]:
+        """A prompt longer than n_ctx: ContextFullError, or with context_shift the first n_keep
+        tokens and the newest ones, whole blocks of (n_ctx - n_keep) // 2 cut from the middle
+        (llama.cpp server's prompt truncation), so that half the context stays free."""
+        n, n_ctx = len(tokens), self.n_ctx
+        if n <= n_ctx:
+            return tokens
+        n_keep = max(0, min(self.n_keep, n_ctx - 4))
+        block = (n_ctx - n_keep) // 2
+        if not self.context_shift or block < 1:
+            raise ContextFullError(f"the prompt has {n} tokens, more than the context holds (n_ctx = {n_ctx})")
+        erased = (n - n_keep - block) // block
+        return tokens[:n_keep] + tokens[n_keep + erased * block :]
 
     def eval(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
         """Appends `tokens` to the context; returns the last token's logits, shape (n_vocab,), or
@@ -538,11 +583,7 @@ class Model(Closing):
             tokens = self._token_array(prompt, "prompt").tolist()
         if not tokens:
             raise ValueError("prompt is empty")
-        if len(tokens) > self.n_ctx:
-            raise ContextFullError(
-                f"the prompt has {len(tokens)} tokens, more than the context holds (n_ctx = {self.n_ctx})"
-            )
-        return tokens
+        return self._fit_prompt(tokens)
 
     def _stream(self, prompt_tokens: list[int], sampler: Sampler, max_tokens: Optional[int],
                 stops: list[str], run: _Run, progress: Optional[ProgressFn]) -> Iterator[str]:
@@ -575,7 +616,7 @@ class Model(Closing):
                 if limit is not None and run.completion_tokens >= limit:
                     run.finish_reason = "length"
                     break
-                if len(self._tokens) >= self.n_ctx:  # no room to evaluate the token just sampled
+                if len(self._tokens) >= self.n_ctx and not self.context_shift:  # no room for the token just sampled
                     run.finish_reason = "length"
                     break
                 logits = self.eval([token])
@@ -643,11 +684,7 @@ class Model(Closing):
             max_tokens = _int_arg("max_tokens", max_tokens, -(2**31))
         sampler = self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, seed)
         stops = self._stops(stop) + self.tokenizer.chat_stop()
-        tokens = self.tokenizer.chat_tokens(messages)
-        if len(tokens) > self.n_ctx:
-            raise ContextFullError(
-                f"the prompt has {len(tokens)} tokens, more than the context holds (n_ctx = {self.n_ctx})"
-            )
+        tokens = self._fit_prompt(self.tokenizer.chat_tokens(messages))
         run = _Run(len(tokens))
         pieces = self._stream(tokens, sampler, max_tokens, stops, run, progress)
         cid, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())

@@ -153,6 +153,12 @@ GGML_REROPE_API int32_t ggml_rerope_n_past(const ggml_rerope_context * ctx);
 GGML_REROPE_API int32_t ggml_rerope_n_ctx(const ggml_rerope_context * ctx);
 /* Keeps the first n_keep tokens of the cache (0 = reset); n_keep must be in 0 .. n_past. */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_keep);
+/* Context shift: removes the cache's tokens p0 .. p1-1 (0 <= p0 <= p1 <= n_past, else
+ * ERR_INVALID_ARG); tokens p1 .. n_past-1 move down to p0 and n_past drops by p1 - p0. Keys are
+ * cached raw, so a moved token's position is simply its new index: no re-rotation (llama.cpp's
+ * shift re-rotates cached keys). As there, a kept token's K/V rows of layers > 0 still hold what
+ * it computed while the removed tokens were in context. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_kv_remove(ggml_rerope_context * ctx, int32_t p0, int32_t p1);
 /* Bytes of K + V cache per token, all layers. */
 GGML_REROPE_API size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx);
 

@@ -359,6 +359,18 @@ ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_kee
     return GGML_REROPE_OK;
 }
 
+ggml_rerope_status ggml_rerope_kv_remove(ggml_rerope_context * ctx, int32_t p0, int32_t p1) {
+    rerope_clear_error();
+    if (!ctx) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "ctx is NULL");
+    if (p0 < 0 || p0 > p1 || p1 > ctx->n_past)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG,
+                           "kv_remove needs 0 <= p0 <= p1 <= n_past (%d), got p0 = %d, p1 = %d", ctx->n_past, p0, p1);
+    ggml_rerope_status s = rt_kv_remove_rows(&ctx->kv, p0, p1, ctx->n_past);
+    if (s) return s; /* nothing was moved */
+    ctx->n_past -= p1 - p0;
+    return GGML_REROPE_OK;
+}
+
 size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx) {
     return ctx ? rt_kv_bytes_per_token(&ctx->model->info, ctx->kv.type) : 0;
 }

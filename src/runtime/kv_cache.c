@@ -53,6 +53,39 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
     return GGML_REROPE_OK;
 }
 
+/* Moves rows [src, src + n) of t down to dst (dst < src) through a host buffer of whole rows, front to back:
+ * each chunk is read before it is written, and no later chunk reads a row written before it. Tensor
+ * get/set work on every backend's buffer (host or GPU). */
+static void move_rows_down(struct ggml_tensor * t, int32_t dst, int32_t src, int32_t n, void * tmp, int32_t chunk) {
+    const size_t row = t->nb[2];
+    for (int32_t done = 0; done < n; done += chunk) {
+        const int32_t c = n - done < chunk ? n - done : chunk;
+        ggml_backend_tensor_get(t, tmp, (size_t) (src + done) * row, (size_t) c * row);
+        ggml_backend_tensor_set(t, tmp, (size_t) (dst + done) * row, (size_t) c * row);
+    }
+}
+
+ggml_rerope_status rt_kv_remove_rows(rt_kv_cache * kv, int32_t p0, int32_t p1, int32_t n_used) {
+    if (p0 < 0 || p0 > p1 || p1 > n_used || n_used > kv->n_ctx)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "rows to remove must satisfy 0 <= p0 <= p1 <= %d, got %d..%d",
+                           n_used, p0, p1);
+    const int32_t n_move = n_used - p1;
+    if (p0 == p1 || n_move == 0 || kv->n_layer == 0) return GGML_REROPE_OK;
+    /* Bounded staging memory: at most 256 KiB of rows (and at least one row) at a time. */
+    const size_t row = kv->k[0]->nb[2];
+    int32_t chunk = (int32_t) ((size_t) (256 << 10) / row);
+    if (chunk < 1) chunk = 1;
+    if (chunk > n_move) chunk = n_move;
+    void * tmp = malloc((size_t) chunk * row);
+    if (!tmp) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for moving KV cache rows");
+    for (int il = 0; il < kv->n_layer; il++) {
+        move_rows_down(kv->k[il], p0, p1, n_move, tmp, chunk);
+        move_rows_down(kv->v[il], p0, p1, n_move, tmp, chunk);
+    }
+    free(tmp);
+    return GGML_REROPE_OK;
+}
+
 void rt_kv_free(rt_kv_cache * kv) {
     if (kv->buf) ggml_backend_buffer_free(kv->buf);
     if (kv->ctx) ggml_free(kv->ctx);

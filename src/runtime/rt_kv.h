@@ -18,6 +18,9 @@ typedef struct rt_kv_cache {
 ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, enum ggml_type type);
 void rt_kv_free(rt_kv_cache * kv);
 size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type type);
+/* Drops cache rows p0 .. p1-1 of every layer's K and V: rows p1 .. n_used-1 move down to p0.
+ * Rows hold raw keys, so a moved row needs no re-rotation (its position is its new index). */
+ggml_rerope_status rt_kv_remove_rows(rt_kv_cache * kv, int32_t p0, int32_t p1, int32_t n_used);
 /* Bytes of one layer's K (or V) rows 0..n_rows-1: they are contiguous, the row index is outermost. */
 size_t rt_kv_rows_bytes(const rt_kv_cache * kv, int32_t n_rows);
 /* Copies rows 0..n_rows-1 of every layer out of / into the cache (CPU or GPU buffer), layer by layer,
