@@ -83,7 +83,34 @@ _SCALING_FIELDS = (
 )
 
 
-class RuntimeModel(Closing):
+class _COwner(Closing):
+    """Owns one pointer of the C library (`_ptr`), freed by `_free` exactly once."""
+
+    _ptr = ffi.NULL
+    _what = "object"  # for the message after close
+
+    @staticmethod
+    def _free(ptr) -> None:
+        raise NotImplementedError
+
+    @property
+    def ptr(self):
+        """The C pointer (ValueError once closed)."""
+        if self._ptr == ffi.NULL:
+            raise ValueError(f"the {self._what} is closed")
+        return self._ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr == ffi.NULL
+
+    def close(self) -> None:
+        if self._ptr != ffi.NULL:
+            self._free(self._ptr)
+            self._ptr = ffi.NULL
+
+
+class RuntimeModel(_COwner):
     """A loaded GGUF model (ggml_rerope_model): weights, hyperparameters, rotary metadata.
 
     close() first closes the contexts made on it that are still open (a context must not outlive
@@ -105,17 +132,6 @@ class RuntimeModel(Closing):
         except BaseException:
             self.close()
             raise
-
-    @property
-    def ptr(self):
-        """The ggml_rerope_model pointer (ValueError once closed)."""
-        if self._ptr == ffi.NULL:
-            raise ValueError("the model is closed")
-        return self._ptr
-
-    @property
-    def closed(self) -> bool:
-        return self._ptr == ffi.NULL
 
     @property
     def architecture(self) -> str:
@@ -171,15 +187,19 @@ class RuntimeModel(Closing):
         """The model's default ggml_rerope_scheme (a struct value, to edit and pass on)."""
         return lib.ggml_rerope_scheme_default(self.ptr)
 
+    _what = "model"
+
+    @staticmethod
+    def _free(ptr) -> None:
+        lib.ggml_rerope_model_free(ptr)
+
     def close(self) -> None:
-        for ctx in list(self._contexts):
+        for ctx in list(getattr(self, "_contexts", ())):
             ctx.close()
-        if getattr(self, "_ptr", ffi.NULL) != ffi.NULL:
-            lib.ggml_rerope_model_free(self._ptr)
-            self._ptr = ffi.NULL
+        super().close()
 
 
-class RuntimeContext(Closing):
+class RuntimeContext(_COwner):
     """A KV cache and compute state on a RuntimeModel (ggml_rerope_context).
 
     n_batch / n_threads None keep the library's defaults (512; every CPU core)."""
@@ -199,17 +219,6 @@ class RuntimeContext(Closing):
         self._ptr = out[0]
         self.model = model  # keeps the model object alive while this context is
         model._contexts.add(self)
-
-    @property
-    def ptr(self):
-        """The ggml_rerope_context pointer (ValueError once closed)."""
-        if self._ptr == ffi.NULL:
-            raise ValueError("the model is closed")
-        return self._ptr
-
-    @property
-    def closed(self) -> bool:
-        return self._ptr == ffi.NULL
 
     @property
     def n_ctx(self) -> int:
@@ -274,10 +283,11 @@ class RuntimeContext(Closing):
             raise TypeError(f"state must be bytes, got {type(state).__name__}")
         check(lib.ggml_rerope_state_set(self.ptr, ffi.from_buffer(state), len(state)))
 
-    def close(self) -> None:
-        if getattr(self, "_ptr", ffi.NULL) != ffi.NULL:
-            lib.ggml_rerope_context_free(self._ptr)
-            self._ptr = ffi.NULL
+    _what = "model"  # a closed context is reached through its closed model
+
+    @staticmethod
+    def _free(ptr) -> None:
+        lib.ggml_rerope_context_free(ptr)
 
 
 class Runtime:
