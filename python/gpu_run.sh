@@ -41,39 +41,41 @@ GGML_DIR_ARG=()
 [ -d .dev/ggml/lib/cmake/ggml ] && GGML_DIR_ARG=(-Dggml_DIR="$PWD/.dev/ggml/lib/cmake/ggml")
 BUILD=${BUILD_DIR:-/tmp/build-gpu}  # outside the tree, which is laid anew each call
 
-lcp_cuda_wait() {  # the background llama-cpp-python build of `lcp-cuda`; then its ggml is the one we link
-    for _ in $(seq 1 108); do [ -f /tmp/dev/lcp_cuda_done ] && break; sleep 5; done
-    cat /tmp/dev/lcp_cuda_done 2>/dev/null || { echo "llama-cpp-python build not finished"; tail -5 /tmp/dev/lcp_cuda_build.log; exit 1; }
-    grep -q "rc=0" /tmp/dev/lcp_cuda_done || { tail -30 /tmp/dev/lcp_cuda_build.log; exit 1; }
-    GGML_DIR_ARG=(-Dggml_DIR="$(dirname "$(find /tmp/site-cuda -name ggml-config.cmake | head -1)")")
-    export PYTHONPATH="/tmp/site-cuda:$PYTHONPATH" LD_LIBRARY_PATH=/tmp/site-cuda/llama_cpp/lib
+lcp_start() {  # KIND CMAKE_ARGS: llama-cpp-python 0.3.36 built in the background into /tmp/site-KIND
+    # .dev/lcp-cuda.tar.gz: the 0.3.36 sdist without models/docs/tests/examples/tools, ggml-cuda kept (4 MB)
+    [ -f "/tmp/dev/lcp_$1_done" ] && return 0
+    mkdir -p /tmp/dev && { [ -d /tmp/dev/llama_cpp_python-0.3.36 ] || tar xzf .dev/lcp-cuda.tar.gz -C /tmp/dev; } || exit 1
+    cat > "/tmp/dev/build_lcp_$1.sh" <<EOB
+t0=\$(date +%s); cd /tmp/dev/llama_cpp_python-0.3.36 || exit 1
+CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON $2" \\
+  CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -v --no-build-isolation --no-deps --no-cache-dir --target /tmp/site-$1 . \\
+  > /tmp/dev/lcp_$1_build.log 2>&1
+echo "rc=\$? after \$(( \$(date +%s) - t0 )) s" > /tmp/dev/lcp_$1_done
+EOB
+    setsid nohup bash "/tmp/dev/build_lcp_$1.sh" >/dev/null 2>&1 </dev/null &
+    echo "llama-cpp-python ($1) build started in the background (log /tmp/dev/lcp_$1_build.log)"
+}
+
+lcp_wait() {  # KIND: waits for lcp_start's build; then its ggml is the one we link and load
+    for _ in $(seq 1 108); do [ -f "/tmp/dev/lcp_$1_done" ] && break; sleep 5; done
+    cat "/tmp/dev/lcp_$1_done" 2>/dev/null || { echo "llama-cpp-python build not finished"; tail -5 "/tmp/dev/lcp_$1_build.log"; exit 1; }
+    grep -q "rc=0" "/tmp/dev/lcp_$1_done" || { tail -30 "/tmp/dev/lcp_$1_build.log"; exit 1; }
+    GGML_DIR_ARG=(-Dggml_DIR="$(dirname "$(find "/tmp/site-$1" -name ggml-config.cmake | head -1)")")
+    export PYTHONPATH="/tmp/site-$1:$PYTHONPATH" LD_LIBRARY_PATH="/tmp/site-$1/llama_cpp/lib"
     # libggml carries pieces of std::regex; python3 loads no libstdc++ of its own (crashed without this)
     export LD_PRELOAD=$(ldconfig -p | grep 'libstdc++.so.6 ' | head -1 | awk '{print $NF}')
 }
+lcp_cuda_start() { lcp_start cuda "-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90"; }
+lcp_cuda_wait() { lcp_wait cuda; }
 
-build_lib() {  # the library with CUDA (sm_90) against the chosen ggml
+build_lib() {  # the library (CUDA=ON, sm_90, unless CUDA=OFF) in $BUILD against the chosen ggml
     echo "== build ($BUILD)"
-    [ -d /tmp/dev/llama_cpp_python-0.3.36 ] && [ ${#GGML_DIR_ARG[@]} -eq 0 ] && lcp_cuda_wait
-    cmake -S . -B "$BUILD" -G Ninja -DGGML_REROPE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_REROPE_BUILD_TESTS=OFF \
+    [ -f /tmp/dev/build_lcp_cuda.sh ] && [ ${#GGML_DIR_ARG[@]} -eq 0 ] && lcp_cuda_wait
+    cmake -S . -B "$BUILD" -G Ninja -DGGML_REROPE_CUDA="${CUDA:-ON}" -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_REROPE_BUILD_TESTS=OFF \
         "${GGML_DIR_ARG[@]}" >"$OUT/cmake_configure.log" 2>&1 || { tail -30 "$OUT/cmake_configure.log"; exit 1; }
     cmake --build "$BUILD" -j 16 >"$OUT/cmake_build.log" 2>&1 || { tail -40 "$OUT/cmake_build.log"; exit 1; }
     export GGML_REROPE_LIBRARY="$BUILD/src/libggml_rerope.so"
     python3 -c "from ggml_rerope import _binding as b; print('cuda_available =', b.lib.ggml_rerope_cuda_available())"
-}
-
-lcp_cuda_start() {  # llama-cpp-python 0.3.36 with ggml-cuda, built in the background (~4-8 min on 16 cores)
-    [ -f /tmp/dev/lcp_cuda_done ] && return 0
-    # .dev/lcp-cuda.tar.gz: the 0.3.36 sdist without models/docs/tests/examples/tools, ggml-cuda kept (4 MB)
-    mkdir -p /tmp/dev && tar xzf .dev/lcp-cuda.tar.gz -C /tmp/dev || exit 1
-    cat > /tmp/dev/build_lcp_cuda.sh <<'EOB'
-t0=$(date +%s); cd /tmp/dev/llama_cpp_python-0.3.36 || exit 1
-CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON" \
-  CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -v --no-build-isolation --no-deps --no-cache-dir --target /tmp/site-cuda . \
-  > /tmp/dev/lcp_cuda_build.log 2>&1
-echo "rc=$? after $(( $(date +%s) - t0 )) s" > /tmp/dev/lcp_cuda_done
-EOB
-    setsid nohup bash /tmp/dev/build_lcp_cuda.sh >/dev/null 2>&1 </dev/null &
-    echo "llama-cpp-python CUDA build started in the background (log /tmp/dev/lcp_cuda_build.log)"
 }
 
 rc=0
@@ -127,7 +129,7 @@ case "$MODE" in
         fi
         ;;
     fuzz)  # the loader fuzzer on the host's cores: FUZZ_CASES of each kind, plain and ASan/UBSan builds
-        [ -d /tmp/dev/llama_cpp_python-0.3.36 ] && lcp_cuda_wait
+        [ -f /tmp/dev/build_lcp_cuda.sh ] && lcp_cuda_wait
         # CPU only (children are forked from a warm parent: no CUDA in them); CUDA's driver needs the shadow gap
         export CUDA_VISIBLE_DEVICES="" ASAN_OPTIONS=protect_shadow_gap=0:detect_leaks=0
         for build in plain asan; do
@@ -136,31 +138,16 @@ case "$MODE" in
                 --build-dir "/tmp/fuzz-$build" --crash-dir "$OUT/crashes-$build" 2>&1 | tee "$OUT/fuzz_$build.log" || rc=1
         done
         ;;
-    lcp-cpu)  # llama-cpp-python 0.3.36 CPU only (AVX2 / AVX-512 on, AMX off, as a 2-core desktop), in the background
-        mkdir -p /tmp/dev && tar xzf .dev/lcp-cuda.tar.gz -C /tmp/dev || exit 1
-        cat > /tmp/dev/build_lcp_cpu.sh <<'EOB'
-t0=$(date +%s); cd /tmp/dev/llama_cpp_python-0.3.36 || exit 1
-CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" \
-  CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install -v --no-build-isolation --no-deps --no-cache-dir --target /tmp/site-cpu . \
-  > /tmp/dev/lcp_cpu_build.log 2>&1
-echo "rc=$? after $(( $(date +%s) - t0 )) s" > /tmp/dev/lcp_cpu_done
-EOB
-        setsid nohup bash /tmp/dev/build_lcp_cpu.sh >/dev/null 2>&1 </dev/null &
-        echo "llama-cpp-python CPU build started in the background (log /tmp/dev/lcp_cpu_build.log)"
+    lcp-cpu)  # llama-cpp-python CPU only (AVX2 / AVX-512 on, AMX off, as a 2-core desktop), in the background
+        lcp_start cpu "-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON"
         ;;
     cpu-model)  # the CPU runtime benchmark on 2 pinned cores against that build: CPU_CTX contexts, one at a time
-        for _ in $(seq 1 108); do [ -f /tmp/dev/lcp_cpu_done ] && break; sleep 5; done
-        cat /tmp/dev/lcp_cpu_done 2>/dev/null || { echo "llama-cpp-python CPU build not finished"; exit 1; }
-        CFG=$(find /tmp/site-cpu -name ggml-config.cmake | head -1)
-        cmake -S . -B /tmp/build-cpu -G Ninja -DGGML_REROPE_CUDA=OFF -DGGML_REROPE_BUILD_TESTS=OFF -Dggml_DIR="$(dirname "$CFG")" \
-            >"$OUT/cmake_cpu.log" 2>&1 && cmake --build /tmp/build-cpu -j 16 >>"$OUT/cmake_cpu.log" 2>&1 || { tail -30 "$OUT/cmake_cpu.log"; exit 1; }
-        export GGML_REROPE_LIBRARY=/tmp/build-cpu/src/libggml_rerope.so PYTHONPATH="/tmp/site-cpu:$PYTHONPATH" \
-            LD_LIBRARY_PATH=/tmp/site-cpu/llama_cpp/lib CUDA_VISIBLE_DEVICES=""
-        export LD_PRELOAD=$(ldconfig -p | grep 'libstdc++.so.6 ' | head -1 | awk '{print $NF}')
+        lcp_wait cpu
+        CUDA=OFF BUILD=/tmp/build-cpu build_lib
+        export CUDA_VISIBLE_DEVICES=""
         for n in ${CPU_CTX:-2048 8192}; do
             taskset -c 2,3 python3 -m ggml_rerope.bench model "$GGML_REROPE_TEST_MODEL" --ctx "$n" --vs-llama-cpp --threads 2 \
                 --repeats "${CPU_REPEATS:-3}" --no-rss --json --text "$GGML_REROPE_TEST_TEXT" > "$OUT/cpu_model_ctx$n.json" || rc=1
-            python3 -m json.tool "$OUT/cpu_model_ctx$n.json" | grep -E '"(ctx|prefill_tok_s|decode_tok_s)"|ratio' | head -20
         done
         ;;
     model)
