@@ -261,3 +261,63 @@ def test_chat_prompt_cache_reuses_the_document_on_the_second_run(tmp_path):
                      "-n", "4", "-c", "1024")
     assert third.returncode == 0, third.stderr
     assert "[prompt cache: saved" in third.stderr and "does not match" in third.stderr, third.stderr
+
+
+def _mutants(raw, rng, n, header_bytes=64):
+    """Bit flips, byte runs and interesting integers, mostly in the header, and truncations."""
+    interesting = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFFFFFF, 0xFFFFFFFF, 2**63 - 1, 2**64 - 1)
+    for _ in range(n):
+        b = bytearray(raw)
+        kind = rng.integers(4)
+        pos = int(rng.integers(min(header_bytes, len(b)) if rng.random() < 0.8 else len(b)))
+        if kind == 0:
+            b[pos] ^= 1 << int(rng.integers(8))
+        elif kind == 1:
+            b[pos : pos + 8] = bytes([int(rng.integers(256))]) * 8
+        elif kind == 2:
+            width = int(rng.choice([4, 8]))
+            values = [v for v in interesting if v < 2 ** (8 * width)]
+            value = values[int(rng.integers(len(values)))]
+            b[pos : pos + width] = value.to_bytes(width, "little")
+        else:
+            del b[int(rng.integers(len(b))) :]
+        yield bytes(b)
+
+
+def test_fuzzed_states_are_refused_cleanly_or_load(llama, tmp_path):
+    """The C state parser (ggml_rerope_state_set) and the state file reader on mutated inputs: each
+    either loads or raises a typed error leaving the context as it was; none crashes."""
+    from ggml_rerope.errors import ReropeError
+
+    rng = np.random.default_rng(7)
+    with Runtime(llama, n_ctx=N_CTX) as a:
+        a.eval(tokens(12))
+        raw = a.ctx.state_get()
+    refused = 0
+    with Runtime(llama, n_ctx=N_CTX) as b:
+        b.eval(tokens(5))
+        for blob in _mutants(raw, rng, 400):
+            try:
+                b.ctx.state_set(blob)
+            except ReropeError:
+                refused += 1
+                assert b.n_past == 5
+            else:  # a mutation the header does not describe (row bytes, an unused field) loads
+                assert b.n_past == 12
+                b.ctx.truncate(0)
+                b.eval(tokens(5))
+    assert refused >= 100  # the header mutations reached the checks (213 with this seed)
+
+    path = tmp_path / "s.state"
+    with model(llama) as m:
+        m.eval(tokens(12))
+        m.save_state_file(path)
+    good = path.read_bytes()
+    with model(llama) as m:
+        m.eval(tokens(5))
+        before = m.tokens
+        for blob in _mutants(good, rng, 200):
+            path.write_bytes(blob)
+            with pytest.raises((ModelLoadError, InvalidArgumentError)):
+                m.load_state_file(path)
+            assert m.tokens == before
