@@ -41,7 +41,17 @@ typedef enum ggml_rerope_far_mode {
     GGML_REROPE_FAR_GROUP = 2  /* Self-Extend: fl(i/G) - fl(j/G) + w - fl(w/G) */
 } ggml_rerope_far_mode;
 
-typedef enum ggml_rerope_kv_type { GGML_REROPE_KV_F32 = 0, GGML_REROPE_KV_F16 = 1 } ggml_rerope_kv_type;
+typedef enum ggml_rerope_kv_type {
+    GGML_REROPE_KV_F32 = 0,
+    GGML_REROPE_KV_F16 = 1,
+    GGML_REROPE_KV_Q4_0 = 2,
+    GGML_REROPE_KV_Q4_1 = 3,
+    GGML_REROPE_KV_Q5_0 = 6,
+    GGML_REROPE_KV_Q5_1 = 7,
+    GGML_REROPE_KV_Q8_0 = 8,
+    GGML_REROPE_KV_IQ4_NL = 20,
+    GGML_REROPE_KV_BF16 = 30
+} ggml_rerope_kv_type;
 
 typedef enum ggml_rerope_simd {
     GGML_REROPE_SIMD_AUTO = -1,
@@ -70,8 +80,8 @@ typedef struct ggml_rerope_params {
 typedef struct ggml_rerope_attn_call {
     ggml_rerope_params params;
     const float * q;       /* [n_q][n_head][d] float32                       */
-    const void * k;        /* [n_kv][n_head_kv][d] of kv_type                 */
-    const void * v;        /* [n_kv][n_head_kv][d] of kv_type                 */
+    const void * k;        /* [n_kv][n_head_kv] rows of k_type (row bytes:     */
+    const void * v;        /* [n_kv][n_head_kv] rows of v_type  kv_row_bytes) */
     float * out;           /* [n_q][n_head][d] float32; untouched on error    */
     const int32_t * q_pos; /* n_q positions, or NULL                          */
     const int32_t * k_pos; /* n_kv positions, or NULL                         */
@@ -79,13 +89,18 @@ typedef struct ggml_rerope_attn_call {
     int32_t n_head;        /* >= 1, a multiple of n_head_kv                   */
     int32_t n_kv;          /* >= 1                                            */
     int32_t n_head_kv;     /* >= 1                                            */
-    int32_t kv_type;       /* ggml_rerope_kv_type; another value: ERR_UNSUPPORTED */
+    int32_t k_type;        /* ggml_rerope_kv_type of k; unsupported: ERR_UNSUPPORTED */
+    int32_t v_type;        /* ggml_rerope_kv_type of v; may differ from k_type      */
 } ggml_rerope_attn_call;
 
 ggml_rerope_params ggml_rerope_default_params(int32_t head_dim);
 ggml_rerope_status ggml_rerope_check_params(const ggml_rerope_params * params);
 const char * ggml_rerope_last_error(void);
 const char * ggml_rerope_status_name(ggml_rerope_status status);
+
+size_t ggml_rerope_kv_row_bytes(int32_t type, int32_t head_dim);
+const char * ggml_rerope_kv_type_name(int32_t type);
+int ggml_rerope_kv_type_supported(int32_t type, int32_t head_dim);
 
 ggml_rerope_status ggml_rerope_check_call(const ggml_rerope_attn_call * call);
 ggml_rerope_status ggml_rerope_attn_host(const ggml_rerope_attn_call * call, int32_t n_threads);

@@ -134,8 +134,6 @@ def rerope_attention(q, k, v, *, window, leaky=None, logn_train_len=None, base=1
     q = _array3("q", q, (np.float32,))
     k = _array3("k", k, (np.float32, np.float16))
     v = _array3("v", v, (np.float32, np.float16))
-    if k.dtype != v.dtype:
-        raise TypeError(f"k and v must have the same dtype, got {k.dtype} and {v.dtype}")
     n_q, n_head, d = q.shape
     n_kv, n_head_kv, dk = k.shape
     if dk != d:  # before the v check: a wrong k must not be reported as a wrong v
@@ -172,7 +170,8 @@ def rerope_attention(q, k, v, *, window, leaky=None, logn_train_len=None, base=1
     call.q_pos = ptr("const int32_t *", qp)
     call.k_pos = ptr("const int32_t *", kp)
     call.n_q, call.n_head, call.n_kv, call.n_head_kv = n_q, n_head, n_kv, n_head_kv
-    call.kv_type = KV_TYPES[k.dtype]
+    call.k_type = KV_TYPES[k.dtype]
+    call.v_type = KV_TYPES[v.dtype]
     if device == "cuda":
         status = _lib.ggml_rerope_attn_cuda_from_host(call)
     else:

@@ -67,7 +67,7 @@ def ours(params, q, k, v, out):
     call.v = ffi.cast("const void *", v.data_ptr())
     call.out = ffi.cast("float *", out.data_ptr())
     call.n_q, call.n_head, call.n_kv, call.n_head_kv = n_q, n_head, n_kv, n_head_kv
-    call.kv_type = lib.GGML_REROPE_KV_F16
+    call.k_type = call.v_type = lib.GGML_REROPE_KV_F16
     st = lib.ggml_rerope_attn_cuda(call, ffi.cast("void *", torch.cuda.current_stream().cuda_stream))
     if st != 0:
         raise RuntimeError(_binding.last_error())

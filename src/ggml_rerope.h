@@ -24,7 +24,8 @@
  *
  * Layouts (C order, contiguous):
  *   q   [n_q ][n_head   ][d]  float32
- *   k,v [n_kv][n_head_kv][d]  float16 or float32, n_head % n_head_kv == 0 (GQA)
+ *   k,v [n_kv][n_head_kv][d]  a ggml_rerope_kv_type each (f32, f16, bf16 or a ggml block
+ *                             type; contiguous rows), n_head % n_head_kv == 0 (GQA)
  *   out [n_q ][n_head   ][d]  float32
  * In ggml terms these are tensors with ne = {d, n_head(_kv), n_q(n_kv)}.
  *
@@ -109,8 +110,27 @@ GGML_REROPE_API const char * ggml_rerope_status_name(ggml_rerope_status status);
 
 /* ------------------------------------------------------------------ raw buffers */
 
-/* Key/value element types (values equal ggml's GGML_TYPE_F32 / GGML_TYPE_F16). */
-typedef enum ggml_rerope_kv_type { GGML_REROPE_KV_F32 = 0, GGML_REROPE_KV_F16 = 1 } ggml_rerope_kv_type;
+/* Key/value storage types; values equal ggml's GGML_TYPE_*, layouts are ggml's (ggml-common.h).
+ * Block types hold 32 elements a block, so their rows need head_dim % 32 == 0. */
+typedef enum ggml_rerope_kv_type {
+    GGML_REROPE_KV_F32 = 0,
+    GGML_REROPE_KV_F16 = 1,
+    GGML_REROPE_KV_Q4_0 = 2,    /* {f16 d; u8 qs[16]}: x = d * (nibble - 8)       */
+    GGML_REROPE_KV_Q4_1 = 3,    /* {f16 d, m; u8 qs[16]}: x = d * nibble + m       */
+    GGML_REROPE_KV_Q5_0 = 6,    /* {f16 d; u8 qh[4]; u8 qs[16]}: x = d * (q5 - 16) */
+    GGML_REROPE_KV_Q5_1 = 7,    /* {f16 d, m; u8 qh[4]; u8 qs[16]}: x = d * q5 + m */
+    GGML_REROPE_KV_Q8_0 = 8,    /* {f16 d; i8 qs[32]}: x = d * q                   */
+    GGML_REROPE_KV_IQ4_NL = 20, /* {f16 d; u8 qs[16]}: x = d * kvalues[nibble]     */
+    GGML_REROPE_KV_BF16 = 30
+} ggml_rerope_kv_type;
+
+/* Bytes of one row of head_dim elements of `type` (0: type unknown, or head_dim not a whole
+ * number of its blocks). */
+GGML_REROPE_API size_t ggml_rerope_kv_row_bytes(int32_t type, int32_t head_dim);
+/* ggml's name of the type ("f32", "f16", "bf16", "q8_0", "q4_0", ...), "unknown" for another value. */
+GGML_REROPE_API const char * ggml_rerope_kv_type_name(int32_t type);
+/* 1 if the CPU operator reads K or V of `type` at this head_dim, else 0. */
+GGML_REROPE_API int ggml_rerope_kv_type_supported(int32_t type, int32_t head_dim);
 
 /* One attention call: the parameters plus the buffers, positions, shapes and types it runs on
  * (as FlashAttention's Flash_fwd_params). Every entry below takes one; the same validator
@@ -123,8 +143,8 @@ typedef enum ggml_rerope_kv_type { GGML_REROPE_KV_F32 = 0, GGML_REROPE_KV_F16 = 
 typedef struct ggml_rerope_attn_call {
     ggml_rerope_params params;
     const float * q;       /* [n_q][n_head][d] float32                       */
-    const void * k;        /* [n_kv][n_head_kv][d] of kv_type                 */
-    const void * v;        /* [n_kv][n_head_kv][d] of kv_type                 */
+    const void * k;        /* [n_kv][n_head_kv] rows of k_type (row bytes:     */
+    const void * v;        /* [n_kv][n_head_kv] rows of v_type  kv_row_bytes) */
     float * out;           /* [n_q][n_head][d] float32; untouched on error    */
     const int32_t * q_pos; /* n_q positions, or NULL                          */
     const int32_t * k_pos; /* n_kv positions, or NULL                         */
@@ -132,11 +152,13 @@ typedef struct ggml_rerope_attn_call {
     int32_t n_head;        /* >= 1, a multiple of n_head_kv                   */
     int32_t n_kv;          /* >= 1                                            */
     int32_t n_head_kv;     /* >= 1                                            */
-    int32_t kv_type;       /* ggml_rerope_kv_type; another value: ERR_UNSUPPORTED */
+    int32_t k_type;        /* ggml_rerope_kv_type of k; unsupported: ERR_UNSUPPORTED */
+    int32_t v_type;        /* ggml_rerope_kv_type of v; may differ from k_type      */
 } ggml_rerope_attn_call;
 
 /* The contract of a call, checked without reading any buffer: params, q/k/v/out not NULL, the
- * dims, kv_type, and that default query positions exist. The host entries then also read q_pos
+ * dims, k_type / v_type (and head_dim % 32 == 0 for block types), and that default query
+ * positions exist. The host entries then also read q_pos
  * and k_pos (every value >= 0); ggml_rerope_attn_cuda cannot (device memory) and does not. */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_check_call(const ggml_rerope_attn_call * call);
 
@@ -168,7 +190,7 @@ GGML_REROPE_API const char * ggml_rerope_simd_name(int32_t simd);
 /* ------------------------------------------------------------------ ggml node */
 
 /* Adds the attention to a ggml graph as GGML_OP_CUSTOM node(s) whose work ggml's CPU
- * threads split. q: F32 {d, n_head, n_q}; k, v: F16/F32 {d, n_head_kv, n_kv}
+ * threads split. q: F32 {d, n_head, n_q}; k, v: {d, n_head_kv, n_kv} of a kv type
  * (contiguous rows; views of a larger cache are fine); q_pos, k_pos: I32 {n_q}, {n_kv}
  * (NULL: the default positions of ggml_rerope_attn_call). The dims and params are checked here by
  * ggml_rerope_check_call's rules; position values (>= 0) are checked at compute. Decode-sized
@@ -199,8 +221,8 @@ GGML_REROPE_API int ggml_rerope_cuda_available(void);
 
 /* The call on device pointers (q, k, v, out, and q_pos / k_pos: device arrays or NULL), on
  * `stream` (a cudaStream_t; NULL = default). Order: ggml_rerope_check_call's checks (positions
- * are not read), then what the kernels support (head_dim 64 or 128, n_head <= 65535, else
- * ERR_UNSUPPORTED), then the device: ERR_CUDA when no device is visible, and ERR_CUDA right
+ * are not read), then what the kernels support (head_dim 64 or 128, n_head <= 65535, the K/V
+ * types they read; else ERR_UNSUPPORTED), then the device: ERR_CUDA when no device is visible, and ERR_CUDA right
  * after the contract in a build without CUDA (GGML_REROPE_CUDA=OFF: no kernels, so no limits),
  * so that "CUDA cannot run here" is one status and the contract can be tested on any machine.
  * Pointers that are not device memory: ERR_INVALID_ARG. */

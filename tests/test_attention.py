@@ -125,6 +125,20 @@ def test_decode_split_k(simd, n_q, far, kv_dtype):
     check(q, k, v, seed, window=300, threads=3, **far)
 
 
+@pytest.mark.parametrize("n_q, n_kv", [(1, 1500), (3, 2100), (70, 70)], ids=["decode", "split-k", "prefill"])
+@pytest.mark.parametrize("k_dtype, v_dtype", [(np.float32, np.float16), (np.float16, np.float32)],
+                         ids=["k32-v16", "k16-v32"])
+def test_k_and_v_of_different_types(simd, n_q, n_kv, k_dtype, v_dtype):
+    """K and V types are separate (k_type / v_type); the decode fast path needs one type, the
+    tile loader takes each on its own."""
+    q, k, v, _, seed = make(n_q, n_kv, 4, 1, 64, np.float32)
+    k, v = k.astype(k_dtype), v.astype(v_dtype)
+    out = ggml_rerope.rerope_attention(q, k, v, window=200, threads=2)
+    ref = reference.rerope_attention(q, k, v, window=200)
+    err = rel_err(out, ref)
+    assert err < TOL[np.float16], f"rel err {err:.3g} (seed {seed})"
+
+
 # ---------------------------------------------------------------- properties
 
 

@@ -98,7 +98,7 @@ def host_message(q, k, p, **fields):
     call.k = call.v = ffi.cast("const void *", k.ctypes.data)
     call.out = ffi.cast("float *", out.ctypes.data)
     call.n_q, call.n_head, call.n_kv, call.n_head_kv = q.shape[0], q.shape[1], k.shape[0], k.shape[1]
-    call.kv_type = lib.GGML_REROPE_KV_F16
+    call.k_type = call.v_type = lib.GGML_REROPE_KV_F16
     keep = []
     for name, arr in fields.items():
         keep.append(arr)

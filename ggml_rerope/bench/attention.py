@@ -50,7 +50,7 @@ class HostCall:
         call.out = ptr("float *", self.out)
         call.q_pos = ffi.NULL if self.qp is None else ptr("const int32_t *", self.qp)
         call.n_q, call.n_head, call.n_kv, call.n_head_kv = n_q, h, n_kv, h_kv
-        call.kv_type = lib.GGML_REROPE_KV_F16 if k.dtype == np.float16 else lib.GGML_REROPE_KV_F32
+        call.k_type = call.v_type = lib.GGML_REROPE_KV_F16 if k.dtype == np.float16 else lib.GGML_REROPE_KV_F32
         self.threads = int(threads)
 
     def __call__(self):

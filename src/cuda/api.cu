@@ -38,6 +38,11 @@ ggml_rerope_status check_kernel_limits(const ggml_rerope_attn_call * c) {
         return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED,
                            "the CUDA kernels are built for head_dim 64 and 128, got %d (use the CPU operator)",
                            c->params.head_dim);
+    if (c->k_type != c->v_type || (c->k_type != GGML_REROPE_KV_F16 && c->k_type != GGML_REROPE_KV_F32))
+        return rerope_fail(
+            GGML_REROPE_ERR_UNSUPPORTED,
+            "the CUDA kernels read K and V of one type, f16 or f32; got k %s, v %s (use the CPU operator)",
+            ggml_rerope_kv_type_name(c->k_type), ggml_rerope_kv_type_name(c->v_type));
     if (c->n_head > 65535)  // grid dimension
         return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "the CUDA kernels take n_head <= 65535, got %d", c->n_head);
     return GGML_REROPE_OK;
@@ -94,7 +99,7 @@ ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_attn_call * call, voi
         if (ptrs[i] && (st = check_device_pointer(ptrs[i], names[i])) != GGML_REROPE_OK) return st;
     const AttnArgs a =
         make_args(&c.params, c.q, c.n_q, c.n_head, c.q_pos, c.k, c.v, c.n_kv, c.n_head_kv, c.k_pos, c.out);
-    return rerope_cuda::run_attention(a, c.params.head_dim, c.kv_type, static_cast<cudaStream_t>(stream));
+    return rerope_cuda::run_attention(a, c.params.head_dim, c.k_type, static_cast<cudaStream_t>(stream));
 }
 
 ggml_rerope_status ggml_rerope_cuda_synchronize(void * stream) {
@@ -112,7 +117,7 @@ ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_attn_call *
     const int32_t *q_pos = call->q_pos, *k_pos = call->k_pos;
     float * out = call->out;
     const int32_t n_q = call->n_q, n_head = call->n_head, n_kv = call->n_kv, n_head_kv = call->n_head_kv;
-    const int32_t kv_type = call->kv_type;
+    const int32_t kv_type = call->k_type;  // check_kernel_limits: v_type is the same
 
     const int d = params->head_dim;
     const size_t q_bytes = (size_t) n_q * n_head * d * sizeof(float);

@@ -12,6 +12,16 @@ static ggml_rerope_status check_positions(const int32_t * pos, int32_t n, const 
     return GGML_REROPE_OK;
 }
 
+/* A type value is ggml's numbering: one the operator cannot read is unsupported, not invalid. */
+static ggml_rerope_status check_kv_type(int32_t type, const char * name, int32_t head_dim) {
+    if (ggml_rerope_kv_type_supported(type, head_dim)) return GGML_REROPE_OK;
+    if (ggml_rerope_kv_row_bytes(type, head_dim) == 0 && ggml_rerope_kv_row_bytes(type, 32) != 0)
+        return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s %s (blocks of 32) needs head_dim %% 32 == 0, got %d", name,
+                           ggml_rerope_kv_type_name(type), head_dim);
+    return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s %d (%s) is not a K/V type the operator reads", name, type,
+                       ggml_rerope_kv_type_name(type));
+}
+
 ggml_rerope_status rerope_check_call(const ggml_rerope_attn_call * c, int what) {
     rerope_clear_error();
     if (!c) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "call is NULL");
@@ -31,10 +41,8 @@ ggml_rerope_status rerope_check_call(const ggml_rerope_attn_call * c, int what) 
     if (c->n_head % c->n_head_kv != 0)
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_head (%d) must be a multiple of n_head_kv (%d)", c->n_head,
                            c->n_head_kv);
-    /* a value outside the enum is a type (ggml numbering) the kernels cannot read */
-    if (c->kv_type != GGML_REROPE_KV_F32 && c->kv_type != GGML_REROPE_KV_F16)
-        return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "kv_type must be F32 (%d) or F16 (%d), got %d",
-                           GGML_REROPE_KV_F32, GGML_REROPE_KV_F16, c->kv_type);
+    if ((st = check_kv_type(c->k_type, "k_type", c->params.head_dim)) != GGML_REROPE_OK) return st;
+    if ((st = check_kv_type(c->v_type, "v_type", c->params.head_dim)) != GGML_REROPE_OK) return st;
     if (!c->q_pos && c->n_q > c->n_kv)
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG,
                            "q_pos is NULL but n_q (%d) > n_kv (%d): default query positions would be negative", c->n_q,

@@ -9,7 +9,7 @@
 extern "C" {
 #endif
 
-/* What rerope_check_call looks at beyond params, dims, kv_type and the default-position rule. */
+/* What rerope_check_call looks at beyond params, dims, k_type / v_type and the default-position rule. */
 enum {
     RR_CHECK_BUFFERS = 1,  /* q, k, v, out must not be NULL (the node has no data before allocation) */
     RR_CHECK_POSITIONS = 2 /* read q_pos / k_pos (host memory): every value >= 0 */

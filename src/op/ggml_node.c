@@ -48,7 +48,8 @@ static ggml_rerope_attn_call call_from_tensors(const struct ggml_tensor * const 
     c.n_head = (int32_t) q->ne[1];
     c.n_kv = (int32_t) k->ne[2];
     c.n_head_kv = (int32_t) k->ne[1];
-    c.kv_type = k->type == GGML_TYPE_F16 ? GGML_REROPE_KV_F16 : GGML_REROPE_KV_F32;
+    c.k_type = (int32_t) k->type; /* ggml_rerope_kv_type values are ggml's */
+    c.v_type = (int32_t) src[SRC_V]->type;
     return c;
 }
 
@@ -68,7 +69,8 @@ static void job_from_tensors(rerope_job * job, const struct ggml_tensor * node, 
     job->v = (const char *) v->data;
     job->v_nb_head = v->nb[1];
     job->v_nb_tok = v->nb[2];
-    job->kv_f16 = k->type == GGML_TYPE_F16;
+    job->k_type = (int) k->type;
+    job->v_type = (int) v->type;
     job->n_q = (int) q->ne[2];
     job->n_head = (int) q->ne[1];
     job->n_kv = (int) k->ne[2];

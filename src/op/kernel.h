@@ -31,7 +31,7 @@ typedef struct rerope_job {
     size_t k_nb_head, k_nb_tok;
     const char * v;
     size_t v_nb_head, v_nb_tok;
-    int kv_f16;
+    int k_type, v_type; /* ggml_rerope_kv_type of the K and V rows */
     int n_q, n_head, n_kv, n_head_kv, gq; /* gq = n_head / n_head_kv */
     const int32_t * q_pos;                /* NULL: n_kv - n_q + i */
     const int32_t * k_pos;                /* NULL: j */

@@ -258,7 +258,7 @@ static void RR_FN(rr_tile_cs)(ST * st, const rerope_job * job, int path, const i
 static void RR_FN(rr_load_rows)(ST * st, const rerope_job * job, int h0, int nh, int j0, int nk) {
     const int d = job->d, dp = job->dp;
     const size_t tile = (size_t) RR_BK * dp;
-    const int row_bytes = d * (job->kv_f16 ? 2 : 4);
+    const int row_bytes = (int) ggml_rerope_kv_row_bytes(job->k_type, d);
     /* prefetch about RR_PF_BYTES of K and V ahead of the rows being converted */
     int pf = (int) (RR_PF_BYTES / ((size_t) row_bytes * 2 * nh));
     pf = pf < 1 ? 1 : pf;
@@ -280,13 +280,10 @@ static void RR_FN(rr_load_rows)(ST * st, const rerope_job * job, int h0, int nh,
             const char * vs = vtk + (size_t) (h0 + hb) * job->v_nb_head;
             float * kd = st->f + st->L.kr + hb * tile + (size_t) t * dp;
             float * vd = st->f + st->L.vt + hb * tile + (size_t) t * dp;
-            if (job->kv_f16) {
-                rr_f16_row(kd, (const uint16_t *) ks, d);
-                rr_f16_row(vd, (const uint16_t *) vs, d);
-            } else {
-                memcpy(kd, ks, sizeof(float) * d);
-                memcpy(vd, vs, sizeof(float) * d);
-            }
+            if (job->k_type == GGML_REROPE_KV_F16) rr_f16_row(kd, (const uint16_t *) ks, d);
+            else memcpy(kd, ks, sizeof(float) * d);
+            if (job->v_type == GGML_REROPE_KV_F16) rr_f16_row(vd, (const uint16_t *) vs, d);
+            else memcpy(vd, vs, sizeof(float) * d);
         }
     }
     if (nk < RR_BK) {
@@ -598,7 +595,8 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h0, int nh, int 
         if (rot_near) RR_FN(rr_tile_cs)(st, job, RR_NEAR, kp, nk);
         if (rot_far) RR_FN(rr_tile_cs)(st, job, RR_FAR, kp, nk);
         /* decode fast path: one row block, full far tile, keys used unrotated */
-        const int direct = rows_pad == RR_RB && !use_near && !rot_far && !mask && d % RR_VL == 0;
+        const int direct =
+            rows_pad == RR_RB && !use_near && !rot_far && !mask && d % RR_VL == 0 && job->k_type == job->v_type;
         if (!direct) RR_FN(rr_load_rows)(st, job, h0, nh, j0, nk);
         for (int hb = 0; hb < nh; hb++) {
             const size_t blk = (size_t) hb * rows_pad;
@@ -607,7 +605,7 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h0, int nh, int 
             const char * vh = job->v + (size_t) j0 * job->v_nb_tok + (size_t) (h0 + hb) * job->v_nb_head;
             if (direct) {
                 RR_FN(rr_direct_tile)(st->f + L->qf + blk * dp, kh, job->k_nb_tok, vh, job->v_nb_tok, S, O, M, Lsum, d,
-                                      dp, rows, job->kv_f16);
+                                      dp, rows, job->k_type == GGML_REROPE_KV_F16);
                 continue;
             }
             RR_FN(rr_scores_staged)(st, job, hb, use_near, use_far, rot_near, rot_far);

@@ -83,7 +83,8 @@ static ggml_rerope_status run_attention(rt_pieces * ex, const rt_pieces_attn * a
                                         .n_head = n_head,
                                         .n_kv = a->n_kv,
                                         .n_head_kv = n_head_kv,
-                                        .kv_type = kv->type == GGML_TYPE_F16 ? GGML_REROPE_KV_F16 : GGML_REROPE_KV_F32};
+                                        .k_type = (int32_t) kv->type,
+                                        .v_type = (int32_t) kv->type};
     if (!ex->gpu) return ggml_rerope_attn_host(&call, a->n_threads);
     ggml_rerope_status s = GGML_REROPE_OK;
     if (ex->ev_piece) {

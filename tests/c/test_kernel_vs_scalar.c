@@ -164,7 +164,8 @@ static int run_case(int idx, const test_case * c) {
                                   .n_head = c->h,
                                   .n_kv = c->n_kv,
                                   .n_head_kv = c->h_kv,
-                                  .kv_type = kv_type};
+                                  .k_type = kv_type,
+                                  .v_type = kv_type};
     ggml_rerope_status st = ggml_rerope_attn_host(&call, 3);
     if (st != GGML_REROPE_OK) {
         printf("case %d: scalar call failed: %s\n", idx, ggml_rerope_last_error());

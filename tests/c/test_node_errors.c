@@ -95,7 +95,8 @@ static void check_shape(int n_q, int n_kv, const char * name) {
                                         .n_head = H,
                                         .n_kv = n_kv,
                                         .n_head_kv = H_KV,
-                                        .kv_type = GGML_REROPE_KV_F16};
+                                        .k_type = GGML_REROPE_KV_F16,
+                                        .v_type = GGML_REROPE_KV_F16};
     const ggml_rerope_status host_st = ggml_rerope_attn_host(&call, 2);
     snprintf(what, sizeof what, "%s: negative k_pos -> node \"%s\" == host \"%s\"", name, node_msg,
              ggml_rerope_last_error());
