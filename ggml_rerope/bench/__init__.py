@@ -1,1 +1,1 @@
-"""Benchmarks: `python -m ggml_rerope.bench attention|model ...` (see __main__.py)."""
+"""Benchmarks: `python -m ggml_rerope.bench attention|model|server ...` (see __main__.py)."""

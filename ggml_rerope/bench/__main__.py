@@ -1,11 +1,13 @@
-"""python -m ggml_rerope.bench attention|model [options]: dispatches to the operator benchmark
-(attention.py) or the model benchmark (model.py, imported only when asked for)."""
+"""python -m ggml_rerope.bench attention|model|server [options]: dispatches to the operator benchmark
+(attention.py), the model benchmark (model.py) or the server benchmark (server.py); each is imported
+only when asked for."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m ggml_rerope.bench {attention,model} [options]  (--help after the subcommand for its options)"
+USAGE = ("usage: python -m ggml_rerope.bench {attention,model,server} [options]"
+         "  (--help after the subcommand for its options)")
 
 
 def main(argv=None) -> int:
@@ -24,6 +26,10 @@ def main(argv=None) -> int:
 
         result = model.main(rest)
         return result if isinstance(result, int) else 0
+    if cmd == "server":
+        from . import server
+
+        return server.main(rest)
     print(f"unknown benchmark {cmd!r}\n{USAGE}", file=sys.stderr)
     return 2
 
