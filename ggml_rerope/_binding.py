@@ -160,7 +160,15 @@ typedef struct ggml_rerope_context_params {
     int32_t n_batch;
     int32_t n_threads;
     int32_t kv_type;
+    int32_t n_seq_max;
 } ggml_rerope_context_params;
+
+typedef struct ggml_rerope_batch {
+    int32_t n_tokens;
+    const int32_t * tokens;
+    const int32_t * seq_id;
+    const int8_t * logits;
+} ggml_rerope_batch;
 
 typedef struct ggml_rerope_scheme {
     int32_t window;
@@ -186,6 +194,13 @@ void ggml_rerope_context_free(ggml_rerope_context * ctx);
 ggml_rerope_status ggml_rerope_context_set_scheme(ggml_rerope_context * ctx, const ggml_rerope_scheme * scheme);
 ggml_rerope_status ggml_rerope_eval(ggml_rerope_context * ctx, const int32_t * tokens, int32_t n_tokens,
     float * logits, int32_t all_logits);
+ggml_rerope_status ggml_rerope_decode(ggml_rerope_context * ctx, const ggml_rerope_batch * batch, float * logits);
+int32_t ggml_rerope_n_seq_max(const ggml_rerope_context * ctx);
+int32_t ggml_rerope_n_ctx_seq(const ggml_rerope_context * ctx);
+int32_t ggml_rerope_seq_n_past(const ggml_rerope_context * ctx, int32_t seq);
+ggml_rerope_status ggml_rerope_seq_truncate(ggml_rerope_context * ctx, int32_t seq, int32_t n_keep);
+ggml_rerope_status ggml_rerope_seq_kv_remove(ggml_rerope_context * ctx, int32_t seq, int32_t p0, int32_t p1);
+ggml_rerope_status ggml_rerope_seq_set_scheme(ggml_rerope_context * ctx, int32_t seq, const ggml_rerope_scheme * scheme);
 int32_t ggml_rerope_n_past(const ggml_rerope_context * ctx);
 int32_t ggml_rerope_n_ctx(const ggml_rerope_context * ctx);
 ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_keep);

@@ -205,7 +205,7 @@ class RuntimeContext(_COwner):
     n_batch / n_threads None keep the library's defaults (512; every CPU core)."""
 
     def __init__(self, model: RuntimeModel, *, n_ctx: int, n_batch: Optional[int] = None,
-                 n_threads: Optional[int] = None, kv_type: int = KV_F16):
+                 n_threads: Optional[int] = None, kv_type: int = KV_F16, n_seq_max: int = 1):
         self._ptr = ffi.NULL
         params = ffi.new("ggml_rerope_context_params *", lib.ggml_rerope_context_default_params())
         params.n_ctx = int(n_ctx)
@@ -214,6 +214,7 @@ class RuntimeContext(_COwner):
         if n_threads is not None:
             params.n_threads = int(n_threads)
         params.kv_type = int(kv_type)
+        params.n_seq_max = int(n_seq_max)
         out = ffi.new("ggml_rerope_context **")
         check(lib.ggml_rerope_context_new(model.ptr, params, out))
         self._ptr = out[0]
@@ -232,18 +233,73 @@ class RuntimeContext(_COwner):
     def kv_bytes_per_token(self) -> int:
         return int(lib.ggml_rerope_kv_bytes_per_token(self.ptr))
 
+    @property
+    def n_seq_max(self) -> int:
+        return int(lib.ggml_rerope_n_seq_max(self.ptr))
+
+    @property
+    def n_ctx_seq(self) -> int:
+        """Cache rows each sequence holds at most (n_ctx // n_seq_max)."""
+        return int(lib.ggml_rerope_n_ctx_seq(self.ptr))
+
+    def seq_n_past(self, seq: int) -> int:
+        return int(lib.ggml_rerope_seq_n_past(self.ptr, int(seq)))
+
+    def seq_truncate(self, seq: int, n_keep: int) -> None:
+        check(lib.ggml_rerope_seq_truncate(self.ptr, int(seq), int(n_keep)))
+
+    def seq_kv_remove(self, seq: int, p0: int, p1: int) -> None:
+        check(lib.ggml_rerope_seq_kv_remove(self.ptr, int(seq), int(p0), int(p1)))
+
+    def seq_set_scheme(self, seq: int, scheme: Scheme, length: int = 1) -> None:
+        cs, keepalive = c_scheme(scheme, length)
+        check(lib.ggml_rerope_seq_set_scheme(self.ptr, int(seq), cs))
+        del keepalive  # the call copied the factors
+
+    def decode(self, tokens: np.ndarray, seq_ids: np.ndarray, logits: Optional[np.ndarray] = None) -> np.ndarray:
+        """One batch over several sequences (ggml_rerope_decode): token i goes to sequence seq_ids[i].
+        `logits`: per token, whether it returns logits (None: each sequence's last token). Returns
+        the logit rows, shape (n_out, n_vocab), in batch order."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        seq_ids = np.ascontiguousarray(seq_ids, dtype=np.int32).reshape(-1)
+        if seq_ids.size != tokens.size:
+            raise ValueError(f"seq_ids has {seq_ids.size} entries for {tokens.size} tokens")
+        if logits is None:
+            n_out = np.unique(seq_ids).size
+            flags = ffi.NULL
+        else:
+            flags_arr = np.ascontiguousarray(logits, dtype=np.int8).reshape(-1)
+            if flags_arr.size != tokens.size:
+                raise ValueError(f"logits has {flags_arr.size} flags for {tokens.size} tokens")
+            n_out = int(np.count_nonzero(flags_arr))
+            flags = ffi.from_buffer("int8_t[]", flags_arr)
+        out = np.empty((n_out, self.model.n_vocab), dtype=np.float32)
+        tok_buf, seq_buf = ffi.from_buffer("int32_t[]", tokens), ffi.from_buffer("int32_t[]", seq_ids)  # alive: locals
+        batch = ffi.new("ggml_rerope_batch *", {"n_tokens": tokens.size, "tokens": tok_buf, "seq_id": seq_buf,
+                                                "logits": flags})
+        out_ptr = ffi.from_buffer("float[]", out, require_writable=True) if n_out else ffi.NULL
+        check(lib.ggml_rerope_decode(self.ptr, batch, out_ptr))
+        return out
+
     def set_scheme(self, scheme: Scheme, length: int = 1) -> None:
         """Makes `scheme` the context's position scheme (a dynamic one resolved at `length`)."""
         cs, keepalive = c_scheme(scheme, length)
         check(lib.ggml_rerope_context_set_scheme(self.ptr, cs))
         del keepalive  # the call copied the factors
 
-    def set_scheme_fields(self, **fields) -> None:
-        """Sets a scheme given as ggml_rerope_scheme fields over the model's default one."""
+    def _scheme_from_fields(self, fields: dict):
         s = self.model.default_scheme()
         for name, value in fields.items():
             setattr(s, name, value)
-        check(lib.ggml_rerope_context_set_scheme(self.ptr, ffi.new("ggml_rerope_scheme *", s)))
+        return ffi.new("ggml_rerope_scheme *", s)
+
+    def set_scheme_fields(self, **fields) -> None:
+        """Sets a scheme given as ggml_rerope_scheme fields over the model's default one (every sequence)."""
+        check(lib.ggml_rerope_context_set_scheme(self.ptr, self._scheme_from_fields(fields)))
+
+    def seq_set_scheme_fields(self, seq: int, **fields) -> None:
+        """set_scheme_fields for one sequence."""
+        check(lib.ggml_rerope_seq_set_scheme(self.ptr, int(seq), self._scheme_from_fields(fields)))
 
     def eval(self, tokens: np.ndarray, out: Optional[np.ndarray] = None, all_logits: bool = False) -> None:
         """Appends `tokens` (int32) to the cache; writes the logits into `out` (float32, n_vocab

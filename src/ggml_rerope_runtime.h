@@ -46,11 +46,15 @@ typedef struct ggml_rerope_model_info {
 } ggml_rerope_model_info;
 
 typedef struct ggml_rerope_context_params {
-    int32_t n_ctx;     /* tokens the KV cache holds, >= 1                          */
-    int32_t n_batch;   /* micro-batch of prefill, default 512                      */
-    int32_t n_threads; /* <= 0: number of CPU cores                                */
-    int32_t kv_type;   /* GGML_REROPE_KV_F16 (default) or GGML_REROPE_KV_F32       */
+    int32_t n_ctx;     /* tokens the KV cache holds, all sequences together, >= n_seq_max */
+    int32_t n_batch;   /* tokens of one graph (micro-batch), default 512                  */
+    int32_t n_threads; /* <= 0: number of CPU cores                                       */
+    int32_t kv_type;   /* GGML_REROPE_KV_F16 (default) or GGML_REROPE_KV_F32              */
+    int32_t n_seq_max; /* independent sequences, 1 (default) .. GGML_REROPE_MAX_SEQ; each owns
+                          n_ctx / n_seq_max cache rows (llama.cpp's --parallel split)      */
 } ggml_rerope_context_params;
+
+#define GGML_REROPE_MAX_SEQ 256
 
 /* Position scheme of a context: how attention maps positions (see ggml_rerope.h). */
 typedef struct ggml_rerope_scheme {
@@ -68,7 +72,7 @@ typedef struct ggml_rerope_scheme {
 
 /* n_gpu_layers 0, use_mmap 1. */
 GGML_REROPE_API ggml_rerope_model_params ggml_rerope_model_default_params(void);
-/* n_ctx 4096, n_batch 512, n_threads 0 (all cores), kv_type F16. */
+/* n_ctx 4096, n_batch 512, n_threads 0 (all cores), kv_type F16, n_seq_max 1. */
 GGML_REROPE_API ggml_rerope_context_params ggml_rerope_context_default_params(void);
 /* ReRoPE, window = n_ctx_train / 2, log-n on with L_train from the model (window 1 and
  * log-n off when the model has no n_ctx_train >= 2, or model is NULL). */
@@ -133,23 +137,60 @@ GGML_REROPE_API ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * m
 /* Frees the context and its KV cache (NULL: no-op). */
 GGML_REROPE_API void ggml_rerope_context_free(ggml_rerope_context * ctx);
 
-/* Sets the position scheme; applies to every later eval, over the cache as it is.
+/* Sets the position scheme of every sequence; applies to every later eval, over the cache as it is.
  * Checked like ggml_rerope_check_params (ERR_INVALID_ARG with the field named). */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_context_set_scheme(ggml_rerope_context * ctx,
                                                                   const ggml_rerope_scheme * scheme);
 
-/* Appends n_tokens at positions n_past .. n_past + n_tokens - 1 (micro-batches of n_batch).
+/* Appends n_tokens to sequence 0 at positions n_past .. n_past + n_tokens - 1 (micro-batches of n_batch).
  * logits: NULL for none; else n_vocab floats of the last token (all_logits = 0) or
  * n_tokens * n_vocab floats, one row per token (all_logits = 1).
- * Fails with GGML_REROPE_ERR_CONTEXT_FULL (nothing evaluated) when n_past + n_tokens > n_ctx,
+ * Fails with GGML_REROPE_ERR_CONTEXT_FULL (nothing evaluated) when n_past + n_tokens > n_ctx_seq,
  * and with GGML_REROPE_ERR_INVALID_ARG for a token outside 0 .. n_vocab-1. On any failure
  * n_past is left as it was before the call. n_tokens = 0 with logits NULL does nothing. */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_eval(ggml_rerope_context * ctx, const int32_t * tokens, int32_t n_tokens,
                                                     float * logits, int32_t all_logits);
 
-/* Tokens in the cache now (the next eval's first position). */
+/* ---- Several sequences (n_seq_max > 1). The functions above without a sequence act on sequence 0. */
+
+/* A batch of tokens, each appended to its sequence at that sequence's next position. Tokens of one
+ * sequence keep their order; sequences may be mixed in any way (decode steps of running
+ * sequences and a chunk of a new prompt in one batch: one graph per n_batch tokens, so the weights
+ * are read once for all of them). Each sequence attends only to its own cache rows, under its own
+ * scheme: its logits do not depend on what the others hold. */
+typedef struct ggml_rerope_batch {
+    int32_t n_tokens;
+    const int32_t * tokens;
+    const int32_t * seq_id; /* [n_tokens] in 0..n_seq_max-1; NULL: every token is sequence 0       */
+    const int8_t * logits;  /* [n_tokens] nonzero: return this token's logits; NULL: the last token
+                               of each sequence in the batch                                        */
+} ggml_rerope_batch;
+
+/* Evaluates a batch. logits: NULL, or n_vocab floats per token that returns logits, rows in batch
+ * order. Checked before anything runs: tokens in the vocabulary and seq ids in range
+ * (ERR_INVALID_ARG), every sequence's n_past + its new tokens <= n_ctx_seq (ERR_CONTEXT_FULL,
+ * naming the sequence). On any failure every sequence keeps the length it had before the call. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_decode(ggml_rerope_context * ctx, const ggml_rerope_batch * batch,
+                                                      float * logits);
+/* Sequences of the context (context_params.n_seq_max) and the cache rows each holds at most. */
+GGML_REROPE_API int32_t ggml_rerope_n_seq_max(const ggml_rerope_context * ctx);
+GGML_REROPE_API int32_t ggml_rerope_n_ctx_seq(const ggml_rerope_context * ctx);
+/* Tokens sequence seq holds (0 for a NULL context or a seq out of range). */
+GGML_REROPE_API int32_t ggml_rerope_seq_n_past(const ggml_rerope_context * ctx, int32_t seq);
+/* ggml_rerope_truncate, ggml_rerope_kv_remove and ggml_rerope_context_set_scheme for one sequence
+ * (ERR_INVALID_ARG for a seq out of range). */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_seq_truncate(ggml_rerope_context * ctx, int32_t seq, int32_t n_keep);
+GGML_REROPE_API ggml_rerope_status ggml_rerope_seq_kv_remove(ggml_rerope_context * ctx, int32_t seq, int32_t p0,
+                                                             int32_t p1);
+GGML_REROPE_API ggml_rerope_status ggml_rerope_seq_set_scheme(ggml_rerope_context * ctx, int32_t seq,
+                                                              const ggml_rerope_scheme * scheme);
+
+/* ---- */
+
+/* Tokens in sequence 0 now (the next eval's first position). */
 GGML_REROPE_API int32_t ggml_rerope_n_past(const ggml_rerope_context * ctx);
-/* Tokens the cache holds at most (context_params.n_ctx). */
+/* Cache rows of all sequences (n_seq_max * n_ctx_seq: context_params.n_ctx rounded down to a
+ * multiple of n_seq_max). */
 GGML_REROPE_API int32_t ggml_rerope_n_ctx(const ggml_rerope_context * ctx);
 /* Keeps the first n_keep tokens of the cache (0 = reset); n_keep must be in 0 .. n_past. */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_keep);
@@ -162,7 +203,7 @@ GGML_REROPE_API ggml_rerope_status ggml_rerope_kv_remove(ggml_rerope_context * c
 /* Bytes of K + V cache per token, all layers. */
 GGML_REROPE_API size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx);
 
-/* Saved state (a prompt cache): a small header (magic, version, n_layer, n_head_kv, head_dim, cache
+/* Saved state (a prompt cache) of sequence 0: a small header (magic, version, n_layer, n_head_kv, head_dim, cache
  * type, n_past) and the raw K and V rows 0..n_past-1 of every layer. Keys are cached unrotated, so a
  * state is valid under every position scheme: set it, change the scheme, and the next eval equals what
  * changing the scheme of the saving context would give. (Rows of layers > 0 were computed by attention

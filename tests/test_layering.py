@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("hyperparameters", ["rt_hparams.h", "hparams.c"]),
     ("weights", ["rt_model.h", "weights.c", "model.c"]),
     ("KV cache", ["rt_kv.h", "kv_cache.c"]),
+    ("batch plan", ["rt_batch.h", "batch_plan.c"]),
     ("attention placeholder", ["rt_placeholder.h", "placeholder.c"]),
     ("graph", ["rt_graph.h", "graph.c"]),
     ("executor", ["rt_exec.h", "attn_outside.c"]),

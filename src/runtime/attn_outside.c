@@ -13,6 +13,7 @@
 #include "rt_cuda.h"
 #include "rt_errors.h"
 #include "rt_exec.h"
+#include "rt_kv.h"
 #include "rt_placeholder.h"
 
 #include <stdio.h>
@@ -65,35 +66,50 @@ void rt_pieces_free(rt_pieces * ex) {
     free(ex->mem);
 }
 
-static ggml_rerope_status run_attention(rt_pieces * ex, const rt_pieces_attn * a, struct ggml_tensor * t, int il) {
-    const struct ggml_tensor * q = t->src[0];
+/* One span's call: its query rows of q and out, its sequence's cache rows (queries are the last
+ * n_new of its n_kv rows: the kernel's default positions). */
+static ggml_rerope_attn_call span_call(const rt_pieces_attn * a, const struct ggml_tensor * q, struct ggml_tensor * t,
+                                       int il, const rt_kv_span * sp) {
     const rt_kv_cache * kv = a->kv;
-    if (il >= kv->n_layer || q->type != GGML_TYPE_F32 || !ggml_is_contiguous(q) || !ggml_is_contiguous(t))
-        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "attention placeholder '%s' is malformed", t->name);
-    const int32_t n_q = (int32_t) q->ne[2], n_head = (int32_t) q->ne[1];
-    const int32_t n_head_kv = (int32_t) kv->k[il]->ne[1];
-    const ggml_rerope_attn_call call = {.params = *a->params,
-                                        .q = (const float *) q->data,
-                                        .k = kv->k[il]->data,
-                                        .v = kv->v[il]->data,
-                                        .out = (float *) t->data,
+    const size_t q_row = (size_t) q->ne[0] * (size_t) q->ne[1]; /* floats of one token's heads */
+    const ggml_rerope_attn_call call = {.params = a->params[sp->seq],
+                                        .q = (const float *) q->data + (size_t) sp->tok0 * q_row,
+                                        .k = (const char *) kv->k[il]->data + (size_t) sp->kv_base * kv->k[il]->nb[2],
+                                        .v = (const char *) kv->v[il]->data + (size_t) sp->kv_base * kv->v[il]->nb[2],
+                                        .out = (float *) t->data + (size_t) sp->tok0 * q_row,
                                         .q_pos = NULL,
                                         .k_pos = NULL,
-                                        .n_q = n_q,
-                                        .n_head = n_head,
-                                        .n_kv = a->n_kv,
-                                        .n_head_kv = n_head_kv,
+                                        .n_q = sp->n_new,
+                                        .n_head = (int32_t) q->ne[1],
+                                        .n_kv = rt_span_n_kv(sp),
+                                        .n_head_kv = (int32_t) kv->k[il]->ne[1],
                                         .k_type = (int32_t) kv->type,
                                         .v_type = (int32_t) kv->type};
-    if (!ex->gpu) return ggml_rerope_attn_host(&call, a->n_threads);
+    return call;
+}
+
+static ggml_rerope_status run_attention(rt_pieces * ex, const rt_pieces_attn * a, struct ggml_tensor * t, int il) {
+    const struct ggml_tensor * q = t->src[0];
+    if (il >= a->kv->n_layer || q->type != GGML_TYPE_F32 || !ggml_is_contiguous(q) || !ggml_is_contiguous(t))
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "attention placeholder '%s' is malformed", t->name);
     ggml_rerope_status s = GGML_REROPE_OK;
+    if (!ex->gpu) {
+        for (int32_t k = 0; k < a->n_span && !s; k++) {
+            const ggml_rerope_attn_call call = span_call(a, q, t, il, &a->span[k]);
+            s = ggml_rerope_attn_host(&call, a->n_threads);
+        }
+        return s;
+    }
     if (ex->ev_piece) {
         ggml_backend_event_record(ex->ev_piece, ex->gpu);
         s = rt_cuda_stream_wait(ex->stream, cuda_event_of(ex->ev_piece));
     } else {
         ggml_backend_synchronize(ex->gpu);
     }
-    if (!s) s = ggml_rerope_attn_cuda(&call, ex->stream);
+    for (int32_t k = 0; k < a->n_span && !s; k++) {
+        const ggml_rerope_attn_call call = span_call(a, q, t, il, &a->span[k]);
+        s = ggml_rerope_attn_cuda(&call, ex->stream);
+    }
     if (s) return s;
     if (!ex->ev_attn) return ggml_rerope_cuda_synchronize(ex->stream);
     s = rt_cuda_event_record(cuda_event_of(ex->ev_attn), ex->stream);

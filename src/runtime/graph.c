@@ -9,16 +9,27 @@
  * (get_rows after the last attention), as llama.cpp does. */
 #include "rt_errors.h"
 #include "rt_graph.h"
+#include "rt_kv.h"
 #include "rt_placeholder.h"
 
 #include <stdio.h>
 #include <string.h>
 
-size_t rt_graph_max_nodes(const ggml_rerope_model * m) { return 1024 + 48 * (size_t) m->info.n_layer; }
+/* A layer has ~40 nodes, plus per span the views of Q, K, V and positions, the attention node(s) and a concat. */
+size_t rt_graph_max_nodes(const ggml_rerope_model * m, int32_t max_span) {
+    return 1024 + (48 + 12 * (size_t) max_span) * (size_t) m->info.n_layer;
+}
 
-size_t rt_graph_mem_size(const ggml_rerope_model * m) {
-    const size_t max_nodes = rt_graph_max_nodes(m);
+size_t rt_graph_mem_size(const ggml_rerope_model * m, int32_t max_span) {
+    const size_t max_nodes = rt_graph_max_nodes(m, max_span);
     return ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false);
+}
+
+int32_t rt_batch_max_n_kv(const rt_batch_shape * sh) {
+    int32_t n = 0;
+    for (int32_t k = 0; k < sh->n_span; k++)
+        if (rt_span_n_kv(&sh->span[k]) > n) n = rt_span_n_kv(&sh->span[k]);
+    return n;
 }
 
 static struct ggml_tensor * rms_norm_mul(struct ggml_context * c, struct ggml_tensor * x, struct ggml_tensor * w,
@@ -29,9 +40,9 @@ static struct ggml_tensor * rms_norm_mul(struct ggml_context * c, struct ggml_te
 /* Debug cross-check path (GGML_REROPE_RUNTIME_ATTN=ggml): ggml's own rope + flash attention,
  * plain RoPE whatever the scheme. Keys are rotated from the raw cache at their positions. */
 static struct ggml_tensor * attn_ggml(struct ggml_context * c, const rt_graph_plan * plan, rt_graph * g,
-                                      struct ggml_tensor * q, struct ggml_tensor * k, struct ggml_tensor * v) {
+                                      const ggml_rerope_params * p, struct ggml_tensor * q, struct ggml_tensor * k,
+                                      struct ggml_tensor * v) {
     const ggml_rerope_model_info * I = &plan->model->info;
-    const ggml_rerope_params * p = plan->attn;
     struct ggml_tensor * qr = ggml_rope_ext(c, q, g->q_pos, g->rope_freqs, p->n_rot, p->rope_mode, I->n_ctx_train,
                                             p->rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
     struct ggml_tensor * kr = ggml_rope_ext(c, k, g->k_pos, g->rope_freqs, p->n_rot, p->rope_mode, I->n_ctx_train,
@@ -41,11 +52,33 @@ static struct ggml_tensor * attn_ggml(struct ggml_context * c, const rt_graph_pl
     return out; /* {d, n_head, n_tokens} */
 }
 
+/* One span's attention: its queries (a run of rows of q) over its sequence's cache rows. */
+static struct ggml_tensor * span_attention(struct ggml_context * c, const rt_graph_plan * plan, rt_graph * g,
+                                           const rt_kv_span * sp, struct ggml_tensor * q, struct ggml_tensor * kc,
+                                           struct ggml_tensor * vc) {
+    const ggml_rerope_model_info * I = &plan->model->info;
+    const int64_t hd = I->head_dim;
+    const int32_t n_kv = rt_span_n_kv(sp);
+    const ggml_rerope_params * p = &plan->attn[sp->seq];
+    struct ggml_tensor * qs = q;
+    if (sp->n_new != q->ne[2]) qs = ggml_view_3d(c, q, hd, I->n_head, sp->n_new, q->nb[1], q->nb[2], sp->tok0 * q->nb[2]);
+    struct ggml_tensor * k = ggml_view_3d(c, kc, hd, I->n_head_kv, n_kv, kc->nb[1], kc->nb[2], sp->kv_base * kc->nb[2]);
+    struct ggml_tensor * v = ggml_view_3d(c, vc, hd, I->n_head_kv, n_kv, vc->nb[1], vc->nb[2], sp->kv_base * vc->nb[2]);
+    if (plan->mode == RT_ATTN_GGML) return attn_ggml(c, plan, g, p, qs, k, v);
+    struct ggml_tensor * qp = g->q_pos, * kp = g->k_pos;
+    if (sp->n_new != qp->ne[0]) qp = ggml_view_1d(c, qp, sp->n_new, sp->tok0 * qp->nb[0]);
+    if (n_kv != kp->ne[0]) kp = ggml_view_1d(c, kp, n_kv, 0);
+    return ggml_rerope_attn(c, qs, k, v, qp, kp, p);
+}
+
 ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_shape * sh, rt_graph * g) {
     const ggml_rerope_model * m = plan->model;
     const ggml_rerope_model_info * I = &m->info;
     const rt_kv_cache * kv = plan->kv;
-    const int32_t n_tokens = sh->n_tokens, n_kv = rt_batch_n_kv(sh);
+    const int32_t n_tokens = sh->n_tokens, n_kv = rt_batch_max_n_kv(sh);
+    if (sh->n_span < 1 || sh->n_span > plan->max_span || (plan->mode == RT_ATTN_GGML && sh->n_span != 1))
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "a graph of %d spans (this plan: 1..%d%s)", sh->n_span,
+                           plan->max_span, plan->mode == RT_ATTN_GGML ? ", the ggml path: 1" : "");
     const int64_t hd = I->head_dim;
     const float eps = I->norm_eps;
 
@@ -54,7 +87,7 @@ ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_sha
     struct ggml_context * c = ggml_init(ip);
     if (!c) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create the graph context");
     g->ctx = c;
-    g->gf = ggml_new_graph_custom(c, rt_graph_max_nodes(m), false);
+    g->gf = ggml_new_graph_custom(c, rt_graph_max_nodes(m, plan->max_span), false);
 
     struct ggml_tensor * inp; /* {n_embd, n_tokens} */
     if (plan->mode == RT_ATTN_OUTSIDE) {
@@ -115,14 +148,14 @@ ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_sha
                                                        ggml_reshape_2d(c, v, row, n_tokens), g->kv_rows));
         if (last && sh->n_out == 0) break; /* only the cache was needed from this batch */
 
-        struct ggml_tensor * att;
-        if (plan->mode == RT_ATTN_OUTSIDE) { /* reads the cache itself */
+        struct ggml_tensor * att = NULL;
+        if (plan->mode == RT_ATTN_OUTSIDE) { /* reads the cache itself, span by span */
             att = rt_attn_placeholder(c, q, il);
         } else {
-            struct ggml_tensor * kall = ggml_view_3d(c, kc, hd, I->n_head_kv, n_kv, kc->nb[1], kc->nb[2], 0);
-            struct ggml_tensor * vall = ggml_view_3d(c, vc, hd, I->n_head_kv, n_kv, vc->nb[1], vc->nb[2], 0);
-            att = plan->mode == RT_ATTN_GGML ? attn_ggml(c, plan, g, q, kall, vall)
-                                             : ggml_rerope_attn(c, q, kall, vall, g->q_pos, g->k_pos, plan->attn);
+            for (int32_t is = 0; is < sh->n_span && (is == 0 || att); is++) {
+                struct ggml_tensor * a = span_attention(c, plan, g, &sh->span[is], q, kc, vc);
+                att = !a ? NULL : is == 0 ? a : ggml_concat(c, att, a, 2);
+            }
         }
         if (!att) {
             ggml_free(c);

@@ -17,11 +17,13 @@ typedef struct rt_pieces {
     ggml_backend_event_t ev_piece, ev_attn; /* GPU: piece done / attention done (NULL: host waits) */
 } rt_pieces;
 
-/* What the attention between two pieces reads, for one graph. */
+/* What the attention between two pieces reads, for one graph: per span (sequence), its run of query
+ * rows and its cache rows, under its sequence's parameters. */
 typedef struct rt_pieces_attn {
     const rt_kv_cache * kv;
-    const ggml_rerope_params * params;
-    int32_t n_kv;      /* cache rows it reads: the batch's n_past + n_tokens */
+    const ggml_rerope_params * params; /* [n_seq], indexed by span.seq */
+    const rt_kv_span * span;
+    int32_t n_span;
     int32_t n_threads; /* the host kernel's */
 } rt_pieces_attn;
 

@@ -4,15 +4,16 @@
 
 #include "rt_kv.h"
 
-/* What one graph computes. */
+/* What one graph computes: n_tokens from one or more sequences, grouped by sequence (spans). */
 typedef struct rt_batch_shape {
-    int32_t n_tokens; /* tokens of this micro-batch                      */
-    int32_t n_past;   /* cache rows before it                            */
-    int32_t n_out;    /* logit rows: 0, 1 (last token) or n_tokens (all) */
+    int32_t n_tokens;        /* tokens of this micro-batch                                        */
+    int32_t n_out;           /* logit rows: 0, n_tokens (every row, in graph order) or fewer (out_ids) */
+    int32_t n_span;          /* >= 1                                                               */
+    const rt_kv_span * span; /* [n_span]: each sequence's tokens and cache rows, in graph order     */
 } rt_batch_shape;
 
-/* Cache rows the batch's attention reads: those before it and its own. */
-static inline int32_t rt_batch_n_kv(const rt_batch_shape * sh) { return sh->n_past + sh->n_tokens; }
+/* The most cache rows one span's attention reads. */
+int32_t rt_batch_max_n_kv(const rt_batch_shape * sh);
 
 /* Inputs and output of a built graph. */
 typedef struct rt_graph {
@@ -20,11 +21,11 @@ typedef struct rt_graph {
     struct ggml_cgraph * gf;
     struct ggml_tensor * tokens; /* I32 {n_tokens}, NULL when embd  */
     struct ggml_tensor * embd;   /* F32 {n_embd, n_tokens}: rows looked up on the host (RT_ATTN_OUTSIDE) */
-    struct ggml_tensor * kv_rows; /* I64 {n_tokens}: cache rows written (n_past..) */
-    struct ggml_tensor * q_pos;  /* I32 {n_tokens}                 */
-    struct ggml_tensor * k_pos;  /* I32 {n_kv}                     */
+    struct ggml_tensor * kv_rows; /* I64 {n_tokens}: cache row of each token's K and V */
+    struct ggml_tensor * q_pos;  /* I32 {n_tokens}: each token's position in its sequence */
+    struct ggml_tensor * k_pos;  /* I32 {max n_kv}: 0, 1, ... (a span reads the first n_kv) */
     struct ggml_tensor * out_ids; /* I32 {n_out}, NULL when all    */
-    struct ggml_tensor * kq_mask; /* F16 {n_kv, n_tokens}, ggml path */
+    struct ggml_tensor * kq_mask; /* F16 {n_kv, n_tokens}, ggml path (one span) */
     struct ggml_tensor * rope_freqs; /* F32 {n_rot/2} GGUF divisors, ggml path with rope_freqs */
     struct ggml_tensor * logits; /* F32 {n_vocab, n_out}, NULL when n_out = 0 */
 } rt_graph;
@@ -41,15 +42,17 @@ typedef enum rt_attn_mode {
 typedef struct rt_graph_plan {
     const ggml_rerope_model * model;
     const rt_kv_cache * kv;
-    const ggml_rerope_params * attn; /* per-layer attention parameters, alive while graphs compute */
+    const ggml_rerope_params * attn; /* [n_seq]: each sequence's attention parameters, alive while graphs compute */
     rt_attn_mode mode;
     void * mem;      /* tensor + graph metadata, reused by every build: rt_graph_mem_size() bytes */
     size_t mem_size;
+    int32_t max_span; /* what mem was sized for */
 } rt_graph_plan;
 
-size_t rt_graph_max_nodes(const ggml_rerope_model * m);
-/* Bytes of metadata (tensors and graph) the largest graph of m needs. */
-size_t rt_graph_mem_size(const ggml_rerope_model * m);
+/* The most nodes a graph of m with up to max_span spans has. */
+size_t rt_graph_max_nodes(const ggml_rerope_model * m, int32_t max_span);
+/* Bytes of metadata (tensors and graph) the largest such graph needs. */
+size_t rt_graph_mem_size(const ggml_rerope_model * m, int32_t max_span);
 ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_shape * shape, rt_graph * out);
 
 #endif

@@ -15,6 +15,19 @@ typedef struct rt_kv_cache {
     int32_t n_layer;
 } rt_kv_cache;
 
+/* The cache rows one sequence's part of a batch touches. A sequence owns rows kv_base .. kv_base + n_ctx_seq - 1;
+ * the batch attends over its first n_past + n_new and writes n_new of them from n_past on. */
+typedef struct rt_kv_span {
+    int32_t seq;     /* sequence id                                  */
+    int32_t kv_base; /* its first cache row                          */
+    int32_t n_past;  /* its rows before this batch                   */
+    int32_t n_new;   /* its tokens in this batch (consecutive rows)  */
+    int32_t tok0;    /* index of its first token among the batch's   */
+} rt_kv_span;
+
+/* Cache rows the span's attention reads: those before it and its own. */
+static inline int32_t rt_span_n_kv(const rt_kv_span * s) { return s->n_past + s->n_new; }
+
 ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, enum ggml_type type);
 void rt_kv_free(rt_kv_cache * kv);
 size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type type);
