@@ -14,12 +14,13 @@ import os
 
 import numpy as np
 
-from . import _binding
+from . import _binding, kv_quant
 from .errors import raise_for_status
 
 _lib = _binding.lib
 MODES = {"norm": _lib.GGML_REROPE_MODE_NORM, "neox": _lib.GGML_REROPE_MODE_NEOX}
 KV_TYPES = {np.dtype(np.float32): _lib.GGML_REROPE_KV_F32, np.dtype(np.float16): _lib.GGML_REROPE_KV_F16}
+_KV_DTYPES = {"f32": np.float32, "f16": np.float16}
 _INT32_MAX = 2**31 - 1
 
 
@@ -60,6 +61,34 @@ def _array3(name, x, dtypes):
     if not np.isfinite(x).all():
         raise ValueError(f"{name} must be finite: it holds NaN or infinity")
     return np.ascontiguousarray(x)
+
+
+def _kv_rows(name, x, kv_type, head_dim):
+    """k or v for the call: (array the buffer points into, ggml_rerope_kv_type id).
+    kv_type None: x is float32 / float16, passed as it is. A type name: a float array
+    (tokens, heads, head_dim) is converted to it here (kv_quant.quantize), a uint8 array
+    (tokens, heads, row bytes) is taken as rows already in it."""
+    if kv_type is None:
+        return _array3(name, x, (np.float32, np.float16)), None
+    if not isinstance(kv_type, str):
+        raise TypeError(f"{name}_type must be a str such as 'q8_0', got {type(kv_type).__name__}")
+    if kv_type not in kv_quant.TYPE_IDS:
+        raise ValueError(f"{name}_type must be one of {', '.join(kv_quant.TYPE_IDS)}, got {kv_type!r}")
+    if isinstance(x, np.ndarray) and x.dtype == np.uint8:
+        rows = _array3(name, x, (np.uint8,))
+        nbytes = kv_quant.row_bytes(kv_type, head_dim)
+        if rows.shape[2] != nbytes:
+            raise ValueError(f"{name} rows of {kv_type} at head_dim {head_dim} are {nbytes} bytes, got {rows.shape[2]}")
+        if not kv_quant.scales_finite(rows, kv_type):
+            raise ValueError(f"{name} must be finite: it holds NaN or infinity")
+        return rows, kv_quant.TYPE_IDS[kv_type]
+    x = _array3(name, x, (np.float32, np.float16))
+    if x.shape[2] != head_dim:
+        return x, None  # the caller reports the head size
+    if kv_type in _KV_DTYPES:
+        return np.ascontiguousarray(x, dtype=_KV_DTYPES[kv_type]), kv_quant.TYPE_IDS[kv_type]
+    kv_quant.row_bytes(kv_type, head_dim)  # ValueError for a head_dim the blocks cannot take
+    return kv_quant.quantize(x, kv_type), kv_quant.TYPE_IDS[kv_type]
 
 
 def _positions(name, pos, n):
@@ -118,11 +147,15 @@ def _fill_params(params, *, window, leaky, group, logn_train_len, base, mode, n_
 
 def rerope_attention(q, k, v, *, window, leaky=None, logn_train_len=None, base=10000.0, mode="norm",
                      q_pos=None, k_pos=None, freq_factors=None, scale=None, threads=None, group=None,
-                     n_rot=None, causal=True, device="cpu") -> np.ndarray:
+                     n_rot=None, causal=True, device="cpu", k_type=None, v_type=None) -> np.ndarray:
     """Fused ReRoPE attention (see src/ggml_rerope.h for the math).
 
     q: (n_q, H, d) float32; k, v: (n_kv, H_kv, d) float32 or float16, keys unrotated,
     H % H_kv == 0. Default positions: keys 0..n_kv-1, queries the last n_q of them.
+    k_type, v_type: the cache type of K / V, ggml's names ("f32", "f16", "bf16", "q8_0", "q4_0",
+    "q4_1", "q5_0", "q5_1", "iq4_nl"; None: the array's dtype). With a type, k / v is either floats
+    of (n_kv, H_kv, d), converted to it here (ggml's reference quantizers, kv_quant.quantize), or
+    uint8 (n_kv, H_kv, row bytes): rows already in that type. Block types need d % 32 == 0.
     window: w >= 1 (w >= context length is plain RoPE). leaky: Leaky ReRoPE slope
     divisor k >= 1; group: Self-Extend group size G (exclusive with leaky).
     logn_train_len: log-n query scaling with this training length (None/0: off).
@@ -132,14 +165,14 @@ def rerope_attention(q, k, v, *, window, leaky=None, logn_train_len=None, base=1
     Returns (n_q, H, d) float32.
     """
     q = _array3("q", q, (np.float32,))
-    k = _array3("k", k, (np.float32, np.float16))
-    v = _array3("v", v, (np.float32, np.float16))
     n_q, n_head, d = q.shape
-    n_kv, n_head_kv, dk = k.shape
-    if dk != d:  # before the v check: a wrong k must not be reported as a wrong v
-        raise ValueError(f"k head size {dk} differs from q head size {d}")
-    if v.shape != k.shape:
-        raise ValueError(f"v must have the shape of k {k.shape}, got {v.shape}")
+    k, k_id = _kv_rows("k", k, k_type, d)
+    v, v_id = _kv_rows("v", v, v_type, d)
+    n_kv, n_head_kv = k.shape[:2]
+    if k_id is None and k.shape[2] != d:  # before the v check: a wrong k must not be reported as a wrong v
+        raise ValueError(f"k head size {k.shape[2]} differs from q head size {d}")
+    if v.shape[:2] != k.shape[:2] or (v_id is None and v.shape[2] != d):
+        raise ValueError(f"v must have the shape of k {(n_kv, n_head_kv, d)}, got {v.shape}")
     if max(n_q * n_head, n_kv * n_head_kv) * d > _INT32_MAX or n_kv > _INT32_MAX:
         raise ValueError("q, k or v is too large")
     qp = _positions("q_pos", q_pos, n_q)
@@ -170,8 +203,8 @@ def rerope_attention(q, k, v, *, window, leaky=None, logn_train_len=None, base=1
     call.q_pos = ptr("const int32_t *", qp)
     call.k_pos = ptr("const int32_t *", kp)
     call.n_q, call.n_head, call.n_kv, call.n_head_kv = n_q, n_head, n_kv, n_head_kv
-    call.k_type = KV_TYPES[k.dtype]
-    call.v_type = KV_TYPES[v.dtype]
+    call.k_type = KV_TYPES[k.dtype] if k_id is None else k_id
+    call.v_type = KV_TYPES[v.dtype] if v_id is None else v_id
     if device == "cuda":
         status = _lib.ggml_rerope_attn_cuda_from_host(call)
     else:

@@ -134,3 +134,55 @@ def rope_attention(q, k, v, *, base=10000.0, mode=NORM, n_rot=None, q_pos=None, 
     p = np.exp(s)
     p /= p.sum(axis=2, keepdims=True)
     return np.einsum("hij,jhd->ihd", p, vv)
+
+
+# ---------------------------------------------------------------- K/V types (ggml's block formats)
+
+_IQ4_NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float64)
+_BLOCK = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "iq4_nl": 18}
+
+
+def _half(block_bytes: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(block_bytes).view(np.float16).astype(np.float64)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """(n, 16) bytes -> (n, 32): element j the low nibble of byte j, element j + 16 its high one."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float64)
+
+
+def _high_bits(qh: np.ndarray) -> np.ndarray:
+    """(n, 4) bytes of a little-endian uint32 -> (n, 32): bit j, as 16 or 0."""
+    word = np.ascontiguousarray(qh).view("<u4").astype(np.int64)
+    return (((word >> np.arange(32)) & 1) << 4).astype(np.float64)
+
+
+def dequantize(rows: np.ndarray, kv_type: str, head_dim: int) -> np.ndarray:
+    """uint8 rows (..., row_bytes) of a ggml K/V type (names as ggml_rerope.kv_quant) -> float64
+    (..., head_dim), written from ggml's dequantize_row_* (ggml-quants.c), not from the kernels."""
+    rows = np.ascontiguousarray(rows, dtype=np.uint8)
+    lead = rows.shape[:-1]
+    if kv_type == "f32":
+        return rows.view(np.float32).astype(np.float64).reshape(*lead, head_dim)
+    if kv_type == "f16":
+        return rows.view(np.float16).astype(np.float64).reshape(*lead, head_dim)
+    if kv_type == "bf16":
+        bits = rows.view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).astype(np.float64).reshape(*lead, head_dim)
+    if kv_type not in _BLOCK:
+        raise ValueError(f"unknown K/V type {kv_type!r}")
+    b = rows.reshape(-1, _BLOCK[kv_type])
+    d = _half(b[:, 0:2])
+    if kv_type == "q8_0":
+        x = d * b[:, 2:].view(np.int8).astype(np.float64)
+    elif kv_type == "q4_0":
+        x = d * (_nibbles(b[:, 2:]) - 8)
+    elif kv_type == "q4_1":
+        x = d * _nibbles(b[:, 4:]) + _half(b[:, 2:4])
+    elif kv_type == "q5_0":
+        x = d * (_nibbles(b[:, 6:]) + _high_bits(b[:, 2:6]) - 16)
+    elif kv_type == "q5_1":
+        x = d * (_nibbles(b[:, 8:]) + _high_bits(b[:, 4:8])) + _half(b[:, 2:4])
+    else:  # iq4_nl
+        x = d * _IQ4_NL[_nibbles(b[:, 2:]).astype(np.int64)]
+    return x.reshape(*lead, head_dim)

@@ -79,7 +79,8 @@ def test_node_rejects_bad_input():
         assert "multiple" in _binding.last_error()
         k2 = g.tensor(np.zeros((8, 2, 64), np.int32))
         assert lib.ggml_rerope_attn(g.ctx, q, k2, k2, ffi.NULL, ffi.NULL, params_for(64, 8)) == ffi.NULL
-        assert "k must be F16 or F32" in _binding.last_error()
+        assert "k must be f32, f16, bf16, q8_0" in _binding.last_error()
+        assert "got i32" in _binding.last_error()
         k3 = g.tensor(np.zeros((8, 2, 64), np.float16))
         assert lib.ggml_rerope_attn(g.ctx, q, k3, k3, ffi.NULL, ffi.NULL, params_for(64, 0)) == ffi.NULL
         assert "window" in _binding.last_error()

@@ -207,9 +207,13 @@ static int positions_ok(const struct ggml_tensor * t, int64_t n, const char * na
     return 1;
 }
 
+/* The type's name from ggml; whether the operator reads it at this head_dim is the shared
+ * validator's rule (ggml_rerope_kv_type values are ggml's type ids). */
 static int kv_ok(const struct ggml_tensor * t, const char * name, int64_t d) {
-    if (t->type != GGML_TYPE_F16 && t->type != GGML_TYPE_F32) {
-        rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s must be F16 or F32, got %s", name, ggml_type_name(t->type));
+    if (ggml_rerope_kv_row_bytes((int32_t) t->type, 32) == 0) {
+        rerope_fail(GGML_REROPE_ERR_UNSUPPORTED,
+                    "%s must be f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 or iq4_nl, got %s", name,
+                    ggml_type_name(t->type));
         return 0;
     }
     if (t->ne[0] != d || t->ne[3] != 1 || t->nb[0] != ggml_type_size(t->type)) {
@@ -233,8 +237,8 @@ static int tensors_ok(const struct ggml_tensor * q, const struct ggml_tensor * k
         return 0;
     }
     if (!kv_ok(k, "k", d) || !kv_ok(v, "v", d)) return 0;
-    if (k->type != v->type || k->ne[1] != v->ne[1] || k->ne[2] != v->ne[2]) {
-        rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "k and v must have the same type and shape");
+    if (k->ne[1] != v->ne[1] || k->ne[2] != v->ne[2]) {
+        rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "k and v must have the same shape");
         return 0;
     }
     const int64_t dims[] = {q->ne[1], q->ne[2], k->ne[1], k->ne[2]};

@@ -3,6 +3,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef __m512 rr_vec;
 #define RR_ISA avx512
@@ -45,6 +46,21 @@ static inline void rr_f16_row(float * dst, const uint16_t * src, int n) {
         _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (src + i))));
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (src + i))));
     for (; i < n; i++) dst[i] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(src[i])));
+}
+
+#define RR_HAVE_QROWS
+static inline float rr_half_at(const uint8_t * p) {
+    uint16_t h;
+    memcpy(&h, p, sizeof h);
+    return _cvtsh_ss(h);
+}
+static inline rr_vec rr_load_i8(const int8_t * p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *) p)));
+}
+static inline rr_vec rr_load_nib(const uint8_t * p, int hi) {
+    __m128i b = _mm_loadu_si128((const __m128i *) p);
+    if (hi) b = _mm_srli_epi16(b, 4);
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, _mm_set1_epi8(0x0f))));
 }
 
 #include "transpose8_avx.h"

@@ -8,6 +8,9 @@
  *   rr_mul rr_add rr_sub rr_max rr_hmax(v) rr_hsum(v) rr_exp2(v)
  *   rr_f16_row(float * dst, const uint16_t * src, int n)   f16 -> f32; rr_load_f16(p): one vector
  *   optional RR_HAVE_TRANSPOSE8: rr_transpose8(src, src_stride, dst, dst_stride)
+ *   optional RR_HAVE_QROWS (vector block loaders for q8_0 / q4_0 / q4_1; else the reference ones):
+ *     rr_half_at(p) one half at byte p; rr_load_i8(p) RR_VL int8; rr_load_nib(p, hi) the low (hi 0)
+ *     or high (hi 1) nibbles of RR_VL bytes, each as a float
  *
  * Work item: (KV head, tile of query tokens) in prefill - all query heads of the KV
  * group are rows of one item so each K/V tile is converted once for them - or
@@ -18,9 +21,14 @@
  *
  * Prefill tiles are staged: K/V rows converted to f32, K transposed to [d][BK] (and rotated
  * per path) so a score row is broadcast(q) FMA key rows, no horizontal sums. Decode (one
- * block of <= RR_RB rows) reads full far-clamp tiles straight from the cache instead.
+ * block of <= RR_RB rows) reads full far-clamp tiles straight from the cache instead (f16/f32;
+ * other types are converted to f32 rows first, as a prefill tile, then read the same way).
+ *
+ * K and V are read through a row loader per type (rr_row_loader): every cached row is
+ * converted once per tile into the per-thread workspace, never into a copy of the cache.
  */
 #include "kernel.h"
+#include "kv_dequant.h"
 
 #include <math.h>
 #include <string.h>
@@ -51,9 +59,62 @@ typedef struct {
     double row_a[2];          /* angle position of rc/rs */
     int q_ok[2];              /* Qn / Qf ready for the current item */
     int item_h, item_i0;      /* current item's query block, for reuse */
+    rerope_row_fn k_row, v_row; /* row loaders of job->k_type / v_type */
+    int k_row_bytes, v_row_bytes;
+    int kv_direct;            /* K and V of one type the decode kernels read in place (f16/f32) */
 } RR_FN(rr_state);
 
 #define ST RR_FN(rr_state)
+
+/* ---------------------------------------------------------------- row loaders */
+
+#ifdef RR_HAVE_QROWS
+static void RR_FN(rr_row_q8_0)(float * dst, const void * src, int n) {
+    const uint8_t * b = (const uint8_t *) src;
+    for (int i = 0; i < n; i += RR_QK, b += RR_BLOCK_Q8_0) {
+        const rr_vec d = rr_set1(rr_half_at(b));
+        const int8_t * qs = (const int8_t *) (b + RR_Q8_0_QS);
+        for (int j = 0; j < RR_QK; j += RR_VL) rr_store(dst + i + j, rr_mul(d, rr_load_i8(qs + j)));
+    }
+}
+
+/* element j < 16 is the low nibble of byte j, element j + 16 its high nibble (RR_VL divides 16) */
+static void RR_FN(rr_row_q4_0)(float * dst, const void * src, int n) {
+    const uint8_t * b = (const uint8_t *) src;
+    const rr_vec eight = rr_set1(8.0f);
+    for (int i = 0; i < n; i += RR_QK, b += RR_BLOCK_Q4_0) {
+        const rr_vec d = rr_set1(rr_half_at(b));
+        const uint8_t * qs = b + RR_Q4_0_QS;
+        for (int j = 0; j < RR_QK; j += RR_VL)
+            rr_store(dst + i + j, rr_mul(rr_sub(rr_load_nib(qs + (j & 15), j >= 16), eight), d));
+    }
+}
+
+static void RR_FN(rr_row_q4_1)(float * dst, const void * src, int n) {
+    const uint8_t * b = (const uint8_t *) src;
+    for (int i = 0; i < n; i += RR_QK, b += RR_BLOCK_Q4_1) {
+        const rr_vec d = rr_set1(rr_half_at(b)), m = rr_set1(rr_half_at(b + 2));
+        const uint8_t * qs = b + RR_Q4_1_QS;
+        for (int j = 0; j < RR_QK; j += RR_VL)
+            rr_store(dst + i + j, rr_add(rr_mul(rr_load_nib(qs + (j & 15), j >= 16), d), m));
+    }
+}
+#endif
+
+static void RR_FN(rr_row_f16)(float * dst, const void * src, int n) { rr_f16_row(dst, (const uint16_t *) src, n); }
+
+/* This ISA's loader of a type: its own for the types it vectorizes, else the reference. */
+static rerope_row_fn RR_FN(rr_row_loader)(int32_t type) {
+    switch (type) {
+        case GGML_REROPE_KV_F16: return RR_FN(rr_row_f16);
+#ifdef RR_HAVE_QROWS
+        case GGML_REROPE_KV_Q8_0: return RR_FN(rr_row_q8_0);
+        case GGML_REROPE_KV_Q4_0: return RR_FN(rr_row_q4_0);
+        case GGML_REROPE_KV_Q4_1: return RR_FN(rr_row_q4_1);
+#endif
+        default: return rerope_row_fn_ref(type);
+    }
+}
 
 /* ---------------------------------------------------------------- setup */
 
@@ -77,6 +138,12 @@ static void RR_FN(rr_setup)(ST * st, const rerope_job * job, void * ws) {
     st->t1s = a, a += hf;
     st->item_h = -1;
     st->item_i0 = -1;
+    st->k_row = RR_FN(rr_row_loader)(job->k_type);
+    st->v_row = RR_FN(rr_row_loader)(job->v_type);
+    st->k_row_bytes = (int) ggml_rerope_kv_row_bytes(job->k_type, job->d);
+    st->v_row_bytes = (int) ggml_rerope_kv_row_bytes(job->v_type, job->d);
+    st->kv_direct =
+        job->k_type == job->v_type && (job->k_type == GGML_REROPE_KV_F16 || job->k_type == GGML_REROPE_KV_F32);
 
     const float kinv = job->p.far_mode == GGML_REROPE_FAR_LEAKY ? 1.0f / job->p.leaky_k : 1.0f;
     float *stn_c = st->f + st->L.stn_c, *stn_s = st->f + st->L.stn_s;
@@ -258,9 +325,9 @@ static void RR_FN(rr_tile_cs)(ST * st, const rerope_job * job, int path, const i
 static void RR_FN(rr_load_rows)(ST * st, const rerope_job * job, int h0, int nh, int j0, int nk) {
     const int d = job->d, dp = job->dp;
     const size_t tile = (size_t) RR_BK * dp;
-    const int row_bytes = (int) ggml_rerope_kv_row_bytes(job->k_type, d);
+    const int kb = st->k_row_bytes, vb = st->v_row_bytes;
     /* prefetch about RR_PF_BYTES of K and V ahead of the rows being converted */
-    int pf = (int) (RR_PF_BYTES / ((size_t) row_bytes * 2 * nh));
+    int pf = (int) (RR_PF_BYTES / ((size_t) (kb + vb) * nh));
     pf = pf < 1 ? 1 : pf;
     for (int t = 0; t < nk; t++) {
         const char * kt = job->k + (size_t) (j0 + t) * job->k_nb_tok;
@@ -269,10 +336,8 @@ static void RR_FN(rr_load_rows)(ST * st, const rerope_job * job, int h0, int nh,
             for (int hb = 0; hb < nh; hb++) {
                 const char * kpf = kt + (size_t) pf * job->k_nb_tok + (size_t) (h0 + hb) * job->k_nb_head;
                 const char * vpf = vtk + (size_t) pf * job->v_nb_tok + (size_t) (h0 + hb) * job->v_nb_head;
-                for (int b = 0; b < row_bytes; b += 64) {
-                    __builtin_prefetch(kpf + b, 0, 3);
-                    __builtin_prefetch(vpf + b, 0, 3);
-                }
+                for (int b = 0; b < kb; b += 64) __builtin_prefetch(kpf + b, 0, 3);
+                for (int b = 0; b < vb; b += 64) __builtin_prefetch(vpf + b, 0, 3);
             }
         }
         for (int hb = 0; hb < nh; hb++) {
@@ -280,10 +345,8 @@ static void RR_FN(rr_load_rows)(ST * st, const rerope_job * job, int h0, int nh,
             const char * vs = vtk + (size_t) (h0 + hb) * job->v_nb_head;
             float * kd = st->f + st->L.kr + hb * tile + (size_t) t * dp;
             float * vd = st->f + st->L.vt + hb * tile + (size_t) t * dp;
-            if (job->k_type == GGML_REROPE_KV_F16) rr_f16_row(kd, (const uint16_t *) ks, d);
-            else memcpy(kd, ks, sizeof(float) * d);
-            if (job->v_type == GGML_REROPE_KV_F16) rr_f16_row(vd, (const uint16_t *) vs, d);
-            else memcpy(vd, vs, sizeof(float) * d);
+            st->k_row(kd, ks, d);
+            st->v_row(vd, vs, d);
         }
     }
     if (nk < RR_BK) {
@@ -594,18 +657,24 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h0, int nh, int 
         if (use_far && !st->q_ok[RR_FAR]) RR_FN(rr_prep_q)(st, job, RR_FAR, h0, nh, i0, nt);
         if (rot_near) RR_FN(rr_tile_cs)(st, job, RR_NEAR, kp, nk);
         if (rot_far) RR_FN(rr_tile_cs)(st, job, RR_FAR, kp, nk);
-        /* decode fast path: one row block, full far tile, keys used unrotated */
-        const int direct =
-            rows_pad == RR_RB && !use_near && !rot_far && !mask && d % RR_VL == 0 && job->k_type == job->v_type;
-        if (!direct) RR_FN(rr_load_rows)(st, job, h0, nh, j0, nk);
+        /* decode fast path: one row block, full far tile, keys used unrotated; K/V in place when
+         * the decode kernels read their type, else from the tile's f32 rows */
+        const int direct = rows_pad == RR_RB && !use_near && !rot_far && !mask && d % RR_VL == 0;
+        if (!(direct && st->kv_direct)) RR_FN(rr_load_rows)(st, job, h0, nh, j0, nk);
         for (int hb = 0; hb < nh; hb++) {
             const size_t blk = (size_t) hb * rows_pad;
             float *O = st->f + L->o + blk * dp, *M = st->f + L->m + blk, *Lsum = st->f + L->l + blk;
             const char * kh = job->k + (size_t) j0 * job->k_nb_tok + (size_t) (h0 + hb) * job->k_nb_head;
             const char * vh = job->v + (size_t) j0 * job->v_nb_tok + (size_t) (h0 + hb) * job->v_nb_head;
-            if (direct) {
+            if (direct && st->kv_direct) {
                 RR_FN(rr_direct_tile)(st->f + L->qf + blk * dp, kh, job->k_nb_tok, vh, job->v_nb_tok, S, O, M, Lsum, d,
                                       dp, rows, job->k_type == GGML_REROPE_KV_F16);
+                continue;
+            }
+            if (direct) {
+                const size_t tile = (size_t) hb * RR_BK * dp, pitch = sizeof(float) * (size_t) dp;
+                RR_FN(rr_direct_tile)(st->f + L->qf + blk * dp, (const char *) (st->f + L->kr + tile), pitch,
+                                      (const char *) (st->f + L->vt + tile), pitch, S, O, M, Lsum, d, dp, rows, 0);
                 continue;
             }
             RR_FN(rr_scores_staged)(st, job, hb, use_near, use_far, rot_near, rot_far);

@@ -4,6 +4,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kv_dequant.h"
+
 typedef float rr_vec;
 #define RR_ISA scalar
 #define RR_VL 1
@@ -24,33 +26,10 @@ static inline float rr_hmax(rr_vec v) { return v; }
 static inline float rr_hsum(rr_vec v) { return v; }
 static inline rr_vec rr_exp2(rr_vec x) { return exp2f(x); }
 
-/* IEEE half -> float, subnormals, inf and NaN included. */
-static inline float rr_half_to_float(uint16_t h) {
-    const uint32_t sign = (uint32_t) (h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112u) << 23) | (man << 13);
-    } else if (man == 0) {
-        bits = sign;
-    } else { /* subnormal: normalize */
-        exp = 113;
-        while (!(man & 0x400u)) {
-            man <<= 1;
-            exp--;
-        }
-        bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline rr_vec rr_load_f16(const uint16_t * p) { return rr_half_to_float(*p); }
+static inline rr_vec rr_load_f16(const uint16_t * p) { return rerope_half_to_float(*p); }
 
 static inline void rr_f16_row(float * dst, const uint16_t * src, int n) {
-    for (int i = 0; i < n; i++) dst[i] = rr_half_to_float(src[i]);
+    for (int i = 0; i < n; i++) dst[i] = rerope_half_to_float(src[i]);
 }
 
 #include "kernel_body.h"

@@ -1,5 +1,5 @@
-/* The K/V storage types: ggml's names and row sizes (block layouts of ggml-common.h), and which
- * of them the CPU operator reads. */
+/* The K/V storage types: ggml's names and row sizes (block layouts of ggml-common.h); the CPU
+ * operator reads every one of them. */
 #include "ggml_rerope.h"
 
 #include <stddef.h>
@@ -40,7 +40,7 @@ const char * ggml_rerope_kv_type_name(int32_t type) {
     return t ? t->name : "unknown";
 }
 
+/* every type of the table has a row loader (kv_dequant.c) */
 int ggml_rerope_kv_type_supported(int32_t type, int32_t head_dim) {
-    if (type != GGML_REROPE_KV_F32 && type != GGML_REROPE_KV_F16) return 0;
     return ggml_rerope_kv_row_bytes(type, head_dim) != 0;
 }

@@ -1,6 +1,8 @@
 /* Every SIMD path this CPU supports against the plain C path, and the plain C path against a
- * naive double-precision loop of the contract (src/ggml_rerope.h), on random inputs. No Python;
- * CI runs it under AddressSanitizer / UndefinedBehaviorSanitizer. Exit status 0 = pass. */
+ * naive double-precision loop of the contract (src/ggml_rerope.h), on random inputs, for K/V
+ * in f32, f16 and the block types the SIMD paths dequantize themselves (q8_0, q4_0, q4_1; the
+ * naive loop sees the dequantized values). No Python; CI runs it under AddressSanitizer /
+ * UndefinedBehaviorSanitizer. Exit status 0 = pass. */
 #include "ggml_rerope.h"
 
 #include <math.h>
@@ -10,7 +12,7 @@
 #include <string.h>
 
 typedef struct {
-    int n_q, n_kv, h, h_kv, d, n_rot, window, far_mode, group, logn, mode, causal, f16, positions;
+    int n_q, n_kv, h, h_kv, d, n_rot, window, far_mode, group, logn, mode, causal, k_type, v_type, positions;
     float leaky;
 } test_case;
 
@@ -41,6 +43,56 @@ static float f16_to_f32(uint16_t h) {
     float f;
     memcpy(&f, &x, 4);
     return f;
+}
+
+/* One row of d floats into `type` (ggml's quantize_row_*_ref rules for the blocks), and x
+ * replaced by the values the kernel will read back. */
+static void encode_row(int type, float * x, int d, uint8_t * dst) {
+    if (type == GGML_REROPE_KV_F32) {
+        memcpy(dst, x, sizeof(float) * d);
+        return;
+    }
+    if (type == GGML_REROPE_KV_F16) {
+        for (int i = 0; i < d; i++) {
+            const uint16_t h = f32_to_f16(x[i]);
+            memcpy(dst + 2 * i, &h, 2);
+            x[i] = f16_to_f32(h);
+        }
+        return;
+    }
+    for (int b0 = 0; b0 < d; b0 += 32, x += 32) {
+        float amax = 0.0f, smax = 0.0f, lo = x[0], hi = x[0];
+        for (int j = 0; j < 32; j++) {
+            if (fabsf(x[j]) > amax) amax = fabsf(x[j]), smax = x[j];
+            lo = x[j] < lo ? x[j] : lo;
+            hi = x[j] > hi ? x[j] : hi;
+        }
+        const float d_f = type == GGML_REROPE_KV_Q8_0   ? amax / 127
+                          : type == GGML_REROPE_KV_Q4_0 ? smax / -8
+                                                        : (hi - lo) / 15;
+        const uint16_t dh = f32_to_f16(d_f), mh = f32_to_f16(lo);
+        const float dq = f16_to_f32(dh), m = f16_to_f32(mh), id = d_f != 0.0f ? 1.0f / d_f : 0.0f;
+        memcpy(dst, &dh, 2);
+        if (type == GGML_REROPE_KV_Q8_0) {
+            for (int j = 0; j < 32; j++) {
+                const int8_t qv = (int8_t) roundf(x[j] * id);
+                dst[2 + j] = (uint8_t) qv;
+                x[j] = qv * dq;
+            }
+            dst += 34;
+            continue;
+        }
+        const int with_min = type == GGML_REROPE_KV_Q4_1, qs = with_min ? 4 : 2;
+        if (with_min) memcpy(dst + 2, &mh, 2);
+        int nib[32];
+        for (int j = 0; j < 32; j++) {
+            const int t = with_min ? (int) ((x[j] - lo) * id + 0.5f) : (int) (x[j] * id + 8.5f);
+            nib[j] = t > 15 ? 15 : t;
+            x[j] = with_min ? nib[j] * dq + m : (nib[j] - 8) * dq;
+        }
+        for (int j = 0; j < 16; j++) dst[qs + j] = (uint8_t) (nib[j] | (nib[j + 16] << 4));
+        dst += qs + 16;
+    }
 }
 
 /* The contract, literally: rotate q by rel(i, j) for every key, in double. */
@@ -119,7 +171,9 @@ static double rel_err_d(const float * a, const double * b, size_t n) {
 static int run_case(int idx, const test_case * c) {
     const size_t nq = (size_t) c->n_q * c->h * c->d, nk = (size_t) c->n_kv * c->h_kv * c->d;
     float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4);
-    uint16_t *k16 = malloc(nk * 2), *v16 = malloc(nk * 2);
+    const size_t k_row = ggml_rerope_kv_row_bytes(c->k_type, c->d), v_row = ggml_rerope_kv_row_bytes(c->v_type, c->d);
+    const size_t rows = (size_t) c->n_kv * c->h_kv;
+    uint8_t *kb = malloc(rows * k_row), *vb = malloc(rows * v_row);
     float *ref_out = malloc(nq * 4), *out = malloc(nq * 4);
     double * exact = malloc(nq * 8);
     int32_t *qp = malloc(sizeof(int32_t) * c->n_q), *kp = malloc(sizeof(int32_t) * c->n_kv);
@@ -127,12 +181,10 @@ static int run_case(int idx, const test_case * c) {
     for (size_t i = 0; i < nk; i++) {
         k[i] = nrand();
         v[i] = nrand();
-        if (c->f16) { /* the naive loop sees the same rounded values */
-            k16[i] = f32_to_f16(k[i]);
-            v16[i] = f32_to_f16(v[i]);
-            k[i] = f16_to_f32(k16[i]);
-            v[i] = f16_to_f32(v16[i]);
-        }
+    }
+    for (size_t r = 0; r < rows; r++) { /* the naive loop sees the values the kernel reads */
+        encode_row(c->k_type, k + r * c->d, c->d, kb + r * k_row);
+        encode_row(c->v_type, v + r * c->d, c->d, vb + r * v_row);
     }
     for (int j = 0; j < c->n_kv; j++) kp[j] = c->positions ? 3 * j + (j % 5) : j; /* gapped when asked */
     for (int i = 0; i < c->n_q; i++)
@@ -147,16 +199,13 @@ static int run_case(int idx, const test_case * c) {
     p.group_size = c->group;
     p.logn_train_len = c->logn;
     p.causal = c->causal;
-    const void *kk = c->f16 ? (const void *) k16 : (const void *) k,
-               *vv = c->f16 ? (const void *) v16 : (const void *) v;
-    const int kv_type = c->f16 ? GGML_REROPE_KV_F16 : GGML_REROPE_KV_F32;
     int fails = 0;
 
     ggml_rerope_set_simd(GGML_REROPE_SIMD_SCALAR);
     ggml_rerope_attn_call call = {.params = p,
                                   .q = q,
-                                  .k = kk,
-                                  .v = vv,
+                                  .k = kb,
+                                  .v = vb,
                                   .out = ref_out,
                                   .q_pos = qp,
                                   .k_pos = kp,
@@ -164,8 +213,8 @@ static int run_case(int idx, const test_case * c) {
                                   .n_head = c->h,
                                   .n_kv = c->n_kv,
                                   .n_head_kv = c->h_kv,
-                                  .k_type = kv_type,
-                                  .v_type = kv_type};
+                                  .k_type = c->k_type,
+                                  .v_type = c->v_type};
     ggml_rerope_status st = ggml_rerope_attn_host(&call, 3);
     if (st != GGML_REROPE_OK) {
         printf("case %d: scalar call failed: %s\n", idx, ggml_rerope_last_error());
@@ -187,26 +236,41 @@ static int run_case(int idx, const test_case * c) {
         if (!(e < 1e-5)) fails++;
     }
     ggml_rerope_set_simd(GGML_REROPE_SIMD_AUTO);
-    free(q), free(k), free(v), free(k16), free(v16), free(ref_out), free(out), free(exact), free(qp), free(kp);
+    free(q), free(k), free(v), free(kb), free(vb), free(ref_out), free(out), free(exact), free(qp), free(kp);
     return fails;
 }
 
 int main(void) {
-    /* n_q n_kv h h_kv d n_rot w far G logn mode causal f16 positions leaky */
+    enum {
+        T32 = GGML_REROPE_KV_F32,
+        T16 = GGML_REROPE_KV_F16,
+        Q8 = GGML_REROPE_KV_Q8_0,
+        Q40 = GGML_REROPE_KV_Q4_0,
+        Q41 = GGML_REROPE_KV_Q4_1
+    };
+    /* n_q n_kv h h_kv d n_rot w far G logn mode causal k_type v_type positions leaky */
     const test_case cases[] = {
-        {1, 1, 1, 1, 64, 64, 1, 0, 1, 0, 0, 1, 0, 0, 1.0f},
-        {7, 7, 4, 2, 64, 64, 3, 0, 1, 0, 0, 1, 1, 0, 1.0f},
-        {130, 130, 4, 1, 64, 64, 63, 0, 1, 0, 0, 1, 0, 0, 1.0f},
-        {130, 130, 9, 3, 64, 64, 64, 1, 1, 0, 2, 1, 1, 0, 2.0f},
-        {150, 150, 8, 2, 128, 128, 65, 2, 4, 32, 0, 1, 1, 0, 1.0f},
-        {100, 100, 4, 4, 80, 32, 30, 1, 1, 0, 2, 1, 0, 0, 16.0f},
-        {90, 90, 2, 2, 24, 24, 200, 0, 1, 0, 0, 0, 0, 0, 1.0f},
-        {40, 200, 4, 2, 64, 64, 70, 2, 3, 0, 0, 1, 0, 1, 1.0f},
-        {2, 1500, 9, 3, 64, 64, 500, 0, 1, 0, 0, 1, 1, 0, 1.0f},  /* split-K decode */
-        {3, 1200, 8, 2, 128, 128, 300, 1, 1, 64, 2, 1, 1, 0, 4.0f}, /* split-K, leaky, log-n */
-        {1, 1100, 4, 1, 64, 64, 100, 2, 8, 0, 0, 1, 0, 1, 1.0f},   /* split-K, group, gapped */
-        {1, 2100, 8, 2, 128, 128, 300, 0, 1, 0, 0, 1, 1, 0, 1.0f}, /* split-K decode fast path, f16 */
-        {1, 1500, 12, 3, 64, 64, 200, 0, 1, 0, 2, 1, 0, 0, 1.0f},  /* split-K decode fast path, f32 */
+        {1, 1, 1, 1, 64, 64, 1, 0, 1, 0, 0, 1, T32, T32, 0, 1.0f},
+        {7, 7, 4, 2, 64, 64, 3, 0, 1, 0, 0, 1, T16, T16, 0, 1.0f},
+        {130, 130, 4, 1, 64, 64, 63, 0, 1, 0, 0, 1, T32, T32, 0, 1.0f},
+        {130, 130, 9, 3, 64, 64, 64, 1, 1, 0, 2, 1, T16, T16, 0, 2.0f},
+        {150, 150, 8, 2, 128, 128, 65, 2, 4, 32, 0, 1, T16, T16, 0, 1.0f},
+        {100, 100, 4, 4, 80, 32, 30, 1, 1, 0, 2, 1, T32, T32, 0, 16.0f},
+        {90, 90, 2, 2, 24, 24, 200, 0, 1, 0, 0, 0, T32, T32, 0, 1.0f},
+        {40, 200, 4, 2, 64, 64, 70, 2, 3, 0, 0, 1, T32, T32, 1, 1.0f},
+        {2, 1500, 9, 3, 64, 64, 500, 0, 1, 0, 0, 1, T16, T16, 0, 1.0f},  /* split-K decode */
+        {3, 1200, 8, 2, 128, 128, 300, 1, 1, 64, 2, 1, T16, T16, 0, 4.0f}, /* split-K, leaky, log-n */
+        {1, 1100, 4, 1, 64, 64, 100, 2, 8, 0, 0, 1, T32, T32, 1, 1.0f},   /* split-K, group, gapped */
+        {1, 2100, 8, 2, 128, 128, 300, 0, 1, 0, 0, 1, T16, T16, 0, 1.0f}, /* split-K decode fast path, f16 */
+        {1, 1500, 12, 3, 64, 64, 200, 0, 1, 0, 2, 1, T32, T32, 0, 1.0f},  /* split-K decode fast path, f32 */
+        /* block types: prefill, split-K, the decode fast path from staged rows, mixed K/V types */
+        {130, 130, 9, 3, 64, 64, 64, 1, 1, 0, 2, 1, Q8, Q8, 0, 2.0f},
+        {77, 77, 4, 2, 128, 128, 30, 2, 4, 32, 0, 1, Q40, Q40, 0, 1.0f},
+        {40, 200, 4, 2, 64, 64, 70, 0, 1, 0, 0, 1, Q41, Q8, 1, 1.0f},
+        {3, 1200, 8, 2, 128, 128, 300, 1, 1, 64, 2, 1, Q40, Q41, 0, 4.0f},
+        {1, 2100, 8, 2, 128, 128, 300, 0, 1, 0, 0, 1, Q8, Q40, 0, 1.0f},
+        {1, 1500, 12, 3, 96, 96, 200, 0, 1, 0, 2, 1, Q8, Q8, 0, 1.0f},
+        {1, 1500, 4, 1, 64, 64, 200, 0, 1, 0, 0, 1, T32, T16, 0, 1.0f},
     };
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) fails += run_case((int) i, &cases[i]);
