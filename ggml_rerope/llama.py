@@ -150,6 +150,7 @@ class Llama(Closing):
         logn: bool = True,
         rope_options: Optional[dict] = None,
         kv_type: Optional[str] = None,
+        _sequence=None,
         **kwargs,
     ):
         self._model: Optional[Model] = None
@@ -172,7 +173,7 @@ class Llama(Closing):
             model_path, n_ctx=n_ctx, n_threads=n_threads or n_threads_batch, n_batch=min(n_ctx, n_batch),
             n_gpu_layers=n_gpu_layers, rope_scaling=name, rerope_window=rerope_window, rerope_leaky_k=rerope_leaky_k,
             logn=logn, rope_options=options, kv_type=llama_args.kv_type_from(type_k, type_v, kv_type),
-            verbose=verbose)
+            verbose=verbose, _sequence=_sequence)
         self._tok = self._model.tokenizer
         self.model_path: str = self._model.model_path
         self.metadata: dict[str, str] = dict(self._tok.metadata)

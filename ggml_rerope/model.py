@@ -139,6 +139,20 @@ class _Run:
         self.finish_reason: Optional[str] = None
 
 
+def checked_model_path(model_path) -> str:
+    """The path as a str (None: the default model); ModelLoadError when it is no file."""
+    if model_path is None:
+        model_path = default_model_path()
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise TypeError(f"model_path must be a str, a path or None, got {type(model_path).__name__}")
+    model_path = os.fspath(model_path)
+    if not os.path.exists(model_path):
+        raise ModelLoadError(f"model file not found: {model_path}")
+    if os.path.isdir(model_path):
+        raise ModelLoadError(f"model path is a directory, not a GGUF file: {model_path}")
+    return model_path
+
+
 class Model(Closing):
     """A GGUF model (llama, qwen2, qwen3) with ReRoPE attention on a KV cache of raw keys.
 
@@ -194,8 +208,10 @@ class Model(Closing):
         rope_options: Optional[dict] = None,
         context_shift: bool = False,
         n_keep: int = 0,
+        _sequence=None,
     ):
         self._ctx: Optional[RuntimeContext] = None
+        self._owns_runtime = _sequence is None  # else: a sequence of a shared batching.BatchedRuntime
         self._model: Optional[RuntimeModel] = None
         self._tokenizer: Optional[Tokenizer] = None
         self._tokens: list[int] = []  # what the KV cache holds, in order
@@ -221,15 +237,7 @@ class Model(Closing):
             raise TypeError(f"context_shift must be a bool, got {type(context_shift).__name__}")
         self.context_shift = bool(context_shift)
         self.n_keep = _int_arg("n_keep", n_keep, 0)
-        if model_path is None:
-            model_path = default_model_path()
-        if not isinstance(model_path, (str, os.PathLike)):
-            raise TypeError(f"model_path must be a str, a path or None, got {type(model_path).__name__}")
-        model_path = os.fspath(model_path)
-        if not os.path.exists(model_path):
-            raise ModelLoadError(f"model file not found: {model_path}")
-        if os.path.isdir(model_path):
-            raise ModelLoadError(f"model path is a directory, not a GGUF file: {model_path}")
+        model_path = checked_model_path(model_path)
 
         self.model_path = model_path
         self.verbose = bool(verbose)
@@ -240,15 +248,18 @@ class Model(Closing):
         self._seed_rng = np.random.default_rng(seed)
 
         t0 = time.perf_counter()
-        self._model = RuntimeModel(model_path, n_gpu_layers=n_gpu_layers)
+        self._model = RuntimeModel(model_path, n_gpu_layers=n_gpu_layers) if _sequence is None else _sequence.model
         try:
             self._info = self._model.info
             self._info_dict = self._model.info_dict()
             self._hyper = self._model.hyper()  # the GGUF's rotary metadata, as the loader read it
             self.scheme = _make_scheme(self._hyper, n_ctx, rope_scaling, rerope_window, rerope_leaky_k, logn,
                                        rope_options)
-            self._ctx = RuntimeContext(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=self._n_threads,
-                                       kv_type=KV_TYPES[kv_type])
+            if _sequence is None:
+                self._ctx = RuntimeContext(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=self._n_threads,
+                                           kv_type=KV_TYPES[kv_type])
+            else:
+                self._ctx = _sequence
             self._apply_scheme(0)
         except BaseException:
             self.close()
@@ -271,6 +282,8 @@ class Model(Closing):
         """Frees the context, the weights and the vocabulary now (also done by `with` and GC)."""
         ctx, model = getattr(self, "_ctx", None), getattr(self, "_model", None)
         self._ctx = self._model = None
+        if not getattr(self, "_owns_runtime", True):
+            ctx = model = None  # the shared runtime frees them
         if ctx is not None:
             ctx.close()
         if model is not None:

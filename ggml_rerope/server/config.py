@@ -21,9 +21,9 @@ class ServerConfig:
     model_alias: Optional[str] = None    # the id /v1/models lists (default: the file name)
     host: str = "127.0.0.1"
     port: int = 8000
-    n_ctx: int = 2048                    # per slot
-    n_batch: int = 512
-    n_threads: Optional[int] = None      # per slot; None = cores / parallel
+    n_ctx: int = 2048                    # per slot (each conversation's context)
+    n_batch: int = 512                   # tokens of one step, all slots together
+    n_threads: Optional[int] = None      # of the one batched context; None = every core
     n_gpu_layers: int = 0
     seed: int = LLAMA_DEFAULT_SEED
     chat_format: Optional[str] = None
@@ -34,11 +34,10 @@ class ServerConfig:
     scheme_args: Optional[argparse.Namespace] = None  # parsed scheme flags (None = defaults)
     verbose: bool = False
 
-    def threads_per_slot(self) -> int:
+    def threads(self) -> int:
         if self.n_threads:
             return self.n_threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores // max(1, self.parallel))
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _positive(text: str) -> int:
@@ -70,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_batch", "--n-batch", "--batch-size", "-b", dest="n_batch", type=_positive, default=512,
                    help="prompt micro-batch (default 512)")
     p.add_argument("--n_threads", "--n-threads", "--threads", "-t", dest="n_threads", type=_positive,
-                   help="CPU threads per slot (default: cores / slots)")
+                   help="CPU threads (default: every core); all slots compute in one batched step")
     p.add_argument("--n_gpu_layers", "--n-gpu-layers", "-ngl", dest="n_gpu_layers", type=int, default=0,
                    help="0 = CPU; -1 = whole model on the CUDA GPU")
     p.add_argument("--seed", type=int, default=LLAMA_DEFAULT_SEED, help="sampling seed")
@@ -79,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api_key", "--api-key", dest="api_key",
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health")
     p.add_argument("--parallel", "-np", dest="parallel", type=_positive, default=1,
-                   help="slots, i.e. requests computed at once (default 1); each slot loads its own copy "
-                        "of the model for now")
+                   help="slots, i.e. requests computed at once (default 1): sequences of one context, "
+                        "evaluated together each step (one copy of the weights)")
     p.add_argument("--queue-size", "--queue_size", dest="queue_size", type=_non_negative, default=16,
                    help="requests that may wait for a free slot; past that: HTTP 503 (default 16)")
     p.add_argument("--kv-type", "--kv_type", dest="kv_type", choices=("f16", "f32"), default="f16",

@@ -18,14 +18,17 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
+from .._internals import RuntimeModel
+from ..batching import BatchedRuntime
 from ..default_model import default_model_path
 from ..llama import CompletionTimings, Llama
+from ..model import KV_TYPES, checked_model_path
 from . import errors
 from .config import ServerConfig
 from .metrics import Metrics
 from .scheduler import QueueFullError, Scheduler, ShuttingDownError
 from .scheme_request import SchemeFields, SchemeKey
-from .slots import Job, Slot, llama_slots
+from .slots import Job, Slot, sequence_slots
 
 log = logging.getLogger("ggml_rerope.server")
 
@@ -33,16 +36,25 @@ SlotFactory = Callable[[ServerConfig, SchemeKey], list[Slot]]
 
 
 def default_slots(config: ServerConfig, scheme: SchemeKey) -> list[Slot]:
-    """config.parallel slots, each with its own Llama (no sharing yet)."""
+    """config.parallel slots, each one sequence of a shared BatchedRuntime: one copy of the weights,
+    and one graph per step for the tokens of every slot (continuous batching)."""
     name, options = scheme
+    path = checked_model_path(config.model)
+    model = RuntimeModel(path, n_gpu_layers=config.n_gpu_layers)
+    try:
+        batched = BatchedRuntime(model, n_seq=config.parallel, n_ctx_seq=config.n_ctx, n_batch=config.n_batch,
+                                 n_threads=config.threads(), kv_type=KV_TYPES[config.kv_type])
+    except BaseException:
+        model.close()
+        raise
 
     def make(i: int) -> Llama:
-        return Llama(config.model, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.threads_per_slot(),
+        return Llama(path, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.threads(),
                      n_gpu_layers=config.n_gpu_layers, seed=config.seed, chat_format=config.chat_format,
                      logits_all=True, verbose=config.verbose and i == 0, rope_scaling=name,
-                     rope_options=dict(options) or None, kv_type=config.kv_type)
+                     rope_options=dict(options) or None, kv_type=config.kv_type, _sequence=batched.sequences[i])
 
-    return llama_slots(config.parallel, make, scheme)
+    return sequence_slots(batched, make, scheme)
 
 
 class _ClientGone(Exception):

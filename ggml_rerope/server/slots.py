@@ -1,9 +1,9 @@
 """Slots: where requests run. A slot holds one sequence's KV cache and runs one job at a time,
 on its own worker thread (the scheduler gives it the job), so the event loop stays free.
 
-This first version gives every slot its own `Llama` (weights, KV cache and tokenizer each; the
-slots share nothing). The scheduler only needs the `Slot` protocol below, so a shared-weights
-multi-sequence runtime can replace `LlamaSlot` without touching the scheduler or the HTTP layer.
+The server's slots are `SequenceSlot`s: each a `Llama` on one sequence of a shared
+`batching.BatchedRuntime` (one copy of the weights; the evals of all slots are batched into one
+step). The scheduler only needs the `Slot` protocol below.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
+from ..batching import BatchedRuntime
 from ..llama import CompletionTimings, Llama
 from .scheme_request import SchemeKey
 
@@ -129,14 +130,52 @@ class LlamaSlot:
         self.llama.close()
 
 
-def llama_slots(n: int, make_llama: Callable[[int], Llama], scheme: SchemeKey) -> list[LlamaSlot]:
-    """n slots, each with its own Llama from make_llama(index)."""
-    slots: list[LlamaSlot] = []
+class SequenceSlot(LlamaSlot):
+    """A slot whose Llama runs on one sequence of a shared BatchedRuntime."""
+
+    def __init__(self, index: int, llama: Llama, scheme: SchemeKey, owner: _SharedRuntime):
+        super().__init__(index, llama, scheme)
+        self._owner = owner
+
+    def run(self, job: Job) -> None:
+        with self._owner.batched.sequences[self.index].busy():  # the step waits for this slot's tokens
+            super().run(job)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._owner.release()
+
+
+class _SharedRuntime:
+    """Closes the batched runtime and its weights when the last of its slots is closed."""
+
+    def __init__(self, batched: BatchedRuntime, n_users: int):
+        self.batched, self._users, self._lock = batched, n_users, threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._users == 0
+        if last:
+            self.batched.close()
+            self.batched.model.close()
+
+
+def sequence_slots(batched: BatchedRuntime, make_llama: Callable[[int], Llama], scheme: SchemeKey) -> list[Slot]:
+    """One slot per sequence of `batched`, slot i with make_llama(i) on sequence i. The slots own
+    `batched` and its model from here on (also when this fails)."""
+    n = len(batched.sequences)
+    owner = _SharedRuntime(batched, n)
+    slots: list[Slot] = []
     try:
         for i in range(n):
-            slots.append(LlamaSlot(i, make_llama(i), scheme))
+            slots.append(SequenceSlot(i, make_llama(i), scheme, owner))
     except BaseException:
         for s in slots:
             s.close()
+        for _ in range(n - len(slots)):
+            owner.release()
         raise
     return slots
