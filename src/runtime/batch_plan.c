@@ -54,8 +54,8 @@ int32_t rt_ubatch_plan(rt_ubatch * ub, const rt_batch_in * in, int32_t off, int3
         }
         if (n_span == max_span) break;
         ub->seq_slot[s] = n_span;
-        ub->span[n_span++] = (rt_kv_span){
-            .seq = s, .kv_base = s * n_ctx_seq, .n_past = n_past[s], .n_new = 1, .tok0 = 0};
+        ub->span[n_span++] =
+            (rt_kv_span){.seq = s, .kv_base = s * n_ctx_seq, .n_past = n_past[s], .n_new = 1, .tok0 = 0};
     }
     for (int32_t k = 1; k < n_span; k++) ub->span[k].tok0 = ub->span[k - 1].tok0 + ub->span[k - 1].n_new;
 

@@ -132,7 +132,8 @@ ggml_rerope_status ggml_rerope_context_set_scheme(ggml_rerope_context * ctx, con
     return set_scheme_range(ctx, 0, ctx->n_seq - 1, scheme);
 }
 
-ggml_rerope_status ggml_rerope_seq_set_scheme(ggml_rerope_context * ctx, int32_t seq, const ggml_rerope_scheme * scheme) {
+ggml_rerope_status ggml_rerope_seq_set_scheme(ggml_rerope_context * ctx, int32_t seq,
+                                              const ggml_rerope_scheme * scheme) {
     rerope_clear_error();
     ggml_rerope_status s = seq_in_range(ctx, seq);
     return s ? s : set_scheme_range(ctx, seq, seq, scheme);
@@ -200,8 +201,9 @@ static ggml_rerope_status reserve_for(ggml_rerope_context * ctx, int32_t n_span,
     const bool ok = ggml_gallocr_reserve(ctx->galloc, g.gf);
     ggml_free(g.ctx);
     if (!ok)
-        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate the compute buffer for %d tokens of %d sequence(s)",
-                           n_span * n_new, n_span);
+        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY,
+                           "cannot allocate the compute buffer for %d tokens of %d sequence(s)", n_span * n_new,
+                           n_span);
     return GGML_REROPE_OK;
 }
 
@@ -234,8 +236,8 @@ static ggml_rerope_status setup_compute(ggml_rerope_context * ctx) {
     ctx->galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(main));
     if (!ctx->galloc) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create the compute allocator");
     if (ctx->attn_mode == RT_ATTN_OUTSIDE) {
-        ggml_rerope_status s = rt_pieces_init(&ctx->pieces, main, ctx->gpu != NULL,
-                                              rt_graph_max_nodes(ctx->model, ctx->max_span));
+        ggml_rerope_status s =
+            rt_pieces_init(&ctx->pieces, main, ctx->gpu != NULL, rt_graph_max_nodes(ctx->model, ctx->max_span));
         if (!s) s = rt_embed_init(&ctx->embed, ctx->model->tok_embd, ctx->backend);
         if (s) return s;
     }
@@ -432,9 +434,10 @@ static ggml_rerope_status check_batch(ggml_rerope_context * ctx, const ggml_rero
             return rerope_fail(GGML_REROPE_ERR_CONTEXT_FULL,
                                "context full: %d tokens in the cache + %d new > n_ctx = %d (nothing was evaluated)",
                                ctx->seq[s].n_past, n_new[s], ctx->n_ctx_seq);
-        return rerope_fail(GGML_REROPE_ERR_CONTEXT_FULL,
-                           "context full: sequence %d holds %d tokens + %d new > n_ctx_seq = %d (nothing was evaluated)",
-                           s, ctx->seq[s].n_past, n_new[s], ctx->n_ctx_seq);
+        return rerope_fail(
+            GGML_REROPE_ERR_CONTEXT_FULL,
+            "context full: sequence %d holds %d tokens + %d new > n_ctx_seq = %d (nothing was evaluated)", s,
+            ctx->seq[s].n_past, n_new[s], ctx->n_ctx_seq);
     }
     /* logit rows: the flagged tokens, or each sequence's last token */
     int32_t k = 0;
@@ -617,8 +620,7 @@ ggml_rerope_status ggml_rerope_state_set(ggml_rerope_context * ctx, const void *
     }
     if (h.n_past < 0 || h.n_past > ctx->n_ctx_seq)
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "state holds %d tokens, this context's n_ctx%s is %d", h.n_past,
-                           ctx->n_seq > 1 ? "_seq" : "",
-                           ctx->n_ctx_seq);
+                           ctx->n_seq > 1 ? "_seq" : "", ctx->n_ctx_seq);
     const size_t need = sizeof(h) + state_payload_bytes(ctx, h.n_past);
     if (size != need)
         return rerope_fail(GGML_REROPE_ERR_IO, "state of %d tokens must have %zu bytes, got %zu (%s)", h.n_past, need,

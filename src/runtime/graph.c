@@ -61,11 +61,12 @@ static struct ggml_tensor * span_attention(struct ggml_context * c, const rt_gra
     const int32_t n_kv = rt_span_n_kv(sp);
     const ggml_rerope_params * p = &plan->attn[sp->seq];
     struct ggml_tensor * qs = q;
-    if (sp->n_new != q->ne[2]) qs = ggml_view_3d(c, q, hd, I->n_head, sp->n_new, q->nb[1], q->nb[2], sp->tok0 * q->nb[2]);
+    if (sp->n_new != q->ne[2])
+        qs = ggml_view_3d(c, q, hd, I->n_head, sp->n_new, q->nb[1], q->nb[2], sp->tok0 * q->nb[2]);
     struct ggml_tensor * k = ggml_view_3d(c, kc, hd, I->n_head_kv, n_kv, kc->nb[1], kc->nb[2], sp->kv_base * kc->nb[2]);
     struct ggml_tensor * v = ggml_view_3d(c, vc, hd, I->n_head_kv, n_kv, vc->nb[1], vc->nb[2], sp->kv_base * vc->nb[2]);
     if (plan->mode == RT_ATTN_GGML) return attn_ggml(c, plan, g, p, qs, k, v);
-    struct ggml_tensor * qp = g->q_pos, * kp = g->k_pos;
+    struct ggml_tensor *qp = g->q_pos, *kp = g->k_pos;
     if (sp->n_new != qp->ne[0]) qp = ggml_view_1d(c, qp, sp->n_new, sp->tok0 * qp->nb[0]);
     if (n_kv != kp->ne[0]) kp = ggml_view_1d(c, kp, n_kv, 0);
     return ggml_rerope_attn(c, qs, k, v, qp, kp, p);
