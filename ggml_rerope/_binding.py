@@ -159,7 +159,8 @@ typedef struct ggml_rerope_context_params {
     int32_t n_ctx;
     int32_t n_batch;
     int32_t n_threads;
-    int32_t kv_type;
+    int32_t type_k;
+    int32_t type_v;
     int32_t n_seq_max;
 } ggml_rerope_context_params;
 
@@ -200,7 +201,8 @@ int32_t ggml_rerope_n_ctx_seq(const ggml_rerope_context * ctx);
 int32_t ggml_rerope_seq_n_past(const ggml_rerope_context * ctx, int32_t seq);
 ggml_rerope_status ggml_rerope_seq_truncate(ggml_rerope_context * ctx, int32_t seq, int32_t n_keep);
 ggml_rerope_status ggml_rerope_seq_kv_remove(ggml_rerope_context * ctx, int32_t seq, int32_t p0, int32_t p1);
-ggml_rerope_status ggml_rerope_seq_set_scheme(ggml_rerope_context * ctx, int32_t seq, const ggml_rerope_scheme * scheme);
+ggml_rerope_status ggml_rerope_seq_set_scheme(ggml_rerope_context * ctx, int32_t seq,
+    const ggml_rerope_scheme * scheme);
 int32_t ggml_rerope_n_past(const ggml_rerope_context * ctx);
 int32_t ggml_rerope_n_ctx(const ggml_rerope_context * ctx);
 ggml_rerope_status ggml_rerope_truncate(ggml_rerope_context * ctx, int32_t n_keep);

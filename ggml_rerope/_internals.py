@@ -26,10 +26,11 @@ import numpy as np
 from ._binding import ffi, last_error, lib
 from ._closing import Closing
 from .errors import ModelLoadError, raise_for_status
+from .kv_quant import TYPE_IDS
 from .schemes import WINDOW_NONE, ModelHyper, Scheme
 
 KV_F32, KV_F16 = lib.GGML_REROPE_KV_F32, lib.GGML_REROPE_KV_F16
-KV_TYPES = {"f32": KV_F32, "f16": KV_F16}
+KV_TYPES = TYPE_IDS  # cache type name -> ggml_rerope_kv_type
 INT32_MAX = 2**31 - 1
 FACTORS_ROPE_FREQS = lib.GGML_REROPE_FACTORS_ROPE_FREQS
 FACTORS_LONG = lib.GGML_REROPE_FACTORS_LONG
@@ -205,7 +206,8 @@ class RuntimeContext(_COwner):
     n_batch / n_threads None keep the library's defaults (512; every CPU core)."""
 
     def __init__(self, model: RuntimeModel, *, n_ctx: int, n_batch: Optional[int] = None,
-                 n_threads: Optional[int] = None, kv_type: int = KV_F16, n_seq_max: int = 1):
+                 n_threads: Optional[int] = None, kv_type: int = KV_F16, n_seq_max: int = 1,
+                 type_k: Optional[int] = None, type_v: Optional[int] = None):
         self._ptr = ffi.NULL
         params = ffi.new("ggml_rerope_context_params *", lib.ggml_rerope_context_default_params())
         params.n_ctx = int(n_ctx)
@@ -213,7 +215,8 @@ class RuntimeContext(_COwner):
             params.n_batch = int(n_batch)
         if n_threads is not None:
             params.n_threads = int(n_threads)
-        params.kv_type = int(kv_type)
+        params.type_k = int(kv_type if type_k is None else type_k)  # kv_type: both at once
+        params.type_v = int(kv_type if type_v is None else type_v)
         params.n_seq_max = int(n_seq_max)
         out = ffi.new("ggml_rerope_context **")
         check(lib.ggml_rerope_context_new(model.ptr, params, out))
@@ -351,10 +354,11 @@ class Runtime:
     and scripts that drive the C runtime below Model (no tokenizer, scheme as raw struct fields)."""
 
     def __init__(self, path, n_ctx: int = 512, n_batch: int = 512, n_threads: int = 2, kv_type: int = KV_F16,
-                 n_gpu_layers: int = 0):
+                 n_gpu_layers: int = 0, type_k: Optional[int] = None, type_v: Optional[int] = None):
         self.model = RuntimeModel(path, n_gpu_layers=n_gpu_layers)
         try:
-            self.ctx = RuntimeContext(self.model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, kv_type=kv_type)
+            self.ctx = RuntimeContext(self.model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, kv_type=kv_type,
+                                      type_k=type_k, type_v=type_v)
         except BaseException:
             self.model.close()
             raise

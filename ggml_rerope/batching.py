@@ -48,10 +48,11 @@ class BatchedRuntime:
     """n_seq sequences of n_ctx_seq tokens each on one model, evaluated together."""
 
     def __init__(self, model: RuntimeModel, *, n_seq: int, n_ctx_seq: int, n_batch: int = 512,
-                 n_threads: Optional[int] = None, kv_type: int = KV_F16, gather_s: float = 0.005):
+                 n_threads: Optional[int] = None, type_k: int = KV_F16, type_v: int = KV_F16,
+                 gather_s: float = 0.005):
         self.model = model
         self.ctx = RuntimeContext(model, n_ctx=n_seq * n_ctx_seq, n_batch=n_batch, n_threads=n_threads,
-                                  kv_type=kv_type, n_seq_max=n_seq)
+                                  type_k=type_k, type_v=type_v, n_seq_max=n_seq)
         self.n_batch = min(int(n_batch), self.ctx.n_ctx)
         self.gather_s = float(gather_s)
         self._lock = threading.Lock()         # the C context: one call at a time

@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Optional
 
+from .cache_flags import add_cache_type_arguments, cache_types
 from .scheme_flags import add_scheme_arguments, scheme_options_from_args
 
 HELP_COMMANDS = "/reset: forget the conversation   /exit: quit   Ctrl-C: stop the answer"
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="-1: the whole model on the GPU (needs CUDA builds of this package and of "
                         "llama-cpp-python); 0: CPU")
     p.add_argument("-s", "--system", default=None, help="system prompt")
-    p.add_argument("--kv-type", default="f16", choices=("f16", "f32"), help="KV cache type (default f16)")
+    add_cache_type_arguments(p)
     p.add_argument("-f", "--file", metavar="PATH", help="document to put into the context first")
     p.add_argument("-p", "--prompt", metavar="TEXT", help="answer this once and exit")
     p.add_argument("--prompt-cache", metavar="FILE",
@@ -285,9 +286,10 @@ def _load(args):
     from .model import Model
 
     name, options = scheme_options_from_args(args)
+    type_k, type_v = cache_types(args)
     return Model(
         args.model_opt or args.model, n_ctx=args.ctx_size, n_threads=args.threads, n_batch=args.batch_size,
-        n_gpu_layers=args.n_gpu_layers, rope_scaling=name, rope_options=options, kv_type=args.kv_type,
+        n_gpu_layers=args.n_gpu_layers, rope_scaling=name, rope_options=options, type_k=type_k, type_v=type_v,
         seed=None if args.seed < 0 else args.seed, verbose=args.verbose, context_shift=args.context_shift,
         n_keep=0 if args.keep is None else args.keep,
     )

@@ -36,10 +36,11 @@ class RuntimeEvaluator:
     engine = "ggml-rerope"
 
     def __init__(self, model_path, n_ctx: int, scheme="rerope", *, n_threads=None, n_batch=512, n_gpu_layers=0,
-                 **options):
+                 type_k="f16", type_v="f16", **options):
         from .model import Model
 
-        self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers)
+        self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers,
+                           type_k=type_k, type_v=type_v)
         try:
             self.scheme = self._set_scheme(scheme, n_ctx, options)
         except BaseException:
@@ -120,14 +121,16 @@ class LlamaCppEvaluator(LlamaCppEngine):
     engine = "llama.cpp"
 
     def __init__(self, model_path, n_ctx: int, scheme="none", *, n_threads=None, n_batch=512, flash_attn=True,
-                 n_gpu_layers=0, **options):
+                 n_gpu_layers=0, type_k="f16", type_v="f16", **options):
+        from .kv_quant import TYPE_IDS  # the ids are ggml's GGML_TYPE_*, what llama.cpp takes
+
         hyper = _schemes.hyper_from(model_path)
         name = scheme if isinstance(scheme, str) else scheme.name
         self.params = llama_cpp_params(name, hyper, n_ctx, **options)
         self.scheme = name
         super().__init__(model_path, n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=n_threads,
-                         n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
-                         rope=dict(_LLAMA_PY_YARN_DEFAULTS, **self.params))
+                         n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, type_k=TYPE_IDS[type_k],
+                         type_v=TYPE_IDS[type_v], rope=dict(_LLAMA_PY_YARN_DEFAULTS, **self.params))
 
     def describe(self) -> str:
         extra = " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.params.items()
@@ -136,7 +139,8 @@ class LlamaCppEvaluator(LlamaCppEngine):
 
 
 def open_evaluator(model_path=None, n_ctx: int = 4096, scheme="rerope", *, engine: str = "ggml-rerope",
-                   n_threads: Optional[int] = None, n_batch: int = 512, n_gpu_layers: int = 0, **options):
+                   n_threads: Optional[int] = None, n_batch: int = 512, n_gpu_layers: int = 0, type_k: str = "f16",
+                   type_v: str = "f16", **options):
     """An evaluator of `engine` ("ggml-rerope" or "llama.cpp") for the model (None: default);
     n_gpu_layers -1 runs it on the GPU (CUDA builds of both)."""
     if model_path is None:
@@ -145,10 +149,10 @@ def open_evaluator(model_path=None, n_ctx: int = 4096, scheme="rerope", *, engin
         model_path = default_model_path()
     if engine == "ggml-rerope":
         return RuntimeEvaluator(model_path, n_ctx, scheme, n_threads=n_threads, n_batch=n_batch,
-                                n_gpu_layers=n_gpu_layers, **options)
+                                n_gpu_layers=n_gpu_layers, type_k=type_k, type_v=type_v, **options)
     if engine == "llama.cpp":
         return LlamaCppEvaluator(model_path, n_ctx, scheme, n_threads=n_threads, n_batch=n_batch,
-                                 n_gpu_layers=n_gpu_layers, **options)
+                                 n_gpu_layers=n_gpu_layers, type_k=type_k, type_v=type_v, **options)
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
 
 
@@ -157,11 +161,14 @@ def run_measurement(args, scheme: str, options: dict, measure):
     threads, batch), call measure(ev), close it, and label the result with the scheme and engine.
     Returns (exit code, result): Ctrl-C gives 130; a load error or bad input prints one
     'error:' line and gives 1."""
+    from .cache_flags import cache_types
     from .errors import ReropeError
 
     try:
+        type_k, type_v = cache_types(args)
         ev = open_evaluator(args.model, n_ctx=args.ctx, scheme=scheme, engine=args.engine, n_threads=args.threads,
-                            n_batch=args.batch, n_gpu_layers=args.n_gpu_layers, **options)
+                            n_batch=args.batch, n_gpu_layers=args.n_gpu_layers, type_k=type_k, type_v=type_v,
+                            **options)
         try:
             res = measure(ev)
             res.scheme, res.engine = ev.describe(), ev.engine

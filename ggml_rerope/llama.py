@@ -117,7 +117,8 @@ class _Sampling:
 class Llama(Closing):
     """llama-cpp-python's `Llama` on ggml_rerope's runtime. Keywords beyond llama-cpp-python's:
     rope_scaling (a scheme name of ggml_rerope.schemes.SCHEMES, default "rerope"),
-    rerope_window, rerope_leaky_k, logn, rope_options, kv_type ("f16" / "f32"), as in Model.
+    rerope_window, rerope_leaky_k, logn, rope_options, kv_type (a cache type name for K and V), as in
+    Model; type_k / type_v are llama-cpp-python's (ggml type ids: 1 f16, 8 q8_0, 2 q4_0, ...).
     model_path None loads the default model."""
 
     def __init__(
@@ -172,7 +173,8 @@ class Llama(Closing):
         self._model = Model(
             model_path, n_ctx=n_ctx, n_threads=n_threads or n_threads_batch, n_batch=min(n_ctx, n_batch),
             n_gpu_layers=n_gpu_layers, rope_scaling=name, rerope_window=rerope_window, rerope_leaky_k=rerope_leaky_k,
-            logn=logn, rope_options=options, kv_type=llama_args.kv_type_from(type_k, type_v, kv_type),
+            logn=logn, rope_options=options, **dict(zip(("type_k", "type_v"),
+                                                        llama_args.cache_types_from(type_k, type_v, kv_type))),
             verbose=verbose, _sequence=_sequence)
         self._tok = self._model.tokenizer
         self.model_path: str = self._model.model_path

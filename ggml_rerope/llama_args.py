@@ -16,6 +16,8 @@ from __future__ import annotations
 import warnings
 from typing import Optional
 
+from .kv_quant import TYPE_IDS
+
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "no seed given"
 
 # llama_rope_scaling_type -> our scheme name (-1 = unspecified: our default, ReRoPE)
@@ -40,7 +42,7 @@ UNSUPPORTED = {
     "lora_base": None, "lora_scale": 1.0, "lora_path": None, "draft_model": None, "tokenizer": None,
 }
 
-_GGML_TYPE_TO_KV = {0: "f32", 1: "f16"}  # GGML_TYPE_F32, GGML_TYPE_F16
+_GGML_TYPE_TO_KV = {v: k for k, v in TYPE_IDS.items()}  # ggml_rerope_kv_type values are ggml's GGML_TYPE_*
 _YARN_DEFAULTS = {"yarn_ext_factor": -1.0, "yarn_attn_factor": 1.0, "yarn_beta_fast": 32.0,
                   "yarn_beta_slow": 1.0, "yarn_orig_ctx": 0}
 
@@ -58,17 +60,21 @@ def check_extra_kwargs(kwargs: dict) -> None:
             raise TypeError(f"Llama.__init__() got an unexpected keyword argument {name!r}")
 
 
-def kv_type_from(type_k: Optional[int], type_v: Optional[int], kv_type: Optional[str]) -> str:
-    """Our kv_type ("f16" / "f32") from llama-cpp-python's ggml type ids or our own name."""
+def cache_types_from(type_k: Optional[int], type_v: Optional[int], kv_type: Optional[str]) -> tuple[str, str]:
+    """(type_k, type_v) cache type names from llama-cpp-python's ggml type ids (None: f16) or our
+    kv_type name for both."""
     if type_k is None and type_v is None:
-        return kv_type or "f16"
+        return (kv_type or "f16",) * 2
     if kv_type is not None:
         raise ValueError("give kv_type or type_k/type_v, not both")
-    k = _GGML_TYPE_TO_KV.get(type_k if type_k is not None else 1)
-    v = _GGML_TYPE_TO_KV.get(type_v if type_v is not None else 1)
-    if k is None or v is None or k != v:
-        raise ValueError(f"type_k={type_k}, type_v={type_v}: the KV cache is f16 or f32, the same for K and V")
-    return k
+    names = []
+    for arg, value in (("type_k", type_k), ("type_v", type_v)):
+        name = _GGML_TYPE_TO_KV.get(1 if value is None else value)
+        if name is None:
+            raise ValueError(f"{arg}={value}: not a KV cache type ggml_rerope has "
+                             f"({', '.join(f'{n} = {i}' for n, i in TYPE_IDS.items())})")
+        names.append(name)
+    return names[0], names[1]
 
 
 def scheme_from(rope_scaling, rope_scaling_type: Optional[int], rope_freq_scale: float, yarn: dict,

@@ -21,7 +21,14 @@ from typing import Optional
 import numpy as np
 
 _ALL_LAYERS = 0x7FFFFFFF  # llama_cpp.Llama's n_gpu_layers for -1: every layer
-_KV_TYPE_BYTES = {0: 4, 1: 2}  # ggml type F32 / F16: bytes per cache element
+# ggml type -> (bytes, elements) of one block: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, BF16
+_TYPE_BLOCK = {0: (4, 1), 1: (2, 1), 2: (18, 32), 3: (20, 32), 6: (22, 32), 7: (24, 32), 8: (34, 32), 20: (18, 32),
+               30: (2, 1)}
+
+
+def _type_bytes(ggml_type: int, n: int) -> int:
+    size, per = _TYPE_BLOCK[ggml_type]
+    return size * n // per
 
 
 def default_threads() -> int:
@@ -32,7 +39,8 @@ class LlamaCppEngine:
     """A llama.cpp model and context (one sequence) evaluating token ids.
 
     n_ctx, n_batch, n_ubatch (default n_batch), n_threads (default: every core, also for batches),
-    n_gpu_layers (-1: all), flash_attn, kv_type (ggml type of K and V; None: llama.cpp's f16),
+    n_gpu_layers (-1: all), flash_attn, kv_type (ggml type of K and V; None: llama.cpp's f16; type_k /
+    type_v set one of them),
     offload (offload_kqv and op_offload; None: llama.cpp's defaults) and rope (llama_context_params
     fields such as rope_scaling_type, rope_freq_base, yarn_orig_ctx) are llama.cpp's own settings.
     """
@@ -40,7 +48,7 @@ class LlamaCppEngine:
     def __init__(self, model_path, n_ctx: int, *, n_batch: int = 512, n_ubatch: Optional[int] = None,
                  n_threads: Optional[int] = None, n_gpu_layers: int = 0, flash_attn: bool = True,
                  kv_type: Optional[int] = None, offload: Optional[bool] = None, rope: Optional[dict] = None,
-                 verbose: bool = False):
+                 verbose: bool = False, type_k: Optional[int] = None, type_v: Optional[int] = None):
         import llama_cpp
         from llama_cpp import _internals
         from llama_cpp._utils import suppress_stdout_stderr
@@ -66,6 +74,10 @@ class LlamaCppEngine:
             cp.no_perf = True
             if kv_type is not None:
                 cp.type_k = cp.type_v = int(kv_type)
+            if type_k is not None:
+                cp.type_k = int(type_k)
+            if type_v is not None:
+                cp.type_v = int(type_v)
             if offload is not None:
                 cp.offload_kqv = cp.op_offload = bool(offload)
             for key, value in (rope or {}).items():
@@ -79,7 +91,7 @@ class LlamaCppEngine:
             self.close()
             raise
         vocab = self._model.vocab
-        self.kv_type = cp.type_k
+        self.kv_type, self.type_k, self.type_v = cp.type_k, cp.type_k, cp.type_v
         self.n_ctx = int(llama_cpp.llama_n_ctx(self._ctx.ctx))
         self.n_batch = n_batch
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
@@ -178,7 +190,8 @@ class LlamaCppEngine:
         """K and V bytes per cached token: 2 * n_layer * n_head_kv * head_dim * element size."""
         lc, m = self._lc, self._model.model
         head_dim = lc.llama_model_n_embd(m) // lc.llama_model_n_head(m)
-        return 2 * lc.llama_model_n_layer(m) * lc.llama_model_n_head_kv(m) * head_dim * _KV_TYPE_BYTES[self.kv_type]
+        row = lc.llama_model_n_head_kv(m) * head_dim  # elements of one layer's K (or V) per token
+        return lc.llama_model_n_layer(m) * (_type_bytes(self.type_k, row) + _type_bytes(self.type_v, row))
 
     def close(self) -> None:
         batch, model = self._batch, self._model

@@ -179,7 +179,10 @@ class Model(Closing):
             which keeps attention entropy in check past the trained length (rerope and
             leaky-rerope only).
         rope_options: keyword options of the other schemes (schemes.py), e.g. {"scale": 4.0}.
-        kv_type: "f16" (default) or "f32" KV cache.
+        type_k, type_v: KV cache types of keys and values (llama-cpp-python's names; here as
+            ggml's type names): "f16" (default), "f32", "bf16", "q8_0", "q4_0", "q4_1", "q5_0",
+            "q5_1", "iq4_nl" (block types: head_dim a multiple of 32). q8_0 halves the cache of f16.
+        kv_type: both at once (type_k / type_v override it).
         seed: seed of sampling; None = fresh entropy. A call's own seed overrides it.
         verbose: print load information to stderr.
         context_shift: when an evaluation or a generation would overflow n_ctx, drop the oldest
@@ -203,6 +206,8 @@ class Model(Closing):
         rerope_leaky_k: Optional[float] = None,
         logn: bool = True,
         kv_type: str = "f16",
+        type_k: Optional[str] = None,
+        type_v: Optional[str] = None,
         seed: Optional[int] = None,
         verbose: bool = False,
         rope_options: Optional[dict] = None,
@@ -229,8 +234,10 @@ class Model(Closing):
             rerope_leaky_k = float(rerope_leaky_k)
         if not isinstance(logn, (bool, np.bool_)):
             raise TypeError(f"logn must be a bool, got {type(logn).__name__}")
-        if kv_type not in KV_TYPES:
-            raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
+        type_k, type_v = (kv_type if type_k is None else type_k), (kv_type if type_v is None else type_v)
+        for name, value in (("kv_type", kv_type), ("type_k", type_k), ("type_v", type_v)):
+            if value not in KV_TYPES:
+                raise ValueError(f"{name} must be one of {', '.join(KV_TYPES)}, got {value!r}")
         if seed is not None:
             seed = _int_arg("seed", seed, 0)
         if not isinstance(context_shift, (bool, np.bool_)):
@@ -257,21 +264,22 @@ class Model(Closing):
                                        rope_options)
             if _sequence is None:
                 self._ctx = RuntimeContext(self._model, n_ctx=n_ctx, n_batch=n_batch, n_threads=self._n_threads,
-                                           kv_type=KV_TYPES[kv_type])
+                                           type_k=KV_TYPES[type_k], type_v=KV_TYPES[type_v])
             else:
                 self._ctx = _sequence
             self._apply_scheme(0)
         except BaseException:
             self.close()
             raise
-        self.kv_type = kv_type
+        self.type_k, self.type_v = type_k, type_v
+        self.kv_type = type_k if type_k == type_v else f"{type_k}/{type_v}"  # saved states carry it
         if self.verbose:
             i = self._info
             print(
                 f"ggml_rerope: loaded {model_path} in {time.perf_counter() - t0:.2f} s: "
                 f"{self._model.architecture} {i.n_layer} layers, {i.n_head}/{i.n_head_kv} heads of "
                 f"{i.head_dim}, n_ctx_train {i.n_ctx_train}, n_ctx {self.n_ctx}, {self.scheme.describe()}"
-                f", KV {kv_type}, {self._n_threads} threads",
+                f", KV {self.kv_type}, {self._n_threads} threads",
                 file=sys.stderr,
             )
         self.last_timings = Timings()

@@ -49,7 +49,10 @@ typedef struct ggml_rerope_context_params {
     int32_t n_ctx;     /* tokens the KV cache holds, all sequences together, >= n_seq_max */
     int32_t n_batch;   /* tokens of one graph (micro-batch), default 512                  */
     int32_t n_threads; /* <= 0: number of CPU cores                                       */
-    int32_t kv_type;   /* GGML_REROPE_KV_F16 (default) or GGML_REROPE_KV_F32              */
+    int32_t type_k;    /* ggml_rerope_kv_type of the cached keys: F16 (default), F32, BF16, Q8_0,
+                          Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL (ggml's block formats, llama.cpp's bytes
+                          per token; block types need head_dim % 32 == 0)                 */
+    int32_t type_v;    /* the same for the values                                         */
     int32_t n_seq_max; /* independent sequences, 1 (default) .. GGML_REROPE_MAX_SEQ; each owns
                           n_ctx / n_seq_max cache rows (llama.cpp's --parallel split)      */
 } ggml_rerope_context_params;
@@ -72,7 +75,7 @@ typedef struct ggml_rerope_scheme {
 
 /* n_gpu_layers 0, use_mmap 1. */
 GGML_REROPE_API ggml_rerope_model_params ggml_rerope_model_default_params(void);
-/* n_ctx 4096, n_batch 512, n_threads 0 (all cores), kv_type F16, n_seq_max 1. */
+/* n_ctx 4096, n_batch 512, n_threads 0 (all cores), type_k / type_v F16, n_seq_max 1. */
 GGML_REROPE_API ggml_rerope_context_params ggml_rerope_context_default_params(void);
 /* ReRoPE, window = n_ctx_train / 2, log-n on with L_train from the model (window 1 and
  * log-n off when the model has no n_ctx_train >= 2, or model is NULL). */

@@ -98,7 +98,7 @@ def test_n_ctx_too_large_for_memory(files):
 
 
 def test_bad_context_params(files):
-    for kw, word in [(dict(n_batch=0), "n_batch"), (dict(kv_type=7), "kv_type")]:
+    for kw, word in [(dict(n_batch=0), "n_batch"), (dict(kv_type=5), "type_k = 5 is not a cache type")]:
         with pytest.raises(ReropeError) as e:
             Runtime(files["good"], **kw)
         assert e.value.status == INVALID and word in e.value.message

@@ -174,7 +174,7 @@ def test_different_kv_type_is_refused(llama):
         a.eval(tokens(30))
         raw = a.ctx.state_get()
     with Runtime(llama, n_ctx=N_CTX) as b:
-        with pytest.raises(InvalidArgumentError, match="f32 KV cache, this context's is f16"):
+        with pytest.raises(InvalidArgumentError, match=r"f32/f32 \(K/V\) cache, this context's is f16/f16"):
             b.ctx.state_set(raw)
         assert b.n_past == 0
 

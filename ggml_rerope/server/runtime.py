@@ -43,7 +43,8 @@ def default_slots(config: ServerConfig, scheme: SchemeKey) -> list[Slot]:
     model = RuntimeModel(path, n_gpu_layers=config.n_gpu_layers)
     try:
         batched = BatchedRuntime(model, n_seq=config.parallel, n_ctx_seq=config.n_ctx, n_batch=config.n_batch,
-                                 n_threads=config.threads(), kv_type=KV_TYPES[config.kv_type])
+                                 n_threads=config.threads(), type_k=KV_TYPES[config.type_k],
+                                 type_v=KV_TYPES[config.type_v])
     except BaseException:
         model.close()
         raise
@@ -52,7 +53,8 @@ def default_slots(config: ServerConfig, scheme: SchemeKey) -> list[Slot]:
         return Llama(path, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.threads(),
                      n_gpu_layers=config.n_gpu_layers, seed=config.seed, chat_format=config.chat_format,
                      logits_all=True, verbose=config.verbose and i == 0, rope_scaling=name,
-                     rope_options=dict(options) or None, kv_type=config.kv_type, _sequence=batched.sequences[i])
+                     rope_options=dict(options) or None, type_k=config.type_k, type_v=config.type_v,
+                     _sequence=batched.sequences[i])
 
     return sequence_slots(batched, make, scheme)
 

@@ -56,8 +56,12 @@ struct ggml_rerope_context {
 };
 
 ggml_rerope_context_params ggml_rerope_context_default_params(void) {
-    ggml_rerope_context_params p = {
-        .n_ctx = 4096, .n_batch = 512, .n_threads = 0, .kv_type = GGML_REROPE_KV_F16, .n_seq_max = 1};
+    ggml_rerope_context_params p = {.n_ctx = 4096,
+                                    .n_batch = 512,
+                                    .n_threads = 0,
+                                    .type_k = GGML_REROPE_KV_F16,
+                                    .type_v = GGML_REROPE_KV_F16,
+                                    .n_seq_max = 1};
     return p;
 }
 
@@ -248,11 +252,31 @@ static ggml_rerope_status setup_compute(ggml_rerope_context * ctx) {
     if (!s && ctx->max_span > 1) s = reserve_for(ctx, ctx->max_span, 1);
     if (s) return s;
     if (getenv("GGML_REROPE_VERBOSE"))
-        fprintf(stderr,
-                "ggml_rerope: KV cache %.1f MiB (%s), compute buffer %.1f MiB on %s (n_batch %d), %d threads%s\n",
-                ggml_backend_buffer_get_size(ctx->kv.buf) / 1048576.0, ggml_type_name(ctx->kv.type),
-                ggml_gallocr_get_buffer_size(ctx->galloc, 0) / 1048576.0, ggml_backend_name(main), nb, n_threads,
-                ctx->attn_mode == RT_ATTN_OUTSIDE ? ", attention between graph pieces" : "");
+        fprintf(
+            stderr,
+            "ggml_rerope: KV cache %.1f MiB (K %s, V %s), compute buffer %.1f MiB on %s (n_batch %d), %d threads%s\n",
+            ggml_backend_buffer_get_size(ctx->kv.buf) / 1048576.0, ggml_type_name(ctx->kv.type_k),
+            ggml_type_name(ctx->kv.type_v), ggml_gallocr_get_buffer_size(ctx->galloc, 0) / 1048576.0,
+            ggml_backend_name(main), nb, n_threads,
+            ctx->attn_mode == RT_ATTN_OUTSIDE ? ", attention between graph pieces" : "");
+    return GGML_REROPE_OK;
+}
+
+/* A cache type the attention reads at the model's head_dim, on the path this model runs. */
+static ggml_rerope_status check_cache_type(const ggml_rerope_model * m, const char * field, int32_t type) {
+    const int32_t hd = m->info.head_dim;
+    if (!ggml_rerope_kv_type_supported(type, hd)) {
+        if (ggml_rerope_kv_row_bytes(type, 32) > 0)
+            return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s %s needs head_dim %% 32 == 0, this model's is %d",
+                               field, ggml_rerope_kv_type_name(type), hd);
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG,
+                           "%s = %d is not a cache type (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl)", field,
+                           type);
+    }
+    const char * dbg = getenv("GGML_REROPE_RUNTIME_ATTN");
+    if (type != GGML_REROPE_KV_F16 && type != GGML_REROPE_KV_F32 && !m->gpu_dev && dbg && strcmp(dbg, "ggml") == 0)
+        return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s %s: the ggml cross-check path reads f16 or f32 caches only",
+                           field, ggml_rerope_kv_type_name(type));
     return GGML_REROPE_OK;
 }
 
@@ -270,9 +294,9 @@ ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_ctx must be >= n_seq_max (%d), got %d", p.n_seq_max,
                            p.n_ctx);
     if (p.n_batch <= 0) return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "n_batch must be >= 1, got %d", p.n_batch);
-    if (p.kv_type != GGML_REROPE_KV_F16 && p.kv_type != GGML_REROPE_KV_F32)
-        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "kv_type must be F16 (%d) or F32 (%d), got %d",
-                           GGML_REROPE_KV_F16, GGML_REROPE_KV_F32, p.kv_type);
+    ggml_rerope_status s = check_cache_type(model, "type_k", p.type_k);
+    if (!s) s = check_cache_type(model, "type_v", p.type_v);
+    if (s) return s;
     if (p.n_threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         p.n_threads = n > 0 ? (int32_t) n : 1;
@@ -294,7 +318,7 @@ ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml
     /* the ggml cross-check path has one causal mask per graph: one sequence at a time */
     ctx->max_span = ctx->attn_mode == RT_ATTN_GGML ? 1 : (ctx->n_seq < p.n_batch ? ctx->n_seq : p.n_batch);
 
-    ggml_rerope_status s = GGML_REROPE_OK;
+    s = GGML_REROPE_OK;
     ctx->seq = calloc((size_t) ctx->n_seq, sizeof(*ctx->seq));
     ctx->attn = calloc((size_t) ctx->n_seq, sizeof(*ctx->attn));
     ctx->n_past_before = calloc((size_t) ctx->n_seq, sizeof(int32_t));
@@ -302,8 +326,8 @@ ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml
         s = rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for %d sequences", ctx->n_seq);
     if (!s) s = rt_ubatch_init(&ctx->ub, p.n_batch, ctx->n_seq);
     if (!s)
-        s = rt_kv_init(&ctx->kv, model, ctx->n_ctx_seq * ctx->n_seq,
-                       p.kv_type == GGML_REROPE_KV_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32);
+        s = rt_kv_init(&ctx->kv, model, ctx->n_ctx_seq * ctx->n_seq, (enum ggml_type) p.type_k,
+                       (enum ggml_type) p.type_v);
     if (!s) {
         ggml_rerope_scheme def = ggml_rerope_scheme_default(model);
         s = ggml_rerope_context_set_scheme(ctx, &def);
@@ -550,21 +574,21 @@ ggml_rerope_status ggml_rerope_kv_remove(ggml_rerope_context * ctx, int32_t p0, 
 }
 
 size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx) {
-    return ctx ? rt_kv_bytes_per_token(&ctx->model->info, ctx->kv.type) : 0;
+    return ctx ? rt_kv_bytes_per_token(&ctx->model->info, ctx->kv.type_k, ctx->kv.type_v) : 0;
 }
 
 /* Saved state: header, then rt_kv_get_rows' bytes. Fixed-width fields in host byte order (a state
  * is read back by the same build family on the same kind of machine, as llama.cpp's). */
 #define STATE_MAGIC 0x5652524Bu /* the bytes "KRRV" on a little-endian machine */
-#define STATE_VERSION 1u
+#define STATE_VERSION 2u /* 2: separate K and V cache types */
 
 typedef struct state_header {
     uint32_t magic, version;
-    int32_t n_layer, n_head_kv, head_dim, kv_type, n_past, reserved;
+    int32_t n_layer, n_head_kv, head_dim, type_k, n_past, type_v;
 } state_header;
 
 static size_t state_payload_bytes(const ggml_rerope_context * ctx, int32_t n_past) {
-    return 2 * (size_t) ctx->kv.n_layer * rt_kv_rows_bytes(&ctx->kv, n_past);
+    return (size_t) ctx->kv.n_layer * rt_kv_rows_bytes(&ctx->kv, n_past);
 }
 
 size_t ggml_rerope_state_size(const ggml_rerope_context * ctx) {
@@ -583,7 +607,8 @@ ggml_rerope_status ggml_rerope_state_get(const ggml_rerope_context * ctx, void *
                             .n_layer = I->n_layer,
                             .n_head_kv = I->n_head_kv,
                             .head_dim = I->head_dim,
-                            .kv_type = (int32_t) ctx->kv.type,
+                            .type_k = (int32_t) ctx->kv.type_k,
+                            .type_v = (int32_t) ctx->kv.type_v,
                             .n_past = ctx->seq[0].n_past};
     memcpy(dst, &h, sizeof(h));
     rt_kv_get_rows(&ctx->kv, ctx->seq[0].n_past, (uint8_t *) dst + sizeof(h));
@@ -613,11 +638,10 @@ ggml_rerope_status ggml_rerope_state_set(ggml_rerope_context * ctx, const void *
         if (shape[i].state != shape[i].here)
             return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "state is of another model: %s = %d, this model has %d",
                                shape[i].name, shape[i].state, shape[i].here);
-    if (h.kv_type != (int32_t) ctx->kv.type) {
-        const char * st = h.kv_type == GGML_TYPE_F16 ? "f16" : h.kv_type == GGML_TYPE_F32 ? "f32" : "unknown";
-        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "state has a %s KV cache, this context's is %s", st,
-                           ggml_type_name(ctx->kv.type));
-    }
+    if (h.type_k != (int32_t) ctx->kv.type_k || h.type_v != (int32_t) ctx->kv.type_v)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "state has a %s/%s (K/V) cache, this context's is %s/%s",
+                           ggml_rerope_kv_type_name(h.type_k), ggml_rerope_kv_type_name(h.type_v),
+                           ggml_type_name(ctx->kv.type_k), ggml_type_name(ctx->kv.type_v));
     if (h.n_past < 0 || h.n_past > ctx->n_ctx_seq)
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "state holds %d tokens, this context's n_ctx%s is %d", h.n_past,
                            ctx->n_seq > 1 ? "_seq" : "", ctx->n_ctx_seq);

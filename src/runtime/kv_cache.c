@@ -8,18 +8,26 @@
 #include <stdlib.h>
 #include <string.h>
 
-size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type type) {
-    return 2 * (size_t) info->n_layer * (size_t) info->n_head_kv * (size_t) info->head_dim * ggml_type_size(type);
+/* Bytes of n elements of a type (block types: whole blocks; n is a multiple of the block size). */
+static size_t type_bytes(enum ggml_type type, size_t n) {
+    return ggml_type_size(type) * n / (size_t) ggml_blck_size(type);
 }
 
-ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, enum ggml_type type) {
+size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type type_k, enum ggml_type type_v) {
+    const size_t per_layer = (size_t) info->n_head_kv * (size_t) info->head_dim;
+    return (size_t) info->n_layer * (type_bytes(type_k, per_layer) + type_bytes(type_v, per_layer));
+}
+
+ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, enum ggml_type type_k,
+                              enum ggml_type type_v) {
     memset(kv, 0, sizeof(*kv));
     const ggml_rerope_model_info * I = &m->info;
-    kv->type = type;
+    kv->type_k = type_k;
+    kv->type_v = type_v;
     kv->n_ctx = n_ctx;
     kv->n_layer = I->n_layer;
 
-    const size_t bytes = rt_kv_bytes_per_token(I, type) * (size_t) n_ctx;
+    const size_t bytes = rt_kv_bytes_per_token(I, type_k, type_v) * (size_t) n_ctx;
     const size_t avail = rt_mem_available_on(m->gpu_dev);
     if (avail && bytes > avail)
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY,
@@ -36,8 +44,8 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for the KV cache tensors");
     }
     for (int il = 0; il < I->n_layer; il++) {
-        kv->k[il] = ggml_new_tensor_3d(kv->ctx, type, I->head_dim, I->n_head_kv, n_ctx);
-        kv->v[il] = ggml_new_tensor_3d(kv->ctx, type, I->head_dim, I->n_head_kv, n_ctx);
+        kv->k[il] = ggml_new_tensor_3d(kv->ctx, type_k, I->head_dim, I->n_head_kv, n_ctx);
+        kv->v[il] = ggml_new_tensor_3d(kv->ctx, type_v, I->head_dim, I->n_head_kv, n_ctx);
         ggml_format_name(kv->k[il], "cache_k_l%d", il);
         ggml_format_name(kv->v[il], "cache_v_l%d", il);
     }
@@ -72,7 +80,7 @@ ggml_rerope_status rt_kv_remove_rows(rt_kv_cache * kv, int32_t p0, int32_t p1, i
     const int32_t n_move = n_used - p1;
     if (p0 == p1 || n_move == 0 || kv->n_layer == 0) return GGML_REROPE_OK;
     /* Bounded staging memory: at most 256 KiB of rows (and at least one row) at a time. */
-    const size_t row = kv->k[0]->nb[2];
+    const size_t row = kv->k[0]->nb[2] > kv->v[0]->nb[2] ? kv->k[0]->nb[2] : kv->v[0]->nb[2]; /* the larger of K, V */
     int32_t chunk = (int32_t) ((size_t) (256 << 10) / row);
     if (chunk < 1) chunk = 1;
     if (chunk > n_move) chunk = n_move;
@@ -95,27 +103,27 @@ void rt_kv_free(rt_kv_cache * kv) {
 }
 
 size_t rt_kv_rows_bytes(const rt_kv_cache * kv, int32_t n_rows) {
-    return kv->n_layer > 0 ? kv->k[0]->nb[2] * (size_t) n_rows : 0;
+    return kv->n_layer > 0 ? (kv->k[0]->nb[2] + kv->v[0]->nb[2]) * (size_t) n_rows : 0;
 }
 
 void rt_kv_get_rows(const rt_kv_cache * kv, int32_t n_rows, void * dst) {
-    const size_t n = rt_kv_rows_bytes(kv, n_rows);
-    if (n == 0) return;
+    if (kv->n_layer == 0 || n_rows == 0) return;
+    const size_t nk = kv->k[0]->nb[2] * (size_t) n_rows, nv = kv->v[0]->nb[2] * (size_t) n_rows;
     uint8_t * p = dst;
     for (int il = 0; il < kv->n_layer; il++) {
-        ggml_backend_tensor_get(kv->k[il], p, 0, n);
-        ggml_backend_tensor_get(kv->v[il], p + n, 0, n);
-        p += 2 * n;
+        ggml_backend_tensor_get(kv->k[il], p, 0, nk);
+        ggml_backend_tensor_get(kv->v[il], p + nk, 0, nv);
+        p += nk + nv;
     }
 }
 
 void rt_kv_set_rows(rt_kv_cache * kv, int32_t n_rows, const void * src) {
-    const size_t n = rt_kv_rows_bytes(kv, n_rows);
-    if (n == 0) return;
+    if (kv->n_layer == 0 || n_rows == 0) return;
+    const size_t nk = kv->k[0]->nb[2] * (size_t) n_rows, nv = kv->v[0]->nb[2] * (size_t) n_rows;
     const uint8_t * p = src;
     for (int il = 0; il < kv->n_layer; il++) {
-        ggml_backend_tensor_set(kv->k[il], p, 0, n);
-        ggml_backend_tensor_set(kv->v[il], p + n, 0, n);
-        p += 2 * n;
+        ggml_backend_tensor_set(kv->k[il], p, 0, nk);
+        ggml_backend_tensor_set(kv->v[il], p + nk, 0, nv);
+        p += nk + nv;
     }
 }

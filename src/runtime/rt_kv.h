@@ -10,7 +10,7 @@ typedef struct rt_kv_cache {
     ggml_backend_buffer_t buf;
     struct ggml_tensor ** k;
     struct ggml_tensor ** v;
-    enum ggml_type type;
+    enum ggml_type type_k, type_v; /* ggml's types, block types included (quantized cache) */
     int32_t n_ctx;
     int32_t n_layer;
 } rt_kv_cache;
@@ -28,16 +28,17 @@ typedef struct rt_kv_span {
 /* Cache rows the span's attention reads: those before it and its own. */
 static inline int32_t rt_span_n_kv(const rt_kv_span * s) { return s->n_past + s->n_new; }
 
-ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, enum ggml_type type);
+ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, enum ggml_type type_k,
+                              enum ggml_type type_v);
 void rt_kv_free(rt_kv_cache * kv);
-size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type type);
+size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type type_k, enum ggml_type type_v);
 /* Drops cache rows p0 .. p1-1 of every layer's K and V: rows p1 .. n_used-1 move down to p0.
  * Rows hold raw keys, so a moved row needs no re-rotation (its position is its new index). */
 ggml_rerope_status rt_kv_remove_rows(rt_kv_cache * kv, int32_t p0, int32_t p1, int32_t n_used);
-/* Bytes of one layer's K (or V) rows 0..n_rows-1: they are contiguous, the row index is outermost. */
+/* Bytes of one layer's K plus V rows 0..n_rows-1 (each contiguous: the row index is outermost). */
 size_t rt_kv_rows_bytes(const rt_kv_cache * kv, int32_t n_rows);
 /* Copies rows 0..n_rows-1 of every layer out of / into the cache (CPU or GPU buffer), layer by layer,
- * K then V: 2 * n_layer * rt_kv_rows_bytes(kv, n_rows) bytes. n_rows <= n_ctx is the caller's check. */
+ * K then V: n_layer * rt_kv_rows_bytes(kv, n_rows) bytes. n_rows <= n_ctx is the caller's check. */
 void rt_kv_get_rows(const rt_kv_cache * kv, int32_t n_rows, void * dst);
 void rt_kv_set_rows(rt_kv_cache * kv, int32_t n_rows, const void * src);
 
