@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", default=",".join(ENGINES), help="which engines (default ours,llama.cpp)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the prompt")
     p.add_argument("--json", help="also write the results as JSON to this path")
+    from ggml_rerope.cache_flags import add_cache_type_arguments
+
+    add_cache_type_arguments(p)
     return p
 
 
@@ -96,10 +99,14 @@ def gpu_name() -> Optional[str]:
 def make_engine(kind: str, path: str, n_ctx: int, args):
     """The engines of `python -m ggml_rerope.bench model`, with both on the GPU (--ngl)."""
     from ggml_rerope.bench.model import LlamaCpp, Ours
+    from ggml_rerope.cache_flags import cache_types
 
+    type_k, type_v = cache_types(args)  # the same for both engines
     if kind == "ours":  # window None: the default n_ctx_train / 2, log-n on
-        return Ours(path, n_ctx, args.threads, args.n_batch, None, n_gpu_layers=args.ngl)
-    return LlamaCpp(path, n_ctx, args.threads, args.n_batch, args.n_ubatch, n_gpu_layers=args.ngl)
+        return Ours(path, n_ctx, args.threads, args.n_batch, None, n_gpu_layers=args.ngl, type_k=type_k,
+                    type_v=type_v)
+    return LlamaCpp(path, n_ctx, args.threads, args.n_batch, args.n_ubatch, n_gpu_layers=args.ngl, type_k=type_k,
+                    type_v=type_v)
 
 
 # -- measuring (ggml_rerope.bench.model.measure) ----------------------------------------------
@@ -108,6 +115,7 @@ def make_engine(kind: str, path: str, n_ctx: int, args):
 def run(args) -> dict:
     from ggml_rerope.bench.model import measure
     from ggml_rerope.bench.random_llama_gguf import SHAPES, ensure_model
+    from ggml_rerope.cache_flags import cache_types
 
     try:
         contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
@@ -132,6 +140,7 @@ def run(args) -> dict:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": gpu or cpu_name(), "gpu": gpu, "cpu": cpu_name(),
         "model": str(path), "shape": args.shape, "shape_params": SHAPES[args.shape],
+        "cache_types": "/".join(cache_types(args)),
         "model_reused": reused, "model_write_s": None if reused else gen_s,
         "ngl": args.ngl, "n_batch": args.n_batch, "n_ubatch": args.n_ubatch, "threads": args.threads,
         "decode_tokens": args.decode, "repeats": args.repeats, "target": f"ours >= {TARGET_RATIO}x llama.cpp",

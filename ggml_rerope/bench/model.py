@@ -28,6 +28,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..cache_flags import add_cache_type_arguments, cache_types
+
 
 def default_text() -> Optional[pathlib.Path]:
     repo = pathlib.Path(__file__).resolve().parents[2]
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=1024, help="our ReRoPE window")
     p.add_argument("--text", help="text file the prompt comes from (default ../shared/data/war_and_peace.txt)")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-memory child processes")
+    add_cache_type_arguments(p)  # both engines get the same cache types
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--rss-child", choices=("ours", "llama.cpp"), help=argparse.SUPPRESS)
     p.add_argument("--tokens-file", help=argparse.SUPPRESS)
@@ -62,11 +65,11 @@ class Ours:
     name = "ours"
 
     def __init__(self, path: str, n_ctx: int, threads: int, batch: int, window: Optional[int],
-                 n_gpu_layers: int = 0):
+                 n_gpu_layers: int = 0, type_k: str = "f16", type_v: str = "f16"):
         from ..model import Model
 
         self.m = Model(path, n_ctx=n_ctx, n_threads=threads, n_batch=batch, rope_scaling="rerope",
-                       rerope_window=window, n_gpu_layers=n_gpu_layers)
+                       rerope_window=window, n_gpu_layers=n_gpu_layers, type_k=type_k, type_v=type_v)
         self.label = f"ours ({self.m.scheme.describe()})"
 
     def reset(self):
@@ -92,11 +95,13 @@ class LlamaCpp:
     label = "llama.cpp (flash attn)"
 
     def __init__(self, path: str, n_ctx: int, threads: int, batch: int, ubatch: Optional[int] = None,
-                 n_gpu_layers: int = 0):
+                 n_gpu_layers: int = 0, type_k: str = "f16", type_v: str = "f16"):
+        from ..kv_quant import TYPE_IDS  # ggml's type ids, what llama.cpp takes
         from ..llama_cpp_engine import LlamaCppEngine
 
         self.engine = LlamaCppEngine(path, n_ctx, n_batch=batch, n_ubatch=ubatch, n_threads=threads,
-                                     n_gpu_layers=n_gpu_layers, flash_attn=True)
+                                     n_gpu_layers=n_gpu_layers, flash_attn=True, type_k=TYPE_IDS[type_k],
+                                     type_v=TYPE_IDS[type_v])
 
     def reset(self):
         self.engine.reset()
@@ -115,9 +120,10 @@ class LlamaCpp:
 
 
 def make_engine(kind: str, path: str, n_ctx: int, args):
+    type_k, type_v = cache_types(args)
     if kind == "ours":
-        return Ours(path, n_ctx, args.threads, args.batch, args.window)
-    return LlamaCpp(path, n_ctx, args.threads, args.batch)
+        return Ours(path, n_ctx, args.threads, args.batch, args.window, type_k=type_k, type_v=type_v)
+    return LlamaCpp(path, n_ctx, args.threads, args.batch, type_k=type_k, type_v=type_v)
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -236,7 +242,8 @@ def run(args) -> dict:
             raise ValueError(f"--{name} must be >= 1")
     kinds = ["ours"] + (["llama.cpp"] if args.vs_llama_cpp else [])
     result = {"model": path, "text": str(text), "threads": args.threads, "batch": args.batch,
-              "decode_tokens": args.decode, "repeats": args.repeats, "window": args.window, "rows": []}
+              "decode_tokens": args.decode, "repeats": args.repeats, "window": args.window,
+              "cache_types": "/".join(cache_types(args)), "rows": []}
     for n in args.ctx:
         if n < 1:
             raise ValueError("--ctx must be >= 1")
