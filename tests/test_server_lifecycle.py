@@ -144,3 +144,18 @@ def test_bad_starts_exit_with_an_error():
     assert r.returncode == 2 and "--rerope-window" in r.stderr
     r = run("/nonexistent/model.gguf", "--port", str(free_port()))
     assert r.returncode == 1 and "model file not found" in r.stderr
+
+
+def test_quantized_cache_flags_serve(default_model_file):
+    """-ctk / -ctv reach the batched runtime: a q8_0 / q4_0 cache answers, and /metrics counts its cells."""
+    server = ServerProcess([str(default_model_file), "-c", "256", "-np", "2", "-t", "1", "-ctk", "q8_0", "-ctv",
+                            "q4_0"])
+    try:
+        server.wait_ready()
+        r = httpx.post(server.url + "/v1/completions", json={"prompt": "The sky is", "max_tokens": 4,
+                                                              "temperature": 0}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] >= 1
+        assert "kv_cache_capacity_tokens 512" in httpx.get(server.url + "/metrics").text
+    finally:
+        server.close()

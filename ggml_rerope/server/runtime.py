@@ -53,7 +53,8 @@ def default_slots(config: ServerConfig, scheme: SchemeKey) -> list[Slot]:
         return Llama(path, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=config.threads(),
                      n_gpu_layers=config.n_gpu_layers, seed=config.seed, chat_format=config.chat_format,
                      logits_all=True, verbose=config.verbose and i == 0, rope_scaling=name,
-                     rope_options=dict(options) or None, type_k=config.type_k, type_v=config.type_v,
+                     rope_options=dict(options) or None, type_k=KV_TYPES[config.type_k],
+                     type_v=KV_TYPES[config.type_v],
                      _sequence=batched.sequences[i])
 
     return sequence_slots(batched, make, scheme)
