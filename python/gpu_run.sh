@@ -6,6 +6,7 @@
 #   python/gpu_run.sh smoke|test|bench|decode-variants|decode-waves|ncu-decode|model|full|all
 #
 #   python/gpu_run.sh lcp-cuda   (returns at once), then   python/gpu_run.sh runtime
+#   kv-quality | gpu-server | cpu-server: cache-type losses, the server benchmark on the GPU / 2 pinned cores
 #
 # model: end to end (python/bench_gpu_model.py), ours vs llama.cpp CUDA with flash attention on a
 # random-weight Llama-3-8B-shaped Q4_0 GGUF written on the machine (/tmp, about 4.5 GB), prefill and
@@ -86,7 +87,7 @@ decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark o
     GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" \
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/$3" || rc=1
 }
-case "$MODE" in lcp-cuda|kernels|runtime|fuzz|lcp-cpu|cpu-model) ;; *) build_lib ;; esac
+case "$MODE" in lcp-cuda|kernels|runtime|fuzz|lcp-cpu|cpu-model|cpu-server) ;; *) build_lib ;; esac
 case "$MODE" in
     smoke)
         python3 -m pytest -x -q -rs tests/test_cuda.py \
@@ -118,7 +119,7 @@ case "$MODE" in
         ;;
     kernels)  # one call: the ggml-cuda build in the background, then the kernel tests against its ggml
         lcp_cuda_start; build_lib
-        python3 -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/kernel_tests.log" || rc=1
+        python3 -m pytest -q -rs tests/test_cuda.py tests/test_cuda_quant.py 2>&1 | tee "$OUT/kernel_tests.log" || rc=1
         ;;
     runtime)  # our library against the ggml-cuda build; GPU runtime tests (logits vs CPU and llama.cpp CUDA), model bench
         build_lib
@@ -149,6 +150,31 @@ case "$MODE" in
             taskset -c 2,3 python3 -m ggml_rerope.bench model "$GGML_REROPE_TEST_MODEL" --ctx "$n" --vs-llama-cpp --threads 2 \
                 --repeats "${CPU_REPEATS:-3}" --no-rss --json --text "$GGML_REROPE_TEST_TEXT" > "$OUT/cpu_model_ctx$n.json" || rc=1
         done
+        ;;
+    kv-quality)  # loss per cache type at 16k / 32k on the GPU: ours (ReRoPE default) and llama.cpp (YaRN)
+        for n in ${KVQ_CTX:-16384 32768}; do for t in f16 q8_0 q4_0; do
+            for e in ggml-rerope llama.cpp; do
+                sch=(); [ $e = llama.cpp ] && sch=(--rope-scaling yarn)
+                printf '{"engine": "%s", "ctx": %s, "cache": "%s", "result": ' $e $n $t >> "$OUT/kv_quality.jsonl"
+                python3 -m ggml_rerope.perplexity "$GGML_REROPE_TEST_MODEL" "$GGML_REROPE_TEST_TEXT" --ctx $n --json \
+                    --no-progress -ngl -1 --engine $e "${sch[@]}" -ctk $t -ctv $t >> "$OUT/kv_quality.jsonl" || rc=1
+                echo "}" >> "$OUT/kv_quality.jsonl"
+            done
+        done; done
+        cat "$OUT/kv_quality.jsonl" | cut -c1-160
+        ;;
+    gpu-server)  # the server benchmark on the GPU (-ngl -1): SERVER_MODEL (default: the 8B-shaped random model)
+        [ -f /tmp/dev/build_lcp_cuda.sh ] && lcp_cuda_wait
+        python3 -m ggml_rerope.bench server --model "${SERVER_MODEL:-/tmp/llama3-8b-random-q4_0.gguf}" -ngl -1 \
+            --clients 1,2,4,8 --max-tokens "${SERVER_TOKENS:-64}" --requests-per-client 2 -c 4096 --endpoint completion \
+            ${SERVER_PEER:---no-peer} --json "$OUT/server_gpu.json" || rc=1
+        ;;
+    cpu-server)  # the server benchmark on 2 pinned cores, ours vs llama-cpp-python's server (CUDA hidden)
+        [ -f /tmp/dev/build_lcp_cuda.sh ] && lcp_cuda_wait
+        build_lib  # the CUDA build runs on the CPU alone when no device is visible
+        CUDA_VISIBLE_DEVICES="" taskset -c 2,3 python3 -m ggml_rerope.bench server --model "$GGML_REROPE_TEST_MODEL" \
+            -t 2 --clients 1,2,4,8 --max-tokens 64 --requests-per-client 2 -c 2048 --peer \
+            --json "$OUT/server_cpu.json" || rc=1
         ;;
     model)
         python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/bench_model.json" || rc=1

@@ -1,12 +1,12 @@
-"""python -m ggml_rerope.bench attention|model|server [options]: dispatches to the operator benchmark
-(attention.py), the model benchmark (model.py) or the server benchmark (server.py); each is imported
-only when asked for."""
+"""python -m ggml_rerope.bench attention|model|server|kv-decode [options]: dispatches to the operator
+benchmark (attention.py), the model benchmark (model.py), the server benchmark (server.py) or the
+long-context decode per cache type (kv_decode.py); each is imported only when asked for."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = ("usage: python -m ggml_rerope.bench {attention,model,server} [options]"
+USAGE = ("usage: python -m ggml_rerope.bench {attention,model,server,kv-decode} [options]"
          "  (--help after the subcommand for its options)")
 
 
@@ -30,6 +30,10 @@ def main(argv=None) -> int:
         from . import server
 
         return server.main(rest)
+    if cmd == "kv-decode":
+        from . import kv_decode
+
+        return kv_decode.main(rest)
     print(f"unknown benchmark {cmd!r}\n{USAGE}", file=sys.stderr)
     return 2
 
