@@ -161,7 +161,9 @@ case "$MODE" in
                 echo "}" >> "$OUT/kv_quality.jsonl"
             done
         done; done
-        cat "$OUT/kv_quality.jsonl" | cut -c1-160
+        cut -c1-160 "$OUT/kv_quality.jsonl"
+        python3 -m ggml_rerope.bench kv-decode "$GGML_REROPE_TEST_MODEL" --ctx 32768 -ngl -1 --json \
+            > "$OUT/kv_decode_gpu.json" || rc=1
         ;;
     gpu-server)  # the server benchmark on the GPU (-ngl -1): SERVER_MODEL (default: the 8B-shaped random model)
         [ -f /tmp/dev/build_lcp_cuda.sh ] && lcp_cuda_wait
@@ -175,6 +177,8 @@ case "$MODE" in
         CUDA_VISIBLE_DEVICES="" taskset -c 2,3 python3 -m ggml_rerope.bench server --model "$GGML_REROPE_TEST_MODEL" \
             -t 2 --clients 1,2,4,8 --max-tokens 64 --requests-per-client 2 -c 2048 --peer \
             --json "$OUT/server_cpu.json" || rc=1
+        CUDA_VISIBLE_DEVICES="" taskset -c 2,3 python3 -m ggml_rerope.bench kv-decode "$GGML_REROPE_TEST_MODEL" \
+            --ctx 32768 --threads 2 --json > "$OUT/kv_decode_cpu.json" || rc=1
         ;;
     model)
         python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/bench_model.json" || rc=1
