@@ -96,19 +96,22 @@ class BatchedRuntime:
         return step
 
     def _step(self, step: list[tuple[_Request, int]]) -> None:
+        try:
+            self._compute(step)
+        except BaseException as e:  # every request of the step fails (the C call rolls back all of them);
+            with self._cond:        # the thread goes on, so no caller waits forever
+                for r, _ in step:
+                    if not r.done.is_set():
+                        r.error = e
+                        self._finish(r)
+
+    def _compute(self, step: list[tuple[_Request, int]]) -> None:
         tokens = np.concatenate([r.tokens[r.sent:r.sent + n] for r, n in step])
         seqs = np.concatenate([np.full(n, r.seq, dtype=np.int32) for r, n in step])
         flags = np.concatenate([self._flags(r, n) for r, n in step])
-        try:
-            with self._lock:
-                logits = self.ctx.decode(tokens, seqs, flags)
-            self.steps += 1
-        except BaseException as e:  # every request of the step fails; the C call rolled back all of them
-            with self._cond:
-                for r, _ in step:
-                    r.error = e
-                    self._finish(r)
-            return
+        with self._lock:
+            logits = self.ctx.decode(tokens, seqs, flags)
+        self.steps += 1
         row = 0
         with self._cond:
             for r, n in step:
@@ -133,7 +136,7 @@ class BatchedRuntime:
         return flags
 
     def _finish(self, r: _Request) -> None:
-        del self._pending[r.seq]
+        self._pending.pop(r.seq, None)
         r.done.set()
 
     # -- what the sequences call --------------------------------------------------------------

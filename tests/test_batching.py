@@ -70,3 +70,24 @@ def test_errors_reach_the_sequence_that_asked(default_model_file):
             m.close()
     finally:
         rm.close()
+
+
+def test_a_failing_step_fails_its_requests_and_the_runtime_goes_on(default_model_file, monkeypatch):
+    rm = RuntimeModel(default_model_file)
+    try:
+        with BatchedRuntime(rm, n_seq=2, n_ctx_seq=32, n_threads=2) as rt:
+            m = Model(default_model_file, n_threads=2, _sequence=rt.sequences[0])
+            real = rt.ctx.decode
+
+            def fail_once(*a, **k):
+                monkeypatch.setattr(rt.ctx, "decode", real)
+                raise MemoryError("planted")
+
+            monkeypatch.setattr(rt.ctx, "decode", fail_once)
+            with pytest.raises(MemoryError, match="planted"):
+                m.eval([1, 2, 3])
+            assert m.n_past == 0
+            assert m.eval([1, 2, 3]).shape == (m.n_vocab,)
+            m.close()
+    finally:
+        rm.close()
