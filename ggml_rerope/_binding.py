@@ -132,9 +132,18 @@ ffi.cdef(
 typedef struct ggml_rerope_model ggml_rerope_model;
 typedef struct ggml_rerope_context ggml_rerope_context;
 
+typedef enum ggml_rerope_split_mode {
+    GGML_REROPE_SPLIT_MODE_NONE = 0,
+    GGML_REROPE_SPLIT_MODE_LAYER = 1,
+    GGML_REROPE_SPLIT_MODE_ROW = 2
+} ggml_rerope_split_mode;
+
 typedef struct ggml_rerope_model_params {
     int32_t n_gpu_layers;
     int32_t use_mmap;
+    int32_t split_mode;
+    int32_t main_gpu;
+    float tensor_split[16];
 } ggml_rerope_model_params;
 
 typedef struct ggml_rerope_model_info {
@@ -189,6 +198,25 @@ ggml_rerope_status ggml_rerope_model_load(const char * path, const ggml_rerope_m
     ggml_rerope_model ** out);
 void ggml_rerope_model_free(ggml_rerope_model * model);
 ggml_rerope_status ggml_rerope_model_get_info(const ggml_rerope_model * model, ggml_rerope_model_info * out);
+
+typedef struct ggml_rerope_device_plan {
+    char name[32];
+    int32_t is_gpu;
+    int32_t first_layer;
+    int32_t n_layers;
+    int32_t has_output;
+    int64_t weight_bytes;
+    int64_t kv_bytes;
+    int64_t compute_bytes;
+    int64_t free_bytes;
+    int32_t fits;
+} ggml_rerope_device_plan;
+
+ggml_rerope_status ggml_rerope_split_layers(int32_t n_layer, int32_t n_gpu_layers, int32_t split_mode,
+    int32_t main_gpu, int32_t n_gpu, const float * split, int32_t * dev);
+ggml_rerope_status ggml_rerope_model_plan(const char * path, const ggml_rerope_model_params * mparams,
+    const ggml_rerope_context_params * cparams, const int64_t * gpu_free, int32_t n_gpu,
+    ggml_rerope_device_plan * out, int32_t max_out, int32_t * n_out);
 ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml_rerope_context_params * params,
     ggml_rerope_context ** out);
 void ggml_rerope_context_free(ggml_rerope_context * ctx);

@@ -111,19 +111,50 @@ class _COwner(Closing):
             self._ptr = ffi.NULL
 
 
+SPLIT_MODES = {"none": lib.GGML_REROPE_SPLIT_MODE_NONE, "layer": lib.GGML_REROPE_SPLIT_MODE_LAYER,
+               "row": lib.GGML_REROPE_SPLIT_MODE_ROW}  # llama.cpp's names and values
+MAX_DEVICES = len(ffi.new("ggml_rerope_model_params *").tensor_split)
+
+
+def split_mode_id(split_mode) -> int:
+    """A split mode by name ("none", "layer", "row") or llama.cpp's value (0, 1, 2)."""
+    if isinstance(split_mode, str) and split_mode.lower() in SPLIT_MODES:
+        return SPLIT_MODES[split_mode.lower()]
+    if isinstance(split_mode, int) and not isinstance(split_mode, bool) and split_mode in SPLIT_MODES.values():
+        return split_mode
+    raise ValueError(f"split_mode must be one of {sorted(SPLIT_MODES)} (or 0, 1, 2), got {split_mode!r}")
+
+
+def model_params(*, n_gpu_layers: int = 0, use_mmap: bool = True, split_mode="layer", main_gpu: int = 0,
+                 tensor_split=None):
+    """A ggml_rerope_model_params (llama-cpp-python's names); tensor_split: up to MAX_DEVICES shares
+    (None or all 0: by free memory). The C side checks the values and says what is wrong."""
+    params = ffi.new("ggml_rerope_model_params *", lib.ggml_rerope_model_default_params())
+    params.n_gpu_layers = int(n_gpu_layers)
+    params.use_mmap = int(bool(use_mmap))
+    params.split_mode = split_mode_id(split_mode)
+    params.main_gpu = int(main_gpu)
+    shares = [] if tensor_split is None else [float(x) for x in tensor_split]
+    if len(shares) > MAX_DEVICES:
+        raise ValueError(f"tensor_split has {len(shares)} entries, at most {MAX_DEVICES} devices are supported")
+    for i, x in enumerate(shares):
+        params.tensor_split[i] = x
+    return params
+
+
 class RuntimeModel(_COwner):
     """A loaded GGUF model (ggml_rerope_model): weights, hyperparameters, rotary metadata.
 
     close() first closes the contexts made on it that are still open (a context must not outlive
     its model)."""
 
-    def __init__(self, path, *, n_gpu_layers: int = 0, use_mmap: bool = True):
+    def __init__(self, path, *, n_gpu_layers: int = 0, use_mmap: bool = True, split_mode="layer", main_gpu: int = 0,
+                 tensor_split=None):
         self._ptr = ffi.NULL
         self._contexts = weakref.WeakSet()
         self.path = os.fspath(path)
-        params = ffi.new("ggml_rerope_model_params *", lib.ggml_rerope_model_default_params())
-        params.n_gpu_layers = int(n_gpu_layers)
-        params.use_mmap = int(bool(use_mmap))
+        params = model_params(n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, split_mode=split_mode,
+                              main_gpu=main_gpu, tensor_split=tensor_split)
         out = ffi.new("ggml_rerope_model **")
         check(lib.ggml_rerope_model_load(os.fsencode(self.path), params, out))
         self._ptr = out[0]
@@ -354,11 +385,12 @@ class Runtime:
     and scripts that drive the C runtime below Model (no tokenizer, scheme as raw struct fields)."""
 
     def __init__(self, path, n_ctx: int = 512, n_batch: int = 512, n_threads: int = 2, kv_type: int = KV_F16,
-                 n_gpu_layers: int = 0, type_k: Optional[int] = None, type_v: Optional[int] = None):
-        self.model = RuntimeModel(path, n_gpu_layers=n_gpu_layers)
+                 n_gpu_layers: int = 0, type_k: Optional[int] = None, type_v: Optional[int] = None,
+                 n_seq_max: int = 1, **placement):
+        self.model = RuntimeModel(path, n_gpu_layers=n_gpu_layers, **placement)
         try:
             self.ctx = RuntimeContext(self.model, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, kv_type=kv_type,
-                                      type_k=type_k, type_v=type_v)
+                                      type_k=type_k, type_v=type_v, n_seq_max=n_seq_max)
         except BaseException:
             self.model.close()
             raise

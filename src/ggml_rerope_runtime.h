@@ -21,9 +21,25 @@ extern "C" {
 typedef struct ggml_rerope_model ggml_rerope_model;
 typedef struct ggml_rerope_context ggml_rerope_context;
 
+/* How layers spread over several GPUs (llama.cpp's llama_split_mode, same values). */
+typedef enum ggml_rerope_split_mode {
+    GGML_REROPE_SPLIT_MODE_NONE = 0,  /* every offloaded layer on main_gpu                              */
+    GGML_REROPE_SPLIT_MODE_LAYER = 1, /* runs of layers (weights and KV rows) per GPU, by tensor_split */
+    GGML_REROPE_SPLIT_MODE_ROW = 2    /* llama.cpp's row split of each matrix: ERR_UNSUPPORTED here     */
+} ggml_rerope_split_mode;
+
+#define GGML_REROPE_MAX_DEVICES 16 /* GPUs a model may spread over */
+
 typedef struct ggml_rerope_model_params {
-    int32_t n_gpu_layers; /* 0: CPU only; -1 or >= n_layer: everything on the GPU (CUDA builds) */
+    int32_t n_gpu_layers; /* llama.cpp's rule: the output head counts as one more layer after the last
+                             and goes first: N in 1..n_layer puts the head and the last N-1 layers on
+                             the GPU(s); -1 or > n_layer: everything; 0: CPU only. The token
+                             embedding stays in host memory (CUDA builds)                        */
     int32_t use_mmap;     /* 1 (default): map the file, copy only what must be repacked      */
+    int32_t split_mode;   /* ggml_rerope_split_mode; default LAYER (llama.cpp's)              */
+    int32_t main_gpu;     /* SPLIT_MODE_NONE: the GPU (index among ggml's CUDA devices)       */
+    float tensor_split[GGML_REROPE_MAX_DEVICES]; /* share of the offloaded layers per CUDA device
+                             (any scale; all 0: in proportion to each device's free memory)    */
 } ggml_rerope_model_params;
 
 /* Hyperparameters read from the GGUF metadata. */
@@ -73,7 +89,7 @@ typedef struct ggml_rerope_scheme {
                                    0 means 1                                                */
 } ggml_rerope_scheme;
 
-/* n_gpu_layers 0, use_mmap 1. */
+/* n_gpu_layers 0, use_mmap 1, split_mode LAYER, main_gpu 0, tensor_split all 0. */
 GGML_REROPE_API ggml_rerope_model_params ggml_rerope_model_default_params(void);
 /* n_ctx 4096, n_batch 512, n_threads 0 (all cores), type_k / type_v F16, n_seq_max 1. */
 GGML_REROPE_API ggml_rerope_context_params ggml_rerope_context_default_params(void);
@@ -92,6 +108,43 @@ GGML_REROPE_API void ggml_rerope_model_free(ggml_rerope_model * model);
 /* Copies the model's hyperparameters into *out (ERR_INVALID_ARG when either is NULL). */
 GGML_REROPE_API ggml_rerope_status ggml_rerope_model_get_info(const ggml_rerope_model * model,
                                                               ggml_rerope_model_info * out);
+
+/* Which device runs each layer, as llama.cpp assigns them (llama-model.cpp, load_tensors): the n_layer
+ * layers then the output head as layer n_layer; the last min(n_gpu_layers, n_layer + 1) of those go to
+ * the GPUs (-1: all), split in order by the cumulative shares `split` (n_gpu values >= 0; all 0:
+ * equal), or all on main_gpu with SPLIT_MODE_NONE. dev[0..n_layer]: -1 = CPU, else the GPU index.
+ * ERR_INVALID_ARG for a bad argument, ERR_UNSUPPORTED for SPLIT_MODE_ROW, ERR_CUDA when layers are
+ * asked for and n_gpu is 0. A pure function: it looks at no device. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_split_layers(int32_t n_layer, int32_t n_gpu_layers, int32_t split_mode,
+                                                            int32_t main_gpu, int32_t n_gpu, const float * split,
+                                                            int32_t * dev);
+
+/* One device's share of a model and a context, estimated before anything is allocated. */
+typedef struct ggml_rerope_device_plan {
+    char name[32];         /* "CPU", ggml's name ("CUDA0"), "GPU<i>" for a what-if GPU        */
+    int32_t is_gpu;
+    int32_t first_layer;   /* its run of layers: first_layer .. first_layer + n_layers - 1      */
+    int32_t n_layers;
+    int32_t has_output;    /* the output head (and its logits) are here                         */
+    int64_t weight_bytes;  /* the weights it holds (CPU: mapped or copied, the embedding included) */
+    int64_t kv_bytes;      /* its layers' K and V rows for n_ctx                                 */
+    int64_t compute_bytes; /* an estimate of its compute buffer for n_batch tokens               */
+    int64_t free_bytes;    /* free memory now (what-if: as given); 0 = unknown                   */
+    int32_t fits;          /* free_bytes is 0 or weight + kv + compute bytes <= free_bytes       */
+} ggml_rerope_device_plan;
+
+/* The per-device memory plan of the model file at path under mparams and cparams (the *_default_params),
+ * as ggml_rerope_model_load and ggml_rerope_context_new would place it; reads only the GGUF's
+ * metadata. gpu_free NULL: ggml's CUDA devices and their free memory; else n_gpu (1..MAX_DEVICES)
+ * hypothetical GPUs with these free bytes ("does it fit in 8 GiB"). out[0] is the CPU, then each GPU
+ * that holds a layer or the head: *n_out entries (max_out = GGML_REROPE_MAX_DEVICES + 1 always
+ * suffices). A plan that does not fit is returned (fits = 0), not an error; load and context_new
+ * refuse it with ERR_NO_MEMORY. */
+GGML_REROPE_API ggml_rerope_status ggml_rerope_model_plan(const char * path, const ggml_rerope_model_params * mparams,
+                                                          const ggml_rerope_context_params * cparams,
+                                                          const int64_t * gpu_free, int32_t n_gpu,
+                                                          ggml_rerope_device_plan * out, int32_t max_out,
+                                                          int32_t * n_out);
 
 /* The GGUF's rotary metadata beyond ggml_rerope_model_info; a field whose key is absent is 0
  * (strings ""), and has_* says whether it was present. */

@@ -20,6 +20,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("CUDA streams", ["rt_cuda.h"]),  # defined in src/cuda (streams.cu, or cuda_disabled.c)
     ("loader", ["rt_file.h", "gguf_loader.c", "gguf_meta.c"]),
     ("hyperparameters", ["rt_hparams.h", "hparams.c"]),
+    ("placement", ["rt_place.h", "placement.c"]),
+    ("memory plan", ["rt_plan.h", "mem_plan.c"]),
     ("weights", ["rt_model.h", "weights.c", "model.c"]),
     ("KV cache", ["rt_kv.h", "kv_cache.c"]),
     ("batch plan", ["rt_batch.h", "batch_plan.c"]),

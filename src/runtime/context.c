@@ -1,7 +1,8 @@
 /* Context: KV cache + backends + compute allocator; micro-batched eval, truncate, scheme.
  * CPU: one graph per micro-batch with the attention as a custom node, on ggml's CPU threads.
- * GPU (and GGML_REROPE_RUNTIME_ATTN=outside on the CPU, to check that path): the graph runs on
- * the one backend in pieces, with our kernel between them (attn_outside.c). */
+ * Any layer on a GPU (and GGML_REROPE_RUNTIME_ATTN=outside / outside-split on the CPU, to check that
+ * path): the graph runs in pieces, each on its layer's device, with our kernel between them
+ * (attn_outside.c). */
 #define _DEFAULT_SOURCE
 #include "rt_batch.h"
 #include "rt_embed.h"
@@ -9,6 +10,8 @@
 #include "rt_exec.h"
 #include "rt_graph.h"
 #include "rt_kv.h"
+#include "rt_place.h"
+#include "rt_plan.h"
 
 #include "ggml-alloc.h"
 #include "ggml-cpu.h"
@@ -37,10 +40,11 @@ struct ggml_rerope_context {
     int32_t max_span;          /* sequences one graph may mix (1 on the ggml debug path) */
 
     ggml_backend_t backend;      /* CPU */
-    ggml_backend_t gpu;          /* the GPU device's, when the model is there (else NULL) */
     struct ggml_threadpool * threadpool;
-    ggml_gallocr_t galloc;       /* the graph's buffer, on the GPU when there is one */
+    ggml_gallocr_t galloc;       /* the graph's buffers: one per device of the placement */
     rt_pieces pieces;            /* RT_ATTN_OUTSIDE: the graph in pieces, attention between them */
+    int * slot_mem;              /* RT_ATTN_OUTSIDE: each node's device, per build */
+    rt_graph_inputs inputs;      /* RT_ATTN_OUTSIDE: each device's inputs */
     rt_host_embed embed;         /* RT_ATTN_OUTSIDE: the token embedding looked up on the host */
 
     void * graph_mem; /* tensor + graph metadata, reused by every build */
@@ -148,7 +152,7 @@ void ggml_rerope_context_free(ggml_rerope_context * ctx) {
     if (ctx->galloc) ggml_gallocr_free(ctx->galloc);
     rt_pieces_free(&ctx->pieces);
     rt_embed_free(&ctx->embed);
-    if (ctx->gpu) ggml_backend_free(ctx->gpu);
+    rt_graph_inputs_free(&ctx->inputs);
     if (ctx->backend) ggml_backend_free(ctx->backend);
     if (ctx->threadpool) ggml_threadpool_free(ctx->threadpool);
     rt_kv_free(&ctx->kv);
@@ -157,6 +161,7 @@ void ggml_rerope_context_free(ggml_rerope_context * ctx) {
     free(ctx->seq);
     free(ctx->attn);
     free(ctx->graph_mem);
+    free(ctx->slot_mem);
     free(ctx->iota);
     free(ctx->n_past_before);
     free(ctx->out_idx);
@@ -172,12 +177,14 @@ static rt_graph_plan graph_plan(const ggml_rerope_context * ctx) {
                                 .mode = ctx->attn_mode,
                                 .mem = ctx->graph_mem,
                                 .mem_size = ctx->graph_mem_size,
+                                .slot_mem = ctx->slot_mem,
+                                .inputs = ctx->attn_mode == RT_ATTN_OUTSIDE ? &ctx->inputs : NULL,
                                 .max_span = ctx->max_span};
     return plan;
 }
 
-/* Reserves the compute buffer for a graph of n_span sequences, n_new tokens each, at a full cache; on
- * the one-backend path first checks that the backend runs every node (an error now, not a crash later). */
+/* Reserves the compute buffers for a graph of n_span sequences, n_new tokens each, at a full cache; on
+ * the pieces path first checks that each device runs its nodes (an error now, not a crash later). */
 static ggml_rerope_status reserve_for(ggml_rerope_context * ctx, int32_t n_span, int32_t n_new) {
     rt_kv_span span[GGML_REROPE_MAX_SEQ];
     for (int32_t k = 0; k < n_span; k++)
@@ -188,26 +195,15 @@ static ggml_rerope_status reserve_for(ggml_rerope_context * ctx, int32_t n_span,
                                .tok0 = k * n_new};
     const rt_batch_shape worst = {.n_tokens = n_span * n_new, .n_out = n_span * n_new, .n_span = n_span, .span = span};
     const rt_graph_plan plan = graph_plan(ctx);
-    ggml_backend_t main = ctx->gpu ? ctx->gpu : ctx->backend;
     rt_graph g;
     ggml_rerope_status s = rt_graph_build(&plan, &worst, &g);
     if (s) return s;
-    if (ctx->attn_mode == RT_ATTN_OUTSIDE)
-        for (int i = 0; i < ggml_graph_n_nodes(g.gf); i++) {
-            struct ggml_tensor * t = ggml_graph_node(g.gf, i);
-            if (!ggml_backend_supports_op(main, t)) {
-                s = rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s cannot run %s (node '%s' of the model graph)",
-                                ggml_backend_name(main), ggml_op_desc(t), t->name);
-                ggml_free(g.ctx);
-                return s;
-            }
-        }
-    const bool ok = ggml_gallocr_reserve(ctx->galloc, g.gf);
+    if (ctx->attn_mode == RT_ATTN_OUTSIDE) s = rt_pieces_reserve(&ctx->pieces, ctx->galloc, &g);
+    else if (!ggml_gallocr_reserve(ctx->galloc, g.gf)) s = rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory");
     ggml_free(g.ctx);
-    if (!ok)
-        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY,
-                           "cannot allocate the compute buffer for %d tokens of %d sequence(s)", n_span * n_new,
-                           n_span);
+    if (s)
+        return rerope_fail_in(GGML_REROPE_ERR_NO_MEMORY, "the compute buffer for %d tokens of %d sequence(s)",
+                              n_span * n_new, n_span);
     return GGML_REROPE_OK;
 }
 
@@ -230,35 +226,36 @@ static ggml_rerope_status setup_compute(ggml_rerope_context * ctx) {
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for graph metadata");
     for (int32_t i = 0; i < ctx->n_ctx_seq; i++) ctx->iota[i] = i;
 
-    if (ctx->model->gpu_dev) {
-        ctx->gpu = ggml_backend_dev_init(ctx->model->gpu_dev, NULL);
-        if (!ctx->gpu)
-            return rerope_fail(GGML_REROPE_ERR_CUDA, "cannot start ggml's %s backend",
-                               ggml_backend_dev_name(ctx->model->gpu_dev));
-    }
-    ggml_backend_t main = ctx->gpu ? ctx->gpu : ctx->backend;
-    ctx->galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(main));
-    if (!ctx->galloc) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create the compute allocator");
     if (ctx->attn_mode == RT_ATTN_OUTSIDE) {
-        ggml_rerope_status s =
-            rt_pieces_init(&ctx->pieces, main, ctx->gpu != NULL, rt_graph_max_nodes(ctx->model, ctx->max_span));
+        const size_t max_nodes = rt_graph_max_nodes(ctx->model, ctx->max_span);
+        ctx->slot_mem = malloc(sizeof(int) * (max_nodes + (size_t) ctx->model->info.n_layer));
+        if (!ctx->slot_mem) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for graph metadata");
+        ggml_rerope_status s = rt_pieces_init(&ctx->pieces, ctx->model, ctx->backend, n_threads, max_nodes);
         if (!s) s = rt_embed_init(&ctx->embed, ctx->model->tok_embd, ctx->backend);
+        if (!s) s = rt_graph_inputs_init(&ctx->inputs, ctx->model, ctx->cparams.n_batch);
         if (s) return s;
+        ctx->galloc = rt_pieces_gallocr(&ctx->pieces);
+    } else {
+        ctx->galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(ctx->backend));
     }
+    if (!ctx->galloc) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot create the compute allocator");
     /* Reserve for the largest graphs: n_batch tokens of one sequence at a full cache, and as many
      * sequences as one graph mixes, each at a full cache (their attention scratch adds up). */
     const int32_t nb = ctx->cparams.n_batch;
     ggml_rerope_status s = reserve_for(ctx, 1, nb < ctx->n_ctx_seq ? nb : ctx->n_ctx_seq);
     if (!s && ctx->max_span > 1) s = reserve_for(ctx, ctx->max_span, 1);
     if (s) return s;
-    if (getenv("GGML_REROPE_VERBOSE"))
-        fprintf(
-            stderr,
-            "ggml_rerope: KV cache %.1f MiB (K %s, V %s), compute buffer %.1f MiB on %s (n_batch %d), %d threads%s\n",
-            ggml_backend_buffer_get_size(ctx->kv.buf) / 1048576.0, ggml_type_name(ctx->kv.type_k),
-            ggml_type_name(ctx->kv.type_v), ggml_gallocr_get_buffer_size(ctx->galloc, 0) / 1048576.0,
-            ggml_backend_name(main), nb, n_threads,
-            ctx->attn_mode == RT_ATTN_OUTSIDE ? ", attention between graph pieces" : "");
+    if (getenv("GGML_REROPE_VERBOSE")) {
+        const int n_buf = ctx->attn_mode == RT_ATTN_OUTSIDE ? ctx->pieces.n_slot : 1;
+        double compute = 0.0;
+        for (int d = 0; d < n_buf; d++) compute += ggml_gallocr_get_buffer_size(ctx->galloc, d) / 1048576.0;
+        fprintf(stderr,
+                "ggml_rerope: KV cache %.1f MiB (K %s, V %s), compute buffers %.1f MiB on %d device%s (n_batch %d), "
+                "%d threads%s\n",
+                rt_kv_bytes(&ctx->kv) / 1048576.0, ggml_type_name(ctx->kv.type_k), ggml_type_name(ctx->kv.type_v),
+                compute, n_buf, n_buf == 1 ? "" : "s", nb, n_threads,
+                ctx->attn_mode == RT_ATTN_OUTSIDE ? ", attention between graph pieces" : "");
+    }
     return GGML_REROPE_OK;
 }
 
@@ -274,7 +271,8 @@ static ggml_rerope_status check_cache_type(const ggml_rerope_model * m, const ch
                            type);
     }
     const char * dbg = getenv("GGML_REROPE_RUNTIME_ATTN");
-    if (type != GGML_REROPE_KV_F16 && type != GGML_REROPE_KV_F32 && !m->gpu_dev && dbg && strcmp(dbg, "ggml") == 0)
+    if (type != GGML_REROPE_KV_F16 && type != GGML_REROPE_KV_F32 && !rt_place_offloaded(&m->place) && dbg &&
+        strcmp(dbg, "ggml") == 0)
         return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s %s: the ggml cross-check path reads f16 or f32 caches only",
                            field, ggml_rerope_kv_type_name(type));
     return GGML_REROPE_OK;
@@ -311,10 +309,10 @@ ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml
     ctx->n_seq = p.n_seq_max;
     ctx->n_ctx_seq = p.n_ctx / p.n_seq_max;
     const char * dbg = getenv("GGML_REROPE_RUNTIME_ATTN");
-    ctx->attn_mode = model->gpu_dev                       ? RT_ATTN_OUTSIDE
-                     : dbg && strcmp(dbg, "ggml") == 0    ? RT_ATTN_GGML
-                     : dbg && strcmp(dbg, "outside") == 0 ? RT_ATTN_OUTSIDE
-                                                          : RT_ATTN_NODE;
+    ctx->attn_mode = rt_place_offloaded(&model->place) || rt_stand_in_gpus() > 0 ? RT_ATTN_OUTSIDE
+                     : dbg && strcmp(dbg, "ggml") == 0                           ? RT_ATTN_GGML
+                     : dbg && strcmp(dbg, "outside") == 0                        ? RT_ATTN_OUTSIDE
+                                                                                 : RT_ATTN_NODE;
     /* the ggml cross-check path has one causal mask per graph: one sequence at a time */
     ctx->max_span = ctx->attn_mode == RT_ATTN_GGML ? 1 : (ctx->n_seq < p.n_batch ? ctx->n_seq : p.n_batch);
 
@@ -325,6 +323,13 @@ ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml
     if (!ctx->seq || !ctx->attn || !ctx->n_past_before)
         s = rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for %d sequences", ctx->n_seq);
     if (!s) s = rt_ubatch_init(&ctx->ub, p.n_batch, ctx->n_seq);
+    if (!s) { /* every GPU's share of this context, before anything of it is allocated */
+        rt_memory_plan plan;
+        rt_plan_make(&model->place, &model->file, &model->info, &model->hp, ctx->n_ctx_seq * ctx->n_seq, p.n_batch,
+                     (enum ggml_type) p.type_k, (enum ggml_type) p.type_v, &plan);
+        if (getenv("GGML_REROPE_VERBOSE")) rt_plan_print(&plan);
+        s = rt_plan_check(&plan, "the context", false);
+    }
     if (!s)
         s = rt_kv_init(&ctx->kv, model, ctx->n_ctx_seq * ctx->n_seq, (enum ggml_type) p.type_k,
                        (enum ggml_type) p.type_v);
@@ -351,7 +356,8 @@ static ggml_rerope_status set_inputs(ggml_rerope_context * ctx, const rt_graph *
     } else {
         ggml_backend_tensor_set(g->tokens, ub->tokens, 0, sizeof(int32_t) * (size_t) n);
     }
-    ggml_backend_tensor_set(g->kv_rows, ub->rows, 0, sizeof(int64_t) * (size_t) n);
+    for (int d = 0; d < RT_MAX_DEVS; d++)
+        if (g->kv_rows[d]) ggml_backend_tensor_set(g->kv_rows[d], ub->rows, 0, sizeof(int64_t) * (size_t) n);
     /* An input no node reads has no buffer (one layer, a micro-batch that only fills the cache). */
     if (g->q_pos && g->q_pos->buffer) ggml_backend_tensor_set(g->q_pos, ub->pos, 0, sizeof(int32_t) * (size_t) n);
     if (g->k_pos && g->k_pos->buffer) ggml_backend_tensor_set(g->k_pos, ctx->iota, 0, sizeof(int32_t) * (size_t) n_kv);
@@ -388,7 +394,7 @@ static ggml_rerope_status compute_graph(ggml_rerope_context * ctx, const rt_grap
                                      .span = sh->span,
                                      .n_span = sh->n_span,
                                      .n_threads = ctx->cparams.n_threads};
-        return rt_pieces_compute(&ctx->pieces, g->gf, &attn);
+        return rt_pieces_compute(&ctx->pieces, g, &attn);
     }
     ggml_rerope_status s = rt_compute_status(ggml_backend_graph_compute(ctx->backend, g->gf));
     if (!s) s = ggml_rerope_graph_status(g->gf); /* a failing attention node says so only here */
@@ -419,9 +425,12 @@ static ggml_rerope_status eval_ubatch(ggml_rerope_context * ctx, float * logits)
     rt_graph g;
     ggml_rerope_status s = rt_graph_build(&plan, &sh, &g);
     if (s) return s;
-    if (!ggml_gallocr_alloc_graph(ctx->galloc, g.gf)) {
+    if (ctx->attn_mode == RT_ATTN_OUTSIDE) s = rt_pieces_alloc(&ctx->pieces, ctx->galloc, &g);
+    else if (!ggml_gallocr_alloc_graph(ctx->galloc, g.gf))
+        s = rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate the compute buffer for %d tokens", sh.n_tokens);
+    if (s) {
         ggml_free(g.ctx);
-        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate the compute buffer for %d tokens", sh.n_tokens);
+        return s;
     }
     s = set_inputs(ctx, &g, &sh);
     if (!s) s = compute_graph(ctx, &g, &sh);

@@ -6,10 +6,15 @@
  *             -> rms_norm -> SwiGLU FFN + residual] x n_layer -> rms_norm -> output head
  *
  * Only the rows whose logits are asked for go through the last layer's FFN and the output head
- * (get_rows after the last attention), as llama.cpp does. */
+ * (get_rows after the last attention), as llama.cpp does.
+ *
+ * With attention outside the graph each layer's nodes belong to its device (the model's placement):
+ * a copy node moves the residual stream where the device changes, each device has its own input of
+ * cache rows, and every node and input is tagged with its device for the allocator and the executor. */
 #include "rt_errors.h"
 #include "rt_graph.h"
 #include "rt_kv.h"
+#include "rt_place.h"
 #include "rt_placeholder.h"
 
 #include <stdio.h>
@@ -23,6 +28,60 @@ size_t rt_graph_max_nodes(const ggml_rerope_model * m, int32_t max_span) {
 size_t rt_graph_mem_size(const ggml_rerope_model * m, int32_t max_span) {
     const size_t max_nodes = rt_graph_max_nodes(m, max_span);
     return ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false);
+}
+
+ggml_rerope_status rt_graph_inputs_init(rt_graph_inputs * in, const ggml_rerope_model * m, int32_t n_batch) {
+    const rt_placement * pl = &m->place;
+    memset(in, 0, sizeof(*in));
+    for (int d = 0; d < pl->n_dev; d++) {
+        struct ggml_init_params ip = {.mem_size = 3 * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
+        if (!(in->ctx[d] = ggml_init(ip))) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for inputs");
+    }
+    for (int il = 0; il < pl->n_layer; il++) {
+        const int d = pl->layer_dev[il];
+        if (!in->kv_rows[d]) in->kv_rows[d] = ggml_new_tensor_1d(in->ctx[d], GGML_TYPE_I64, n_batch);
+    }
+    in->embd = ggml_new_tensor_2d(in->ctx[pl->layer_dev[0]], GGML_TYPE_F32, m->info.n_embd, n_batch);
+    in->out_ids = ggml_new_tensor_1d(in->ctx[pl->layer_dev[pl->n_layer - 1]], GGML_TYPE_I32, n_batch);
+    for (int d = 0; d < pl->n_dev; d++) {
+        ggml_backend_dev_t gpu = rt_place_gpu(pl, d);
+        if (!ggml_get_first_tensor(in->ctx[d])) continue; /* the head's device alone: no input */
+        in->buf[d] = ggml_backend_alloc_ctx_tensors_from_buft(in->ctx[d], gpu ? ggml_backend_dev_buffer_type(gpu)
+                                                                              : ggml_backend_cpu_buffer_type());
+        if (!in->buf[d])
+            return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate the graph inputs on %s", pl->name[d]);
+    }
+    return GGML_REROPE_OK;
+}
+
+void rt_graph_inputs_free(rt_graph_inputs * in) {
+    for (int d = 0; d < RT_MAX_DEVS; d++) {
+        if (in->buf[d]) ggml_backend_buffer_free(in->buf[d]);
+        if (in->ctx[d]) ggml_free(in->ctx[d]);
+    }
+    memset(in, 0, sizeof(*in));
+}
+
+/* The input of cache rows on device d: a view of the context's (pieces path), or a leaf. */
+static struct ggml_tensor * kv_rows_on(struct ggml_context * c, const rt_graph_plan * plan, rt_graph * g, int d,
+                                       int32_t n_tokens) {
+    if (!g->kv_rows[d]) {
+        if (plan->inputs) return g->kv_rows[d] = ggml_view_1d(c, plan->inputs->kv_rows[d], n_tokens, 0);
+        g->kv_rows[d] = ggml_new_tensor_1d(c, GGML_TYPE_I64, n_tokens);
+        ggml_set_input(g->kv_rows[d]);
+    }
+    return g->kv_rows[d];
+}
+
+/* node_slot from the node count at the end of each layer (layer_end); later nodes are the head's */
+static void tag_devices(const rt_graph_plan * plan, rt_graph * g, const int * layer_end, int n_layer_built) {
+    const rt_placement * pl = &plan->model->place;
+    const int n = ggml_graph_n_nodes(g->gf);
+    g->node_slot = plan->slot_mem;
+    for (int i = 0, il = 0; i < n; i++) {
+        while (il < n_layer_built && i >= layer_end[il]) il++;
+        g->node_slot[i] = il < n_layer_built ? pl->layer_dev[il] : pl->output_dev;
+    }
 }
 
 int32_t rt_batch_max_n_kv(const rt_batch_shape * sh) {
@@ -94,8 +153,7 @@ ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_sha
     if (plan->mode == RT_ATTN_OUTSIDE) {
         /* the graph runs on one backend, the embedding is in host memory; the kernel outside the
          * graph uses its default positions */
-        g->embd = ggml_new_tensor_2d(c, GGML_TYPE_F32, I->n_embd, n_tokens);
-        ggml_set_input(g->embd);
+        g->embd = ggml_view_2d(c, plan->inputs->embd, I->n_embd, n_tokens, plan->inputs->embd->nb[1], 0);
         inp = g->embd;
     } else {
         g->tokens = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_tokens);
@@ -106,11 +164,16 @@ ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_sha
         ggml_set_input(g->k_pos);
         inp = ggml_get_rows(c, m->tok_embd, g->tokens);
     }
-    g->kv_rows = ggml_new_tensor_1d(c, GGML_TYPE_I64, n_tokens);
-    ggml_set_input(g->kv_rows);
+    const bool outside = plan->mode == RT_ATTN_OUTSIDE;
+    const rt_placement * pl = &m->place;
+    /* node count at the end of each layer, after the node_slot part of slot_mem */
+    int * layer_end = outside ? plan->slot_mem + rt_graph_max_nodes(m, plan->max_span) : NULL;
+    int n_built = 0, dev = outside ? pl->layer_dev[0] : 0;
+    if (!outside) kv_rows_on(c, plan, g, 0, n_tokens);
     if (sh->n_out > 0 && sh->n_out < n_tokens) {
-        g->out_ids = ggml_new_tensor_1d(c, GGML_TYPE_I32, sh->n_out);
-        ggml_set_input(g->out_ids);
+        g->out_ids = plan->inputs ? ggml_view_1d(c, plan->inputs->out_ids, sh->n_out, 0)
+                                  : ggml_new_tensor_1d(c, GGML_TYPE_I32, sh->n_out);
+        if (!plan->inputs) ggml_set_input(g->out_ids);
     }
     if (plan->mode == RT_ATTN_GGML) {
         g->kq_mask = ggml_new_tensor_2d(c, GGML_TYPE_F16, n_kv, n_tokens);
@@ -124,6 +187,11 @@ ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_sha
     for (int il = 0; il < I->n_layer; il++) {
         const rt_layer * l = &m->layers[il];
         const bool last = il == I->n_layer - 1;
+        if (outside && pl->layer_dev[il] != dev) {
+            inp = rt_copy_node(c, inp, dev);
+            dev = pl->layer_dev[il];
+        }
+        struct ggml_tensor * rows = kv_rows_on(c, plan, g, dev, n_tokens);
         struct ggml_tensor * cur = rms_norm_mul(c, inp, l->attn_norm, eps);
 
         struct ggml_tensor * q = ggml_mul_mat(c, l->wq, cur);
@@ -144,10 +212,13 @@ ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_sha
         struct ggml_tensor *kc = kv->k[il], *vc = kv->v[il];
         const int64_t row = hd * I->n_head_kv;
         ggml_build_forward_expand(g->gf, ggml_set_rows(c, ggml_reshape_2d(c, kc, row, kv->n_ctx),
-                                                       ggml_reshape_2d(c, k, row, n_tokens), g->kv_rows));
+                                                       ggml_reshape_2d(c, k, row, n_tokens), rows));
         ggml_build_forward_expand(g->gf, ggml_set_rows(c, ggml_reshape_2d(c, vc, row, kv->n_ctx),
-                                                       ggml_reshape_2d(c, v, row, n_tokens), g->kv_rows));
-        if (last && sh->n_out == 0) break; /* only the cache was needed from this batch */
+                                                       ggml_reshape_2d(c, v, row, n_tokens), rows));
+        if (last && sh->n_out == 0) { /* only the cache was needed from this batch */
+            if (outside) layer_end[n_built++] = ggml_graph_n_nodes(g->gf);
+            break;
+        }
 
         struct ggml_tensor * att = NULL;
         if (plan->mode == RT_ATTN_OUTSIDE) { /* reads the cache itself, span by span */
@@ -174,12 +245,18 @@ ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_sha
         struct ggml_tensor * up = ggml_mul_mat(c, l->ffn_up, cur);
         cur = ggml_mul_mat(c, l->ffn_down, ggml_swiglu_split(c, gate, up));
         inp = ggml_add(c, cur, ffn_inp);
+        if (outside) {
+            ggml_build_forward_expand(g->gf, inp);
+            layer_end[n_built++] = ggml_graph_n_nodes(g->gf);
+        }
     }
     if (sh->n_out > 0) {
+        if (outside && pl->output_dev != dev) inp = rt_copy_node(c, inp, dev);
         struct ggml_tensor * cur = rms_norm_mul(c, inp, m->output_norm, eps);
         g->logits = ggml_mul_mat(c, m->output, cur); /* {n_vocab, n_out} */
         ggml_set_output(g->logits);
         ggml_build_forward_expand(g->gf, g->logits);
     }
+    if (outside) tag_devices(plan, g, layer_end, n_built);
     return GGML_REROPE_OK;
 }

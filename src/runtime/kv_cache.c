@@ -3,6 +3,7 @@
 #include "rt_errors.h"
 #include "rt_kv.h"
 #include "rt_memory.h"
+#include "rt_place.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,43 +23,73 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
                               enum ggml_type type_v) {
     memset(kv, 0, sizeof(*kv));
     const ggml_rerope_model_info * I = &m->info;
+    const rt_placement * pl = &m->place;
     kv->type_k = type_k;
     kv->type_v = type_v;
     kv->n_ctx = n_ctx;
     kv->n_layer = I->n_layer;
 
-    const size_t bytes = rt_kv_bytes_per_token(I, type_k, type_v) * (size_t) n_ctx;
-    const size_t avail = rt_mem_available_on(m->gpu_dev);
-    if (avail && bytes > avail)
-        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY,
-                           "n_ctx = %d needs a KV cache of %zu MiB, but only %zu MiB of %s memory are available", n_ctx,
-                           bytes >> 20, avail >> 20, m->gpu_dev ? ggml_backend_dev_name(m->gpu_dev) : "host");
+    /* host memory (the CPU's layers and the stand-ins') against MemAvailable, each GPU against its free */
+    const size_t per_layer = rt_kv_bytes_per_token(I, type_k, type_v) / (size_t) (I->n_layer > 0 ? I->n_layer : 1);
+    size_t need[RT_MAX_DEVS] = {0}, host = 0;
+    for (int il = 0; il < I->n_layer; il++) need[pl->layer_dev[il]] += per_layer * (size_t) n_ctx;
+    for (int d = 0; d < pl->n_dev; d++) {
+        if (rt_place_gpu(pl, d)) continue;
+        host += need[d];
+        need[d] = 0;
+    }
+    need[0] = host;
+    for (int d = 0; d < pl->n_dev; d++) {
+        const size_t avail = rt_mem_available_on(rt_place_gpu(pl, d));
+        if (need[d] && avail && need[d] > avail)
+            return rerope_fail(GGML_REROPE_ERR_NO_MEMORY,
+                               "n_ctx = %d needs a KV cache of %zu MiB, but only %zu MiB of %s memory are available",
+                               n_ctx, need[d] >> 20, avail >> 20, d == 0 ? "host" : pl->name[d]);
+    }
 
     kv->k = calloc((size_t) I->n_layer, sizeof(*kv->k));
     kv->v = calloc((size_t) I->n_layer, sizeof(*kv->v));
-    struct ggml_init_params ip = {
-        .mem_size = (size_t) (2 * I->n_layer) * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
-    kv->ctx = ggml_init(ip);
-    if (!kv->k || !kv->v || !kv->ctx) {
+    if (!kv->k || !kv->v) {
         rt_kv_free(kv);
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for the KV cache tensors");
     }
+    for (int d = 0; d < pl->n_dev; d++) {
+        struct ggml_init_params ip = {
+            .mem_size = (size_t) (2 * I->n_layer) * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
+        kv->ctx[d] = ggml_init(ip);
+        if (!kv->ctx[d]) {
+            rt_kv_free(kv);
+            return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for the KV cache tensors");
+        }
+    }
     for (int il = 0; il < I->n_layer; il++) {
-        kv->k[il] = ggml_new_tensor_3d(kv->ctx, type_k, I->head_dim, I->n_head_kv, n_ctx);
-        kv->v[il] = ggml_new_tensor_3d(kv->ctx, type_v, I->head_dim, I->n_head_kv, n_ctx);
+        struct ggml_context * c = kv->ctx[pl->layer_dev[il]];
+        kv->k[il] = ggml_new_tensor_3d(c, type_k, I->head_dim, I->n_head_kv, n_ctx);
+        kv->v[il] = ggml_new_tensor_3d(c, type_v, I->head_dim, I->n_head_kv, n_ctx);
         ggml_format_name(kv->k[il], "cache_k_l%d", il);
         ggml_format_name(kv->v[il], "cache_v_l%d", il);
     }
     /* Not cleared: attention only reads rows that were written, and untouched pages stay unresident. */
-    kv->buf = ggml_backend_alloc_ctx_tensors_from_buft(kv->ctx, m->gpu_dev ? ggml_backend_dev_buffer_type(m->gpu_dev)
-                                                                           : ggml_backend_cpu_buffer_type());
-    if (!kv->buf) {
-        rt_kv_free(kv);
-        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate a KV cache of %zu MiB for n_ctx = %d",
-                           bytes >> 20, n_ctx);
+    for (int d = 0; d < pl->n_dev; d++) {
+        if (!ggml_get_first_tensor(kv->ctx[d])) continue;
+        ggml_backend_dev_t gpu = rt_place_gpu(pl, d);
+        kv->buf[d] = ggml_backend_alloc_ctx_tensors_from_buft(kv->ctx[d], gpu ? ggml_backend_dev_buffer_type(gpu)
+                                                                              : ggml_backend_cpu_buffer_type());
+        if (!kv->buf[d]) {
+            rt_kv_free(kv);
+            return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "cannot allocate the KV cache of %s for n_ctx = %d",
+                               pl->name[d], n_ctx);
+        }
+        ggml_backend_buffer_set_usage(kv->buf[d], GGML_BACKEND_BUFFER_USAGE_ANY);
     }
-    ggml_backend_buffer_set_usage(kv->buf, GGML_BACKEND_BUFFER_USAGE_ANY);
     return GGML_REROPE_OK;
+}
+
+size_t rt_kv_bytes(const rt_kv_cache * kv) {
+    size_t n = 0;
+    for (int d = 0; d < RT_MAX_DEVS; d++)
+        if (kv->buf[d]) n += ggml_backend_buffer_get_size(kv->buf[d]);
+    return n;
 }
 
 /* Moves rows [src, src + n) of t down to dst (dst < src) through a host buffer of whole rows, front to back:
@@ -95,8 +126,10 @@ ggml_rerope_status rt_kv_remove_rows(rt_kv_cache * kv, int32_t p0, int32_t p1, i
 }
 
 void rt_kv_free(rt_kv_cache * kv) {
-    if (kv->buf) ggml_backend_buffer_free(kv->buf);
-    if (kv->ctx) ggml_free(kv->ctx);
+    for (int d = 0; d < RT_MAX_DEVS; d++) {
+        if (kv->buf[d]) ggml_backend_buffer_free(kv->buf[d]);
+        if (kv->ctx[d]) ggml_free(kv->ctx[d]);
+    }
     free(kv->k);
     free(kv->v);
     memset(kv, 0, sizeof(*kv));

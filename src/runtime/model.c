@@ -4,49 +4,26 @@
 #include "rt_file.h"
 #include "rt_hparams.h"
 #include "rt_model.h"
+#include "rt_place.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 ggml_rerope_model_params ggml_rerope_model_default_params(void) {
-    ggml_rerope_model_params p = {.n_gpu_layers = 0, .use_mmap = 1};
+    ggml_rerope_model_params p = {.n_gpu_layers = 0,
+                                  .use_mmap = 1,
+                                  .split_mode = GGML_REROPE_SPLIT_MODE_LAYER,
+                                  .main_gpu = 0,
+                                  .tensor_split = {0}};
     return p;
 }
 
 void ggml_rerope_model_free(ggml_rerope_model * m) {
     if (!m) return;
     rt_weights_free(m);
+    rt_placement_free(&m->place);
     rt_file_close(&m->file);
     free(m);
-}
-
-/* n_gpu_layers != 0: the CUDA device of ggml (llama-cpp-python's libggml) for the whole model. */
-static ggml_rerope_status pick_gpu(ggml_rerope_model * m, int32_t n_gpu_layers) {
-    if (n_gpu_layers == 0) return GGML_REROPE_OK;
-    const int32_t n_layer = m->info.n_layer;
-    if (n_gpu_layers > 0 && n_gpu_layers < n_layer)
-        return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED,
-                           "n_gpu_layers = %d would split the %d layers between CPU and GPU, which is not "
-                           "supported: use 0 (CPU) or -1 (everything on the GPU)",
-                           n_gpu_layers, n_layer);
-    for (size_t i = 0; i < ggml_backend_dev_count() && !m->gpu_dev; i++) {
-        ggml_backend_dev_t d = ggml_backend_dev_get(i);
-        if (ggml_backend_dev_type(d) == GGML_BACKEND_DEVICE_TYPE_GPU &&
-            strncmp(ggml_backend_dev_name(d), "CUDA", 4) == 0)
-            m->gpu_dev = d;
-    }
-    if (!m->gpu_dev)
-        return rerope_fail(GGML_REROPE_ERR_CUDA,
-                           "n_gpu_layers = %d asks for the GPU, but ggml (llama-cpp-python's libggml) sees no CUDA "
-                           "device: it needs an NVIDIA GPU and llama-cpp-python built with "
-                           "CMAKE_ARGS=\"-DGGML_CUDA=on\" (or use n_gpu_layers = 0)",
-                           n_gpu_layers);
-    if (!ggml_rerope_cuda_available())
-        return rerope_fail(GGML_REROPE_ERR_CUDA,
-                           "n_gpu_layers = %d asks for the GPU, but this libggml_rerope has no CUDA kernels "
-                           "(rebuild it with nvcc on the PATH, GGML_REROPE_CUDA=ON)",
-                           n_gpu_layers);
-    return GGML_REROPE_OK;
 }
 
 ggml_rerope_status ggml_rerope_model_load(const char * path, const ggml_rerope_model_params * params,
@@ -70,8 +47,8 @@ ggml_rerope_status ggml_rerope_model_load(const char * path, const ggml_rerope_m
         m->cpu_dev = reg && ggml_backend_reg_dev_count(reg) > 0 ? ggml_backend_reg_dev_get(reg, 0) : NULL;
         if (!m->cpu_dev) s = rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "ggml has no CPU device");
     }
-    if (!s) s = pick_gpu(m, p.n_gpu_layers);
-    if (!s) s = rt_weights_load(m, p.use_mmap != 0);
+    if (!s) s = rt_place_on_devices(&m->place, m->info.n_layer, &p);
+    if (!s) s = rt_weights_load(m, p.use_mmap != 0); /* checks the plan before it allocates */
     if (s) {
         ggml_rerope_model_free(m);
         return s;

@@ -1,4 +1,4 @@
-/* The KV cache layer (kv_cache.c): raw (unrotated) K and V per layer, where the model's device is. */
+/* The KV cache layer (kv_cache.c): raw (unrotated) K and V per layer, on that layer's device. */
 #ifndef GGML_REROPE_RT_KV_H
 #define GGML_REROPE_RT_KV_H
 
@@ -6,8 +6,8 @@
 
 /* Logical state of the KV cache: raw K and V per layer, {head_dim, n_head_kv, n_ctx}. */
 typedef struct rt_kv_cache {
-    struct ggml_context * ctx;
-    ggml_backend_buffer_t buf;
+    struct ggml_context * ctx[RT_MAX_DEVS]; /* per device of the placement: its layers' tensors */
+    ggml_backend_buffer_t buf[RT_MAX_DEVS];
     struct ggml_tensor ** k;
     struct ggml_tensor ** v;
     enum ggml_type type_k, type_v; /* ggml's types, block types included (quantized cache) */
@@ -31,6 +31,8 @@ static inline int32_t rt_span_n_kv(const rt_kv_span * s) { return s->n_past + s-
 ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, enum ggml_type type_k,
                               enum ggml_type type_v);
 void rt_kv_free(rt_kv_cache * kv);
+/* Bytes of every buffer of the cache. */
+size_t rt_kv_bytes(const rt_kv_cache * kv);
 size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type type_k, enum ggml_type type_v);
 /* Drops cache rows p0 .. p1-1 of every layer's K and V: rows p1 .. n_used-1 move down to p0.
  * Rows hold raw keys, so a moved row needs no re-rotation (its position is its new index). */

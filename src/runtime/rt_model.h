@@ -4,6 +4,8 @@
 #define GGML_REROPE_RT_MODEL_H
 
 #include "rt_hparams.h"
+#include "rt_place.h"
+#include "rt_plan.h"
 
 #include "ggml-backend.h"
 
@@ -24,8 +26,9 @@ struct ggml_rerope_model {
     rt_file file;
 
     ggml_backend_dev_t cpu_dev;
-    ggml_backend_dev_t gpu_dev; /* n_gpu_layers != 0: every layer, the head and the KV cache here;
-                                   the token embedding stays in host memory (looked up there) */
+    rt_placement place; /* each layer's device (its weights and KV rows), the head's; the token
+                           embedding stays in host memory (looked up there) */
+    rt_memory_plan plan; /* weights per device, as placed */
     /* Weight tensors live in ctx_w[i], allocated in bufs[i]; i = 0 is the plain/mmap one. */
     struct ggml_context * ctx_w[RT_MAX_BUFS];
     ggml_backend_buffer_type_t buft_w[RT_MAX_BUFS];

@@ -3,13 +3,16 @@
  *     tensor's mul_mat (a trial op through the device's supports_op), the data copied in
  *     (the buffer repacks it on set_tensor);
  *   - everything else zero-copy from the file mapping (or a CPU buffer without mmap).
- * A model on the GPU (m->gpu_dev) has every tensor but the token embedding in the GPU's buffer;
- * the embedding stays mapped and its rows are looked up on the CPU, as llama.cpp does. */
+ * A layer placed on a GPU (m->place) has its tensors in that GPU's buffer, the head likewise; the
+ * token embedding stays mapped and its rows are looked up on the CPU, as llama.cpp does. The memory
+ * plan is checked once the tensors are known, before any buffer is allocated. */
 #include "errors.h"
 #include "ggml-cpu.h"
 #include "rt_file.h"
 #include "rt_memory.h"
 #include "rt_model.h"
+#include "rt_place.h"
+#include "rt_plan.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -75,17 +78,18 @@ static int ctx_index(loader * L, ggml_backend_buffer_type_t buft) {
     return m->n_ctx_w++;
 }
 
-/* Buffer type of a matmul weight: the GPU's for a model there (which must multiply the type), else
- * the first repacking CPU buffer type that takes it, else NULL (plain: mmap or CPU). */
-static ggml_rerope_status matmul_buft(const loader * L, const char * name, enum ggml_type type, const int64_t * ne,
-                                      ggml_backend_buffer_type_t * out) {
+/* Buffer type of a matmul weight on device d: a GPU's (which must multiply the type), else the first
+ * repacking CPU buffer type that takes it, else NULL (plain: mmap or CPU). */
+static ggml_rerope_status matmul_buft(const loader * L, int d, const char * name, enum ggml_type type,
+                                      const int64_t * ne, ggml_backend_buffer_type_t * out) {
     const ggml_rerope_model * m = L->m;
+    ggml_backend_dev_t gpu = rt_place_gpu(&m->place, d);
     *out = NULL;
-    if (m->gpu_dev) {
-        *out = ggml_backend_dev_buffer_type(m->gpu_dev);
-        if (!buft_supports_matmul(m->gpu_dev, *out, type, ne))
+    if (gpu) {
+        *out = ggml_backend_dev_buffer_type(gpu);
+        if (!buft_supports_matmul(gpu, *out, type, ne))
             return rerope_fail(GGML_REROPE_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which %s cannot multiply",
-                               m->file.path, name, ggml_type_name(type), ggml_backend_dev_name(m->gpu_dev));
+                               m->file.path, name, ggml_type_name(type), ggml_backend_dev_name(gpu));
         return GGML_REROPE_OK;
     }
     for (int i = 0; i < L->n_extra && !*out; i++)
@@ -93,7 +97,8 @@ static ggml_rerope_status matmul_buft(const loader * L, const char * name, enum 
     return GGML_REROPE_OK;
 }
 
-static ggml_rerope_status get_tensor(loader * L, const char * name, w_kind kind, int64_t ne0, int64_t ne1,
+/* A tensor of device d (index into m->place). */
+static ggml_rerope_status get_tensor(loader * L, int d, const char * name, w_kind kind, int64_t ne0, int64_t ne1,
                                      bool required, struct ggml_tensor ** out) {
     ggml_rerope_model * m = L->m;
     const rt_file * f = &m->file;
@@ -120,10 +125,10 @@ static ggml_rerope_status get_tensor(loader * L, const char * name, w_kind kind,
 
     ggml_backend_buffer_type_t buft = NULL; /* NULL: plain (mmap or CPU) */
     if (kind == W_MATMUL) {
-        ggml_rerope_status s = matmul_buft(L, name, type, ne, &buft);
+        ggml_rerope_status s = matmul_buft(L, d, name, type, ne, &buft);
         if (s) return s;
-    } else if (kind == W_VEC && m->gpu_dev) {
-        buft = ggml_backend_dev_buffer_type(m->gpu_dev);
+    } else if (kind == W_VEC && rt_place_gpu(&m->place, d)) {
+        buft = ggml_backend_dev_buffer_type(rt_place_gpu(&m->place, d));
     }
     const int ci = ctx_index(L, buft);
     if (ci < 0) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory creating a weight context");
@@ -175,16 +180,17 @@ static ggml_rerope_status create_tensors(loader * L) {
                            m->file.path, (long long) m->hp.n_tokens_meta, (long long) n_vocab);
     if ((s = check_layer_indices(m))) return s;
 
-    if ((s = get_tensor(L, "token_embd.weight", W_EMBD, n_embd, n_vocab, true, &m->tok_embd))) return s;
-    if ((s = get_tensor(L, "output_norm.weight", W_VEC, n_embd, 1, true, &m->output_norm))) return s;
-    if ((s = get_tensor(L, "output.weight", W_MATMUL, n_embd, n_vocab, false, &m->output))) return s;
+    const int out_dev = m->place.output_dev;
+    if ((s = get_tensor(L, 0, "token_embd.weight", W_EMBD, n_embd, n_vocab, true, &m->tok_embd))) return s;
+    if ((s = get_tensor(L, out_dev, "output_norm.weight", W_VEC, n_embd, 1, true, &m->output_norm))) return s;
+    if ((s = get_tensor(L, out_dev, "output.weight", W_MATMUL, n_embd, n_vocab, false, &m->output))) return s;
     if (!m->output) {
         /* Tied embeddings. As llama.cpp does, the head gets its own (repacked) copy when a repacking
          * buffer type takes it: get_rows needs the plain layout, the head's matmul wants the repacked one. */
         m->output = m->tok_embd;
         const enum ggml_type t = m->tok_embd->type;
         ggml_backend_buffer_type_t head = NULL; /* the GPU too gets its own copy: the embedding stays on the host */
-        if ((s = matmul_buft(L, "output.weight (tied)", t, m->tok_embd->ne, &head))) return s;
+        if ((s = matmul_buft(L, out_dev, "output.weight (tied)", t, m->tok_embd->ne, &head))) return s;
         if (head) {
             const int ci = ctx_index(L, head);
             if (ci < 0) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory creating a weight context");
@@ -202,14 +208,15 @@ static ggml_rerope_status create_tensors(loader * L) {
     m->layers = calloc((size_t) I->n_layer, sizeof(rt_layer));
     if (!m->layers) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for %d layers", I->n_layer);
     char name[96];
-#define T(field, suffix, kind, a, b, req)                                    \
-    do {                                                                     \
-        snprintf(name, sizeof(name), "blk.%d." suffix, il);                  \
-        if ((s = get_tensor(L, name, kind, a, b, req, &l->field))) return s; \
+#define T(field, suffix, kind, a, b, req)                                       \
+    do {                                                                        \
+        snprintf(name, sizeof(name), "blk.%d." suffix, il);                     \
+        if ((s = get_tensor(L, d, name, kind, a, b, req, &l->field))) return s; \
     } while (0)
     const bool qk_norm = m->hp.arch == RT_ARCH_QWEN3;
     for (int il = 0; il < I->n_layer; il++) {
         rt_layer * l = &m->layers[il];
+        const int d = m->place.layer_dev[il];
         T(attn_norm, "attn_norm.weight", W_VEC, n_embd, 1, true);
         T(wq, "attn_q.weight", W_MATMUL, n_embd, nq, true);
         T(wk, "attn_k.weight", W_MATMUL, n_embd, nkv, true);
@@ -308,22 +315,21 @@ static int64_t gguf_id_of(const loader * L, const struct ggml_tensor * t) {
 static ggml_rerope_status allocate_and_fill(loader * L) {
     ggml_rerope_model * m = L->m;
     rt_file * f = &m->file;
-    size_t copied = 0, on_gpu = 0;
+    size_t copied = 0; /* host memory; the GPUs' shares were checked by the plan */
     for (int i = 0; i < m->n_ctx_w; i++) {
-        const bool gpu = m->gpu_dev && m->buft_w[i] == ggml_backend_dev_buffer_type(m->gpu_dev);
-        if (m->buft_w[i] || !L->use_mmap)
+        bool host = true;
+        for (int d = 1; d < m->place.n_dev; d++)
+            if (rt_place_gpu(&m->place, d) && m->buft_w[i] == ggml_backend_dev_buffer_type(rt_place_gpu(&m->place, d)))
+                host = false;
+        if (host && (m->buft_w[i] || !L->use_mmap))
             for (struct ggml_tensor * t = ggml_get_first_tensor(m->ctx_w[i]); t;
                  t = ggml_get_next_tensor(m->ctx_w[i], t))
-                *(gpu ? &on_gpu : &copied) += ggml_nbytes(t);
+                copied += ggml_nbytes(t);
     }
     const size_t avail = rt_mem_available_on(NULL);
     if (avail && copied > avail)
         return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "%s: weights need %zu MiB of memory, %zu MiB available", f->path,
                            copied >> 20, avail >> 20);
-    const size_t gpu_free = on_gpu ? rt_mem_available_on(m->gpu_dev) : 0;
-    if (gpu_free && on_gpu > gpu_free)
-        return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "%s: weights need %zu MiB of %s memory, %zu MiB free", f->path,
-                           on_gpu >> 20, ggml_backend_dev_name(m->gpu_dev), gpu_free >> 20);
 
     for (int i = 0; i < m->n_ctx_w; i++) {
         struct ggml_context * c = m->ctx_w[i];
@@ -396,6 +402,10 @@ ggml_rerope_status rt_weights_load(ggml_rerope_model * m, bool use_mmap) {
     ggml_rerope_status s =
         ctx_index(&L, NULL) == 0 ? GGML_REROPE_OK : rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory");
     if (!s) s = create_tensors(&L);
+    if (!s) {
+        rt_plan_make(&m->place, &m->file, &m->info, &m->hp, 0, 0, GGML_TYPE_F16, GGML_TYPE_F16, &m->plan);
+        s = rt_plan_check(&m->plan, m->file.path, true);
+    }
     if (!s) s = load_rope_factors(m);
     if (!s) s = allocate_and_fill(&L);
     if (!s) {
@@ -407,6 +417,7 @@ ggml_rerope_status rt_weights_load(ggml_rerope_model * m, bool use_mmap) {
         }
     }
     if (!s && getenv("GGML_REROPE_VERBOSE")) {
+        rt_plan_print(&m->plan);
         for (int i = 0; i < m->n_ctx_w; i++) {
             int count = 0;
             for (struct ggml_tensor * t = ggml_get_first_tensor(m->ctx_w[i]); t;
