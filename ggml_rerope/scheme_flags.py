@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from .longrope_factors import FORMAT_HINT, LongRopeFactors, read_factors_file
 from .schemes import SCHEMES, Scheme, make_scheme
 
 # flag destination -> (scheme option name, schemes that take it)
@@ -52,17 +53,20 @@ def add_scheme_arguments(parser, default: str = "rerope"):
     g.add_argument("--truncate-wavelength", type=float,
                    help="Giraffe truncation cut-off wavelength (default: trained context)")
     g.add_argument("--longrope-factors", type=_parse_factors, metavar="F1,F2,...|FILE",
-                   help="LongRoPE per-pair divisors (comma list or a file of numbers)")
+                   help="LongRoPE per-pair divisors: a comma list (the long set), or a factors file "
+                        f"{FORMAT_HINT} as python -m ggml_rerope.longrope_search writes it")
     return g
 
 
 def _parse_factors(text: str):
+    """A factors file (LongRopeFactors: long and short sets) or an inline comma list (the long set)."""
     p = pathlib.Path(text)
-    raw = p.read_text() if p.is_file() else text
     try:
-        return [float(x) for x in raw.replace(",", " ").split()]
+        if p.is_file():
+            return read_factors_file(p)
+        return [float(x) for x in text.replace(",", " ").split()]
     except ValueError as e:  # ArgumentTypeError: argparse shows this message, not "invalid _parse_factors value"
-        raise argparse.ArgumentTypeError(f"not a file nor a list of numbers: {e}") from None
+        raise argparse.ArgumentTypeError(f"not a factors file nor a list of numbers: {e}") from None
 
 
 def scheme_options_from_args(args) -> tuple:
@@ -80,6 +84,9 @@ def scheme_options_from_args(args) -> tuple:
             flag = "--" + dest.replace("_", "-")
             raise ValueError(f"{flag} does not apply to --rope-scaling {name} "
                              f"(it applies to {', '.join(sorted(takers))})")
+        if isinstance(value, LongRopeFactors):  # a factors file: its long and short sets
+            options.update(value.scheme_options())
+            continue
         options[opt] = value
     if name in ("rerope", "leaky-rerope"):
         options["logn"] = bool(getattr(args, "logn", True))

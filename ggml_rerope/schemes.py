@@ -375,22 +375,34 @@ def yarn(hyper, n_ctx, *, scale=None, beta_fast=None, beta_slow=None, ext_factor
     return Scheme("yarn", freq_factors=factors, attn_factor=mscale * mscale)
 
 
-def longrope(hyper, n_ctx, *, factors=None, attn_factor=None, orig_ctx=None, **options) -> Scheme:
+def longrope(hyper, n_ctx, *, factors=None, short_factors=None, attn_factor=None, orig_ctx=None,
+             **options) -> Scheme:
     """LongRoPE (Ding et al. 2024, arXiv:2402.13753): searched per-dimension rescale factors.
 
     `factors` are DIVISORS of theta (LongRoPE's / transformers' long_factor convention, and the
     GGUF's). Without them they come from the GGUF: rope_factors_long when n_ctx exceeds the
-    original context, else rope_factors_short (Phi-3 style); else the rope_freqs tensor. The score
-    is multiplied by a^2 (the factor multiplies q and k, as in llama.cpp and transformers) with
-    a = the given attn_factor, the GGUF rope.scaling.attn_factor, or LongRoPE's
-    sqrt(1 + ln s / ln L_orig), s = n_ctx / L_orig.
+    original context, else rope_factors_short (Phi-3 style, chosen once by n_ctx as llama.cpp does);
+    else the rope_freqs tensor. The score is multiplied by a^2 (the factor multiplies q and k, as in
+    llama.cpp and transformers) with a = the given attn_factor, the GGUF rope.scaling.attn_factor, or
+    LongRoPE's sqrt(1 + ln s / ln L_orig), s = n_ctx / L_orig.
+
+    `short_factors` (divisors too, with `factors`): the milder set of LongRoPE for sequences up to
+    the original context. The scheme is then dynamic: it is the short set while the sequence has at
+    most L_orig tokens and the long set past that (as transformers switches by the current length;
+    exact here because the cache holds raw keys). The short set's attention factor is 1 (s = 1), so
+    with short factors of ones the trained context is plain RoPE.
     """
     _unexpected("longrope", options)
     g = hyper.rope_scaling
     orig = int(orig_ctx or g.get("orig_ctx") or hyper.n_ctx_train)
+    short_div = None
     if factors is not None:
         divisors = _as_factors(factors, hyper, "factors")
+        if short_factors is not None:
+            short_div = _as_factors(short_factors, hyper, "short_factors")
     else:
+        if short_factors is not None:
+            raise ValueError("short_factors go with factors (the long set)")
         long_ctx = n_ctx > orig
         chosen = hyper.rope_factors_long if long_ctx else hyper.rope_factors_short
         if chosen is None:
@@ -401,14 +413,24 @@ def longrope(hyper, n_ctx, *, factors=None, attn_factor=None, orig_ctx=None, **o
                 "rope_factors_long tensor; pass factors=[...] (n_rot/2 divisors of theta)"
             )
         divisors = _as_factors(chosen, hyper, "GGUF rope factors")
+    # The LongRoPE factors replace the model's rope_freqs (in a GGUF they ARE its rope_freqs).
+    short = None if short_div is None else Scheme("longrope", freq_factors=1.0 / short_div)
+    if short is not None and n_ctx <= orig:
+        return short  # the sequence never grows past the original context
     if attn_factor is None:
         attn_factor = g.get("attn_factor")
     if attn_factor is None:
         s = max(1.0, n_ctx / orig)
         attn_factor = math.sqrt(1.0 + math.log(s) / math.log(orig)) if s > 1 else 1.0
     a = float(attn_factor)
-    # The LongRoPE factors replace the model's rope_freqs (in a GGUF they ARE its rope_freqs).
-    return Scheme("longrope", freq_factors=1.0 / divisors, attn_factor=a * a)
+    long = Scheme("longrope", freq_factors=1.0 / divisors, attn_factor=a * a)
+    if short is None:
+        return long
+
+    def at(length: int) -> Scheme:
+        return short if length <= orig else long
+
+    return dataclasses.replace(long, resolver=at)
 
 
 def power(hyper, n_ctx, *, power=0.5, scale=None, **options) -> Scheme:

@@ -270,6 +270,26 @@ def test_longrope_without_factors_says_why():
         make_scheme("longrope", HYPER, 4 * L_TRAIN, factors=[1.0, 2.0])
 
 
+def test_longrope_short_factors_switch_by_length():
+    div, ones = np.linspace(1, 6, D // 2), np.ones(D // 2)
+    sch = make_scheme("longrope", HYPER, 4 * L_TRAIN, factors=div, short_factors=ones * 1.5)
+    a2 = 1 + math.log(4.0) / math.log(L_TRAIN)
+    assert sch.dynamic and sch.attn_factor == pytest.approx(a2)
+    np.testing.assert_allclose(sch.freq_factors, 1 / div)  # the scheme as n_ctx asks: the long set
+    for length, want, attn in ((1, ones / 1.5, 1.0), (L_TRAIN, ones / 1.5, 1.0), (L_TRAIN + 1, 1 / div, a2)):
+        got = sch.resolve(length)
+        assert not got.dynamic and got.attn_factor == pytest.approx(attn)
+        np.testing.assert_allclose(got.freq_factors, want)
+    inside = make_scheme("longrope", HYPER, L_TRAIN, factors=div, short_factors=ones)
+    assert not inside.dynamic and inside.attn_factor == 1.0
+    np.testing.assert_allclose(inside.freq_factors, ones)
+    assert not make_scheme("longrope", HYPER, 4 * L_TRAIN, factors=div).dynamic  # no short set: static
+    with pytest.raises(ValueError, match="short_factors go with factors"):
+        make_scheme("longrope", HYPER, 4 * L_TRAIN, short_factors=ones)
+    with pytest.raises(ValueError, match="short_factors must have"):
+        make_scheme("longrope", HYPER, 4 * L_TRAIN, factors=div, short_factors=[1.0])
+
+
 def test_model_rope_freqs_fold_into_other_schemes():
     div = np.linspace(1, 4, D // 2)
     hyper = ModelHyper(n_rot=D, rope_base=10000.0, n_ctx_train=L_TRAIN, head_dim=D, rope_freqs=div, has_rope_freqs=True)
@@ -452,15 +472,23 @@ def test_cli_flag_for_another_scheme_is_an_error():
         scheme_options_from_args(parse(["--rope-scaling", "bogus"]))
 
 
-def test_cli_bad_longrope_factors_say_why(capsys, tmp_path):
-    f = tmp_path / "factors.txt"
-    f.write_text("1.0 2.0\n3.5\n")
-    assert parse(["--rope-scaling", "longrope", "--longrope-factors", str(f)]).longrope_factors == [1.0, 2.0, 3.5]
-    for bad in ("1,2,x", str(tmp_path / "missing.txt")):
+def test_cli_longrope_factors_file_and_list(capsys, tmp_path):
+    f = tmp_path / "factors.json"
+    f.write_text('{"long_factor": [1.0, 2.0, 3.5], "short_factor": [1, 1, 1.5], "made_by": "hand"}')
+    got = parse(["--rope-scaling", "longrope", "--longrope-factors", str(f)]).longrope_factors
+    assert got.long == (1.0, 2.0, 3.5) and got.short == (1.0, 1.0, 1.5) and got.meta == {"made_by": "hand"}
+    assert parse(["--rope-scaling", "longrope", "--longrope-factors", "1,2 3.5"]).longrope_factors == [1.0, 2.0, 3.5]
+    numbers = tmp_path / "numbers.txt"  # one file format: a bare list of numbers is not it
+    numbers.write_text("1.0 2.0\n3.5\n")
+    short_longer = tmp_path / "bad.json"
+    short_longer.write_text('{"long_factor": [1, 2], "short_factor": [1, 1, 1]}')
+    for bad, why in (("1,2,x", "could not convert"), (str(tmp_path / "missing.txt"), "could not convert"),
+                     (str(numbers), "not JSON"), (str(short_longer), "short_factor has 3 values")):
         with pytest.raises(SystemExit):
             parse(["--rope-scaling", "longrope", "--longrope-factors", bad])
         err = capsys.readouterr().err
-        assert "--longrope-factors: not a file nor a list of numbers" in err and "_parse_factors" not in err
+        assert "--longrope-factors: not a factors file nor a list of numbers" in err and why in err, err
+        assert "_parse_factors" not in err
 
 
 def test_c_struct_conversion():
