@@ -16,6 +16,7 @@ import time
 from typing import Optional
 
 from .cache_flags import add_cache_type_arguments, cache_types
+from .placement_flags import add_placement_flags, placement_kwargs
 from .scheme_flags import add_scheme_arguments, scheme_options_from_args
 
 HELP_COMMANDS = "/reset: forget the conversation   /exit: quit   Ctrl-C: stop the answer"
@@ -41,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-penalty", type=float, default=1.0, help="repeat penalty (1: off; default 1.0)")
     p.add_argument("--seed", type=int, default=-1, help="sampling seed (-1: random)")
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
-                   help="-1: the whole model on the GPU (needs CUDA builds of this package and of "
-                        "llama-cpp-python); 0: CPU")
+                   help="layers on the GPU, llama.cpp's count (the output head is the first): -1 the whole "
+                        "model (needs CUDA builds of this package and of llama-cpp-python); 0: CPU")
+    add_placement_flags(p)
     p.add_argument("-s", "--system", default=None, help="system prompt")
     add_cache_type_arguments(p)
     p.add_argument("-f", "--file", metavar="PATH", help="document to put into the context first")
@@ -291,7 +293,7 @@ def _load(args):
         args.model_opt or args.model, n_ctx=args.ctx_size, n_threads=args.threads, n_batch=args.batch_size,
         n_gpu_layers=args.n_gpu_layers, rope_scaling=name, rope_options=options, type_k=type_k, type_v=type_v,
         seed=None if args.seed < 0 else args.seed, verbose=args.verbose, context_shift=args.context_shift,
-        n_keep=0 if args.keep is None else args.keep,
+        n_keep=0 if args.keep is None else args.keep, **placement_kwargs(args),
     )
 
 

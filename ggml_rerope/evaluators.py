@@ -36,11 +36,11 @@ class RuntimeEvaluator:
     engine = "ggml-rerope"
 
     def __init__(self, model_path, n_ctx: int, scheme="rerope", *, n_threads=None, n_batch=512, n_gpu_layers=0,
-                 type_k="f16", type_v="f16", **options):
+                 type_k="f16", type_v="f16", placement: Optional[dict] = None, **options):
         from .model import Model
 
         self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers,
-                           type_k=type_k, type_v=type_v)
+                           type_k=type_k, type_v=type_v, **(placement or {}))
         try:
             self.scheme = self._set_scheme(scheme, n_ctx, options)
         except BaseException:
@@ -140,16 +140,18 @@ class LlamaCppEvaluator(LlamaCppEngine):
 
 def open_evaluator(model_path=None, n_ctx: int = 4096, scheme="rerope", *, engine: str = "ggml-rerope",
                    n_threads: Optional[int] = None, n_batch: int = 512, n_gpu_layers: int = 0, type_k: str = "f16",
-                   type_v: str = "f16", **options):
+                   type_v: str = "f16", placement: Optional[dict] = None, **options):
     """An evaluator of `engine` ("ggml-rerope" or "llama.cpp") for the model (None: default);
-    n_gpu_layers -1 runs it on the GPU (CUDA builds of both)."""
+    n_gpu_layers -1 runs it on the GPU (CUDA builds of both); placement: Model's split_mode /
+    tensor_split / main_gpu (ours only: llama.cpp's engine spreads layers by its defaults)."""
     if model_path is None:
         from .default_model import default_model_path
 
         model_path = default_model_path()
     if engine == "ggml-rerope":
         return RuntimeEvaluator(model_path, n_ctx, scheme, n_threads=n_threads, n_batch=n_batch,
-                                n_gpu_layers=n_gpu_layers, type_k=type_k, type_v=type_v, **options)
+                                n_gpu_layers=n_gpu_layers, type_k=type_k, type_v=type_v, placement=placement,
+                                **options)
     if engine == "llama.cpp":
         return LlamaCppEvaluator(model_path, n_ctx, scheme, n_threads=n_threads, n_batch=n_batch,
                                  n_gpu_layers=n_gpu_layers, type_k=type_k, type_v=type_v, **options)
@@ -163,12 +165,13 @@ def run_measurement(args, scheme: str, options: dict, measure):
     'error:' line and gives 1."""
     from .cache_flags import cache_types
     from .errors import ReropeError
+    from .placement_flags import placement_kwargs
 
     try:
         type_k, type_v = cache_types(args)
         ev = open_evaluator(args.model, n_ctx=args.ctx, scheme=scheme, engine=args.engine, n_threads=args.threads,
                             n_batch=args.batch, n_gpu_layers=args.n_gpu_layers, type_k=type_k, type_v=type_v,
-                            **options)
+                            placement=placement_kwargs(args), **options)
         try:
             res = measure(ev)
             res.scheme, res.engine = ev.describe(), ev.engine

@@ -126,6 +126,9 @@ class Llama(Closing):
         model_path: Optional[str] = None,
         *,
         n_gpu_layers: int = 0,
+        split_mode: int = 1,
+        main_gpu: int = 0,
+        tensor_split: Optional[list] = None,
         seed: int = llama_args.LLAMA_DEFAULT_SEED,
         n_ctx: int = 512,
         n_batch: int = 512,
@@ -172,7 +175,8 @@ class Llama(Closing):
                 n_ctx = probe.n_ctx_train
         self._model = Model(
             model_path, n_ctx=n_ctx, n_threads=n_threads or n_threads_batch, n_batch=min(n_ctx, n_batch),
-            n_gpu_layers=n_gpu_layers, rope_scaling=name, rerope_window=rerope_window, rerope_leaky_k=rerope_leaky_k,
+            n_gpu_layers=n_gpu_layers, split_mode=split_mode, main_gpu=main_gpu, tensor_split=tensor_split,
+            rope_scaling=name, rerope_window=rerope_window, rerope_leaky_k=rerope_leaky_k,
             logn=logn, rope_options=options, **dict(zip(("type_k", "type_v"),
                                                         llama_args.cache_types_from(type_k, type_v, kv_type))),
             verbose=verbose, _sequence=_sequence)

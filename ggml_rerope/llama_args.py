@@ -27,12 +27,12 @@ APPLIED = frozenset({
     "model_path", "n_gpu_layers", "seed", "n_ctx", "n_batch", "n_threads", "n_threads_batch",
     "rope_scaling_type", "rope_freq_scale", "yarn_ext_factor", "yarn_attn_factor", "yarn_beta_fast",
     "yarn_beta_slow", "yarn_orig_ctx", "logits_all", "last_n_tokens_size", "chat_format", "chat_handler",
-    "type_k", "type_v", "verbose",
+    "type_k", "type_v", "verbose", "split_mode", "main_gpu", "tensor_split",
 })
 
 # name -> llama-cpp-python's default
 NO_EFFECT = {
-    "split_mode": 1, "main_gpu": 0, "tensor_split": None, "use_mmap": True, "use_mlock": False,
+    "use_mmap": True, "use_mlock": False,
     "n_ubatch": 512, "pooling_type": -1, "attention_type": -1, "offload_kqv": True, "flash_attn": False,
     "op_offload": None, "swa_full": None, "no_perf": False, "numa": False, "spm_infill": False,
 }

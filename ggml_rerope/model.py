@@ -38,6 +38,20 @@ from .tokenizer import Tokenizer
 ProgressFn = Callable[[int, int], None]
 
 
+def _print_plan(model_path, n_ctx, n_batch, type_k, type_v, n_gpu_layers, split_mode, tensor_split, main_gpu):
+    """verbose: what each device will hold, before the model loads (ggml_rerope_model_plan)."""
+    from .placement import memory_plan
+
+    mib = 1 << 20
+    for d in memory_plan(model_path, n_ctx=n_ctx, n_batch=n_batch, type_k=type_k, type_v=type_v,
+                         n_gpu_layers=n_gpu_layers, split_mode=split_mode, tensor_split=tensor_split,
+                         main_gpu=main_gpu):
+        share = f"layers {d.layers.start}..{d.layers.stop - 1}" if len(d.layers) else "no layer"
+        print(f"ggml_rerope: plan {d.name}: {share}{' + output head' if d.has_output else ''}: weights "
+              f"{d.weight_bytes / mib:.1f} MiB, KV {d.kv_bytes / mib:.1f} MiB, compute ~{d.compute_bytes / mib:.1f} "
+              f"MiB, free {d.free_bytes / mib:.0f} MiB{'' if d.fits else ' (DOES NOT FIT)'}", file=sys.stderr)
+
+
 def _int_arg(name: str, value, minimum: int, allow_none: bool = False) -> Optional[int]:
     if value is None and allow_none:
         return None
@@ -162,9 +176,16 @@ class Model(Closing):
         n_ctx: tokens the KV cache holds (may exceed the model's trained context).
         n_threads: CPU threads; None = every core this process may use.
         n_batch: micro-batch of the prompt evaluation.
-        n_gpu_layers: 0 = CPU only; -1 (or >= the layer count) = weights, KV cache and compute on
-            the CUDA GPU (needs this library built with CUDA and llama-cpp-python built with
-            CMAKE_ARGS="-DGGML_CUDA=on"; else CudaError). Splitting layers is not supported.
+        n_gpu_layers: layers on the CUDA GPU(s), llama.cpp's rule: the output head counts as one
+            more layer after the last and goes first, so N in 1..n_layer puts the head and the last
+            N - 1 layers (weights, their KV cache rows, compute) on the GPU; -1 (or > n_layer) =
+            everything; 0 = CPU only. The token embedding stays in host memory. Needs this
+            library built with CUDA and llama-cpp-python built with CMAKE_ARGS="-DGGML_CUDA=on"
+            (else CudaError); a GPU too small for its share is an OutOfMemoryError naming it.
+        split_mode, tensor_split, main_gpu: several GPUs, llama-cpp-python's names: "layer"
+            (default: runs of layers per GPU in proportion to tensor_split, by default to each
+            GPU's free memory) or "none" (all offloaded layers on main_gpu); "row" is unsupported.
+            `ggml_rerope.placement.memory_plan` says what each device would hold.
         rope_scaling: "rerope" (default): plain RoPE within `rerope_window` tokens, every longer
             distance clamped to the window; "leaky-rerope": beyond the window distances keep
             growing with slope 1 / rerope_leaky_k; "none": plain RoPE (no window, no log-n),
@@ -184,7 +205,7 @@ class Model(Closing):
             "q5_1", "iq4_nl" (block types: head_dim a multiple of 32). q8_0 halves the cache of f16.
         kv_type: both at once (type_k / type_v override it).
         seed: seed of sampling; None = fresh entropy. A call's own seed overrides it.
-        verbose: print load information to stderr.
+        verbose: print load information to stderr (with the memory plan per device).
         context_shift: when an evaluation or a generation would overflow n_ctx, drop the oldest
             tokens after the first `n_keep` and go on, as llama.cpp's --context-shift: half of
             the tokens past n_keep go (n_discard = (n_past - n_keep) // 2). The cache holds raw
@@ -201,6 +222,9 @@ class Model(Closing):
         n_threads: Optional[int] = None,
         n_batch: int = 512,
         n_gpu_layers: int = 0,
+        split_mode: str = "layer",
+        tensor_split: Optional[list] = None,
+        main_gpu: int = 0,
         rope_scaling: str = "rerope",
         rerope_window: Optional[int] = None,
         rerope_leaky_k: Optional[float] = None,
@@ -255,7 +279,13 @@ class Model(Closing):
         self._seed_rng = np.random.default_rng(seed)
 
         t0 = time.perf_counter()
-        self._model = RuntimeModel(model_path, n_gpu_layers=n_gpu_layers) if _sequence is None else _sequence.model
+        if self.verbose and _sequence is None:
+            _print_plan(model_path, n_ctx, n_batch, type_k, type_v, n_gpu_layers, split_mode, tensor_split, main_gpu)
+        if _sequence is None:
+            self._model = RuntimeModel(model_path, n_gpu_layers=n_gpu_layers, split_mode=split_mode,
+                                       tensor_split=tensor_split, main_gpu=main_gpu)
+        else:
+            self._model = _sequence.model
         try:
             self._info = self._model.info
             self._info_dict = self._model.info_dict()

@@ -35,6 +35,7 @@ from typing import Optional
 import numpy as np
 
 from .cache_flags import add_cache_type_arguments
+from .placement_flags import add_placement_flags
 from .scheme_flags import add_scheme_arguments, scheme_options_from_args
 
 # Every piece after the instruction starts with a space (or the question's newline) and ends
@@ -216,7 +217,9 @@ def main(argv=None) -> int:
     p.add_argument("--engine", choices=("ggml-rerope", "llama.cpp"), default="ggml-rerope")
     p.add_argument("--threads", type=int)
     p.add_argument("--batch", type=int, default=512)
-    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="-1: run on the GPU (CUDA builds)")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                   help="layers on the GPU, llama.cpp's count (the output head is the first); -1: all (CUDA builds)")
+    add_placement_flags(p)
     add_cache_type_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
