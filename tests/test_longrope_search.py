@@ -106,24 +106,43 @@ def test_best_loss_never_rises_and_is_the_runtime_loss(tiny, uninterrupted):
     assert min(e["loss"] for e in evals) == best[-1]
     origins = {e["origin"] for e in evals}
     assert {"pi", "ntk", "yarn", "mutation", "crossover"} <= origins
-    # the recorded loss is the runtime's: the same windows through Model.logits under these factors
+    made = factors.meta["long_search"]
+    assert made["calibration_loss"] == best[-1] and made["target_ctx"] == TARGET
+    assert made["calibration_tokens"][-1][1] == len(_tokens(tiny))  # by default the text's last windows
+    assert _runtime_loss(tiny, factors) == pytest.approx(best[-1], abs=1e-6)
+    assert factors.short == (1.0,) * len(factors.long)  # a long search: short set of ones
+
+
+def _tokens(tiny):
+    from ggml_rerope import Model
+
+    with Model(str(tiny[0]), n_ctx=16, n_threads=1) as m:
+        return m.tokenize(tiny[1].read_text(), add_bos=True)
+
+
+def _runtime_loss(tiny, factors, score_last=None):
+    """The loss of the windows the factors file names, through Model.logits under its long set."""
     from ggml_rerope import Model
     from ggml_rerope.perplexity import _window, token_nll
 
-    made = factors.meta["long_search"]
-    assert made["calibration_loss"] == best[-1] and made["target_ctx"] == TARGET
-    model, _ = tiny
-    with Model(str(model), n_ctx=TARGET, n_batch=TARGET, n_threads=1, rope_scaling="longrope",
+    tokens = _tokens(tiny)
+    with Model(str(tiny[0]), n_ctx=TARGET, n_batch=TARGET, n_threads=1, rope_scaling="longrope",
                rope_options={"factors": list(factors.long)}) as m:
-        tokens = m.tokenize(tiny[1].read_text(), add_bos=True)
         add_bos = bool(m.tokenize("", add_bos=True))  # the perplexity tool's BOS rule
         nll = []
-        for start, end in made["calibration_tokens"]:
+        for start, end in factors.meta["long_search"]["calibration_tokens"]:
             window = _window(tokens, start, end - start, m.tokenizer.bos_id, add_bos)
-            nll.append(token_nll(m.logits(window)[:-1], window[1:]))
-        assert end == len(tokens)  # by default the windows are the text's last ones
-    assert float(np.concatenate(nll).mean()) == pytest.approx(best[-1], abs=1e-6)
-    assert factors.short == (1.0,) * len(factors.long)  # a long search: short set of ones
+            nll.append(token_nll(m.logits(window)[:-1], window[1:])[-(score_last or TARGET):])
+    return float(np.concatenate(nll).mean())
+
+
+def test_score_last_scores_the_windows_end(tiny, tmp_path):
+    factors, log = _run(tiny, tmp_path / "f.json", "--generations", "0", "--score-last", "40",
+                        "--calib-start", "100")
+    assert factors.meta["long_search"]["calibration_tokens"] == [[100, 100 + TARGET], [100 + TARGET, 100 + 2 * TARGET]]
+    assert _runtime_loss(tiny, factors, score_last=40) == pytest.approx(factors.meta["long_search"]["calibration_loss"],
+                                                                       abs=1e-6)
+    assert _runtime_loss(tiny, factors) != pytest.approx(factors.meta["long_search"]["calibration_loss"], abs=1e-3)
 
 
 def test_resume_gives_the_uninterrupted_result(tiny, uninterrupted, tmp_path, monkeypatch):
