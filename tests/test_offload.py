@@ -186,3 +186,12 @@ def test_model_rejects_row_split_and_bad_main_gpu(tmp_path):
         ggml_rerope._internals.RuntimeModel(path, n_gpu_layers=-1, split_mode="diagonal")
     with pytest.raises(ValueError, match="at most 16 devices"):
         ggml_rerope._internals.RuntimeModel(path, n_gpu_layers=-1, tensor_split=[1] * 17)
+
+
+def test_verbose_model_prints_the_plan(tmp_path, monkeypatch, capfd):
+    path = write_model(tmp_path / "m.gguf", seed=1, n_layer=3)
+    monkeypatch.setenv("GGML_REROPE_RUNTIME_ATTN", "outside-split")
+    with ggml_rerope.Model(path, n_ctx=64, n_gpu_layers=2, verbose=True):
+        pass
+    err = capfd.readouterr().err
+    assert "plan CPU: layers 0..1:" in err and "plan stand-in0: layers 2..2 + output head:" in err, err

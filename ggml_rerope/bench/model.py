@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="repeats; medians are reported")
     p.add_argument("--decode", type=int, default=32, help="decode tokens measured after the prefill")
     p.add_argument("--window", type=int, default=1024, help="our ReRoPE window")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                   help="layers on the GPU for both engines, llama.cpp's count (the output head first; -1: all)")
     p.add_argument("--text", help="text file the prompt comes from (default ../shared/data/war_and_peace.txt)")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-memory child processes")
     add_cache_type_arguments(p)  # both engines get the same cache types
@@ -122,8 +124,10 @@ class LlamaCpp:
 def make_engine(kind: str, path: str, n_ctx: int, args):
     type_k, type_v = cache_types(args)
     if kind == "ours":
-        return Ours(path, n_ctx, args.threads, args.batch, args.window, type_k=type_k, type_v=type_v)
-    return LlamaCpp(path, n_ctx, args.threads, args.batch, type_k=type_k, type_v=type_v)
+        return Ours(path, n_ctx, args.threads, args.batch, args.window, n_gpu_layers=args.n_gpu_layers, type_k=type_k,
+                    type_v=type_v)
+    return LlamaCpp(path, n_ctx, args.threads, args.batch, n_gpu_layers=args.n_gpu_layers, type_k=type_k,
+                    type_v=type_v)
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -160,7 +164,7 @@ def peak_rss_child(kind: str, path: str, tokens_file: str, n_ctx: int, args) -> 
     """Peak resident bytes of a fresh process that loads `kind` and runs the prefill."""
     cmd = [sys.executable, "-m", "ggml_rerope.bench.model", path, "--ctx", str(n_ctx), "--rss-child", kind,
            "--tokens-file", tokens_file, "--threads", str(args.threads), "--batch", str(args.batch),
-           "--window", str(args.window), "--decode", str(args.decode)]
+           "--window", str(args.window), "--decode", str(args.decode), "-ngl", str(args.n_gpu_layers)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{kind} memory child failed: {r.stderr.strip()[-500:]}")
@@ -243,6 +247,7 @@ def run(args) -> dict:
     kinds = ["ours"] + (["llama.cpp"] if args.vs_llama_cpp else [])
     result = {"model": path, "text": str(text), "threads": args.threads, "batch": args.batch,
               "decode_tokens": args.decode, "repeats": args.repeats, "window": args.window,
+              "n_gpu_layers": args.n_gpu_layers,
               "cache_types": "/".join(cache_types(args)), "rows": []}
     for n in args.ctx:
         if n < 1:
