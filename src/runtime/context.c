@@ -11,7 +11,6 @@
 #include "rt_graph.h"
 #include "rt_kv.h"
 #include "rt_place.h"
-#include "rt_plan.h"
 
 #include "ggml-alloc.h"
 #include "ggml-cpu.h"
@@ -323,15 +322,8 @@ ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml
     if (!ctx->seq || !ctx->attn || !ctx->n_past_before)
         s = rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for %d sequences", ctx->n_seq);
     if (!s) s = rt_ubatch_init(&ctx->ub, p.n_batch, ctx->n_seq);
-    if (!s) { /* every GPU's share of this context, before anything of it is allocated */
-        rt_memory_plan plan;
-        rt_plan_make(&model->place, &model->file, &model->info, &model->hp, ctx->n_ctx_seq * ctx->n_seq, p.n_batch,
-                     (enum ggml_type) p.type_k, (enum ggml_type) p.type_v, &plan);
-        if (getenv("GGML_REROPE_VERBOSE")) rt_plan_print(&plan);
-        s = rt_plan_check(&plan, "the context", false);
-    }
     if (!s)
-        s = rt_kv_init(&ctx->kv, model, ctx->n_ctx_seq * ctx->n_seq, (enum ggml_type) p.type_k,
+        s = rt_kv_init(&ctx->kv, model, ctx->n_ctx_seq * ctx->n_seq, p.n_batch, (enum ggml_type) p.type_k,
                        (enum ggml_type) p.type_v);
     if (!s) {
         ggml_rerope_scheme def = ggml_rerope_scheme_default(model);

@@ -4,6 +4,7 @@
 #include "rt_kv.h"
 #include "rt_memory.h"
 #include "rt_place.h"
+#include "rt_plan.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,9 +20,14 @@ size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type
     return (size_t) info->n_layer * (type_bytes(type_k, per_layer) + type_bytes(type_v, per_layer));
 }
 
-ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, enum ggml_type type_k,
-                              enum ggml_type type_v) {
+ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, int32_t n_batch,
+                              enum ggml_type type_k, enum ggml_type type_v) {
     memset(kv, 0, sizeof(*kv));
+    rt_memory_plan plan; /* every GPU's share of this context, before anything of it is allocated */
+    rt_plan_make(&m->place, &m->file, &m->info, &m->hp, n_ctx, n_batch, type_k, type_v, &plan);
+    if (getenv("GGML_REROPE_VERBOSE")) rt_plan_print(&plan);
+    ggml_rerope_status s = rt_plan_check(&plan, "the context", false);
+    if (s) return s;
     const ggml_rerope_model_info * I = &m->info;
     const rt_placement * pl = &m->place;
     kv->type_k = type_k;

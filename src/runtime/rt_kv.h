@@ -28,8 +28,10 @@ typedef struct rt_kv_span {
 /* Cache rows the span's attention reads: those before it and its own. */
 static inline int32_t rt_span_n_kv(const rt_kv_span * s) { return s->n_past + s->n_new; }
 
-ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, enum ggml_type type_k,
-                              enum ggml_type type_v);
+/* First checks the memory plan of a context of n_ctx rows and n_batch tokens on every GPU (its KV rows
+ * and compute estimate; printed with GGML_REROPE_VERBOSE), then allocates each device's layers' rows. */
+ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, int32_t n_batch,
+                              enum ggml_type type_k, enum ggml_type type_v);
 void rt_kv_free(rt_kv_cache * kv);
 /* Bytes of every buffer of the cache. */
 size_t rt_kv_bytes(const rt_kv_cache * kv);
