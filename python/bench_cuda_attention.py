@@ -7,11 +7,15 @@ masked select; heads in chunks so it fits). Decode GB/s (1 query, 32 / 8 heads, 
 K/V) against a device-to-device copy measured in the same run, plus torch SDPA decode.
 
 Ours: q f32, K/V f16 raw (unrotated), tensor-core operands f16 (same rate as bf16).
+--kv-type f16,q8_0,q4_0 (also bf16): our decode and prefill rows for each cache type; K/V quantized
+on the GPU in ggml's block layouts. Decode GB/s counts the bytes the type stores (q8_0: 8.5 bits an
+element, q4_0: 4.5), so a faster q8_0 decode shows as a shorter time, not a higher GB/s.
 Times: CUDA events, warm-up, median of repeats. Decode inputs rotate among several copies
 so they are not served from L2 (50 MB on an H100 / H200); decode is timed one call at a time (the host work of
 a call exposed) and BACK_TO_BACK calls in a row (as a model's layers run: host work overlapped).
 
     GGML_REROPE_LIBRARY=build-cuda/src/libggml_rerope.so python python/bench_cuda_attention.py --json out.json
+    ... --prefill "" --decode 32768 --kv-type f16,q8_0,q4_0      # decode of each cache type at 32k
 """
 
 from __future__ import annotations
@@ -56,8 +60,35 @@ def params_for(window, d=D):
     return p
 
 
-def ours(params, q, k, v, out):
-    """ggml_rerope_attn_cuda on torch device tensors, on torch's current stream."""
+KV_TYPE_IDS = {"f16": lib.GGML_REROPE_KV_F16, "bf16": lib.GGML_REROPE_KV_BF16, "q8_0": lib.GGML_REROPE_KV_Q8_0,
+               "q4_0": lib.GGML_REROPE_KV_Q4_0}
+
+
+def quantize(x, kv_type):
+    """x (..., d) on the GPU -> the cache rows of kv_type: a half tensor for f16, else uint8
+    (..., row bytes) in ggml's layout (q8_0: d = amax / 127; q4_0: d = max / -8, as ggml's
+    reference quantizers; rounding ties may differ, which a benchmark does not mind)."""
+    if kv_type == "f16":
+        return x.half()
+    if kv_type == "bf16":
+        return x.bfloat16().view(torch.uint8)
+    b = x.float().reshape(-1, 32)
+    if kv_type == "q8_0":
+        d = b.abs().amax(dim=1, keepdim=True) / 127
+        q = torch.round(b / torch.where(d > 0, d, torch.ones_like(d))).clamp(-127, 127).to(torch.int8)
+        blocks = torch.cat([d.half().view(torch.uint8), q.view(torch.uint8)], dim=1)
+    elif kv_type == "q4_0":
+        d = b.gather(1, b.abs().argmax(dim=1, keepdim=True)) / -8
+        inv = torch.where(d != 0, 1 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+        q = (b * inv + 8.5).trunc().clamp(0, 15).to(torch.uint8)
+        blocks = torch.cat([d.half().view(torch.uint8), q[:, :16] | (q[:, 16:] << 4)], dim=1)
+    else:
+        raise ValueError(f"unknown kv type {kv_type!r}")
+    return blocks.reshape(*x.shape[:-1], -1).contiguous()
+
+
+def ours(params, q, k, v, out, kv_type="f16"):
+    """ggml_rerope_attn_cuda on torch device tensors (K/V rows of kv_type), on torch's current stream."""
     n_q, n_head, _ = q.shape
     n_kv, n_head_kv, _ = k.shape
     call = ffi.new("ggml_rerope_attn_call *")
@@ -67,7 +98,7 @@ def ours(params, q, k, v, out):
     call.v = ffi.cast("const void *", v.data_ptr())
     call.out = ffi.cast("float *", out.data_ptr())
     call.n_q, call.n_head, call.n_kv, call.n_head_kv = n_q, n_head, n_kv, n_head_kv
-    call.k_type = call.v_type = lib.GGML_REROPE_KV_F16
+    call.k_type = call.v_type = KV_TYPE_IDS[kv_type]
     st = lib.ggml_rerope_attn_cuda(call, ffi.cast("void *", torch.cuda.current_stream().cuda_stream))
     if st != 0:
         raise RuntimeError(_binding.last_error())
@@ -109,7 +140,7 @@ def naive_two_path(q, k, v, window, chunk):
     return out
 
 
-def bench_prefill(n, rows, naive_ok):
+def bench_prefill(n, rows, naive_ok, kv_types=("f16",)):
     g = torch.Generator(device="cuda").manual_seed(n)
     q = torch.randn(n, H, D, device="cuda", generator=g)
     k = torch.randn(n, H, D, device="cuda", generator=g).half()
@@ -121,6 +152,13 @@ def bench_prefill(n, rows, naive_ok):
     for name, w in (("ours_w1024", 1024), ("ours_w_gt_n", n + 1)):
         ms, _ = time_ms(functools.partial(ours, params_for(w), q, k, v, out), warmup=2, reps=reps)
         res[name] = {"ms": ms, "tflops": flops / ms / 1e9}
+    for kv_type in kv_types:  # the other cache types, w = 1024
+        if kv_type == "f16":
+            continue
+        kq, vq = quantize(k.float(), kv_type), quantize(v.float(), kv_type)
+        ms, _ = time_ms(functools.partial(ours, params_for(1024), q, kq, vq, out, kv_type), warmup=2, reps=reps)
+        res[f"ours_w1024_{kv_type}"] = {"ms": ms, "tflops": flops / ms / 1e9}
+        del kq, vq
     qb, kb, vb = (t.transpose(0, 1).unsqueeze(0).bfloat16().contiguous() for t in (q, k, v))
     ms, _ = time_ms(functools.partial(F.scaled_dot_product_attention, qb, kb, vb, is_causal=True), warmup=3, reps=reps)
     res["sdpa_bf16"] = {"ms": ms, "tflops": flops / ms / 1e9}
@@ -159,28 +197,34 @@ def copy_bandwidth():
     return {"bytes": 2 * 4 * n, "ms": ms, "gbs": 2 * 4 * n / ms / 1e6}
 
 
-def bench_decode(n_kv, copies):
+def row_bytes(kv_type, d=D):
+    return {"f16": 2 * d, "bf16": 2 * d, "q8_0": d // 32 * 34, "q4_0": d // 32 * 18}[kv_type]
+
+
+def bench_decode(n_kv, copies, kv_type="f16"):
     g = torch.Generator(device="cuda").manual_seed(n_kv)
     sets = []
     for _ in range(copies):
         sets.append((torch.randn(1, H, D, device="cuda", generator=g),
-                     torch.randn(n_kv, H_KV_DECODE, D, device="cuda", generator=g).half(),
-                     torch.randn(n_kv, H_KV_DECODE, D, device="cuda", generator=g).half()))
+                     quantize(torch.randn(n_kv, H_KV_DECODE, D, device="cuda", generator=g), kv_type),
+                     quantize(torch.randn(n_kv, H_KV_DECODE, D, device="cuda", generator=g), kv_type)))
     out = torch.empty(1, H, D, device="cuda")
-    kv_bytes = 2 * n_kv * H_KV_DECODE * D * 2
-    res = {"n_kv": n_kv, "kv_bytes": kv_bytes, "copies": copies}
+    kv_bytes = 2 * n_kv * H_KV_DECODE * row_bytes(kv_type)
+    res = {"n_kv": n_kv, "kv_type": kv_type, "kv_bytes": kv_bytes, "copies": copies}
     p = params_for(1024)
     it = [0]
 
     def run_ours():
         q, k, v = sets[it[0] % copies]
         it[0] += 1
-        ours(p, q, k, v, out)
+        ours(p, q, k, v, out, kv_type)
 
     ms, _ = time_ms(run_ours, warmup=10, reps=50)
     res["ours_w1024"] = {"ms": ms, "gbs": kv_bytes / ms / 1e6}
     ms, _ = time_ms(run_ours, warmup=10, reps=10, batch=BACK_TO_BACK)
     res["ours_w1024_b2b"] = {"ms": ms, "gbs": kv_bytes / ms / 1e6}
+    if kv_type != "f16":
+        return res  # torch has no such cache: its rows are the f16 ones
     tsets = [(q.view(1, H, 1, D).bfloat16(), k.transpose(0, 1).unsqueeze(0).contiguous(),
               v.transpose(0, 1).unsqueeze(0).contiguous()) for q, k, v in sets]
     tsets = [(q.half(), k, v) for q, k, v in tsets]
@@ -233,7 +277,12 @@ def main():
     ap.add_argument("--check-rows", type=int, default=4096, help="sanity-check sizes up to this n")
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", action="store_true", help="also profile decode calls (kernel and host times)")
+    ap.add_argument("--kv-type", default="f16", help="cache types of our rows, comma-separated: f16,bf16,q8_0,q4_0")
     args = ap.parse_args()
+    kv_types = [t for t in args.kv_type.split(",") if t]
+    for t in kv_types:
+        if t not in KV_TYPE_IDS:
+            ap.error(f"--kv-type: unknown type {t!r} (known: {', '.join(KV_TYPE_IDS)})")
     assert lib.ggml_rerope_cuda_available(), "no CUDA in this build / no device"
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "prefill": [], "decode": []}
     if args.profile:
@@ -242,13 +291,15 @@ def main():
     res["copy"] = copy_bandwidth()
     print(f"copy: {res['copy']['gbs']:.0f} GB/s (read + write)", flush=True)
     for n in [int(x) for x in args.decode.split(",") if x]:
-        copies = max(1, min(8, (256 << 20) // (2 * n * H_KV_DECODE * D * 2) + 1))
-        r = bench_decode(n, copies)
-        torch.cuda.empty_cache()
-        res["decode"].append(r)
-        print(json.dumps(r), flush=True)
+        for kv_type in kv_types:
+            # enough copies that one call's K/V is not still in L2 from the call before
+            copies = max(1, min(8, (256 << 20) // (2 * n * H_KV_DECODE * row_bytes(kv_type)) + 1))
+            r = bench_decode(n, copies, kv_type)
+            torch.cuda.empty_cache()
+            res["decode"].append(r)
+            print(json.dumps(r), flush=True)
     for n in [int(x) for x in args.prefill.split(",") if x]:
-        r = bench_prefill(n, args.check_rows, naive_ok=True)
+        r = bench_prefill(n, args.check_rows, naive_ok=True, kv_types=kv_types)
         res["prefill"].append(r)
         print(json.dumps(r), flush=True)
     if args.json:
@@ -263,14 +314,31 @@ def main():
         o = r["ours_w1024"]["tflops"]
         print(f"| {r['n']} | {o:.1f} | {r['ours_w_gt_n']['tflops']:.1f} | {sd[r['n']]:.1f} | "
               f"{f'{nv:.1f}' if nv else 'skipped'} | {o / sd[r['n']]:.2f} | {f'{o / nv:.0f}x' if nv else '-'} |")
+    others = [t for t in kv_types if t != "f16"]
+    if others and res["prefill"]:
+        print("\n| n | " + " | ".join(f"ours w=1024 {t} TFLOP/s | {t}/f16 time" for t in others) + " |")
+        print("|---|" + "---|---|" * len(others))
+        for r in res["prefill"]:
+            cells = [f"{r[f'ours_w1024_{t}']['tflops']:.1f} | {r[f'ours_w1024_{t}']['ms'] / r['ours_w1024']['ms']:.2f}"
+                     for t in others]
+            print(f"| {r['n']} | " + " | ".join(cells) + " |")
     cp = res["copy"]["gbs"]
     print(f"\ncopy {cp:.0f} GB/s; one call timed alone | {BACK_TO_BACK} calls back to back")
-    print("| n_kv | ours GB/s | ours/copy | SDPA GB/s | SDPA/copy "
-          "| ours b2b GB/s | ours b2b/copy | SDPA b2b GB/s | SDPA b2b/copy |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| n_kv | kv type | ours us | ours GB/s | ours/copy | SDPA GB/s | SDPA/copy "
+          "| ours b2b us | ours b2b GB/s | ours b2b/copy | SDPA b2b GB/s | SDPA b2b/copy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    def cell(r, key):
+        return f"{r[key]['gbs']:.0f} | {r[key]['gbs'] / cp:.2f}" if key in r else "- | -"
+
     for r in res["decode"]:
-        row = [r[k]["gbs"] for k in ("ours_w1024", "sdpa_f16", "ours_w1024_b2b", "sdpa_f16_b2b")]
-        print(f"| {r['n_kv']} | " + " | ".join(f"{g:.0f} | {g / cp:.2f}" for g in row) + " |")
+        print(f"| {r['n_kv']} | {r['kv_type']} | {1e3 * r['ours_w1024']['ms']:.1f} | {cell(r, 'ours_w1024')} | "
+              f"{cell(r, 'sdpa_f16')} | {1e3 * r['ours_w1024_b2b']['ms']:.1f} | {cell(r, 'ours_w1024_b2b')} | "
+              f"{cell(r, 'sdpa_f16_b2b')} |")
+    f16_us = {r["n_kv"]: r["ours_w1024_b2b"]["ms"] for r in res["decode"] if r["kv_type"] == "f16"}
+    for r in res["decode"]:
+        if r["kv_type"] != "f16" and r["n_kv"] in f16_us:
+            print(f"decode n_kv={r['n_kv']}: {r['kv_type']} back to back takes "
+                  f"{r['ours_w1024_b2b']['ms'] / f16_us[r['n_kv']]:.2f}x the f16 time")
 
 
 if __name__ == "__main__":

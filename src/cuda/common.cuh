@@ -18,8 +18,8 @@ constexpr int KPOS_INVALID = 0x7fffffff;      // key slot past n_kv: always mask
 // Everything a kernel needs; passed by value (about 600 bytes of kernel parameters).
 struct AttnArgs {
     const float * q;         // [n_q][n_head][d]
-    const void * k;          // [n_kv][n_head_kv][d], half or float, raw (unrotated)
-    const void * v;          // same layout as k
+    const void * k;          // [n_kv][n_head_kv] rows of k_type (kv_types.cuh), raw (unrotated)
+    const void * v;          // [n_kv][n_head_kv] rows of v_type
     float * out;             // [n_q][n_head][d]
     const int32_t * q_pos;   // n_q positions, or NULL: n_kv - n_q + i
     const int32_t * k_pos;   // n_kv positions, or NULL: j
@@ -27,6 +27,9 @@ struct AttnArgs {
     const half * k_near;     // prefill only: R_(k_pos[j]) k_j, f16, same layout as k
     const half * k_far;      // prefill only, LEAKY / GROUP: R_(far_k_pos(j)) k_j
     int n_q, n_head, n_kv, n_head_kv, group;  // group = n_head / n_head_kv
+    int k_type, v_type;                       // ggml_rerope_kv_type of each
+    int k_row_bytes, v_row_bytes;             // bytes of one row of d elements
+    int k_chunks, v_chunks;                   // 16-byte granules of a staged row (kv_staging.cuh)
     int n_rot;
     int rope_mode;  // ggml_rerope_rope_mode
     int far_mode;   // ggml_rerope_far_mode

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "dispatch.cuh"
 
 namespace rerope_cuda {
 
@@ -20,9 +21,9 @@ constexpr int DECODE_MAX_QUERIES = 4;
 
 inline bool runs_decode(int n_q) { return n_q <= DECODE_MAX_QUERIES; }
 
-// f16 K/V decode runs on tensor cores (decode_mma.cu); f32 K/V on the scalar kernel
-// (decode_f32.cu), which computes in f32 and so keeps f32 inputs' accuracy.
-inline bool decode_on_tensor_cores(int kv_type) { return kv_type == GGML_REROPE_KV_F16; }
+// f16 and staged (bf16, q8_0, q4_0) K/V decode runs on tensor cores (decode_mma.cu); f32 K/V on
+// the scalar kernel (decode_f32.cu), which computes in f32 and so keeps f32 inputs' accuracy.
+inline bool decode_on_tensor_cores(int k_type, int v_type) { return kv_path(k_type, v_type) != KvPath::F32; }
 
 // ---------------------------------------------------------------- prefill (prefill.cu)
 
@@ -71,6 +72,21 @@ struct DecodeMmaTuning {
     static constexpr int STAGES = 2;
 #endif
     static constexpr int MIN_BLOCKS = STAGES <= 2 ? 2 : 1;
+    // Staged K/V (q8_0, q4_0, bf16): raw tiles in flight per warp. A q8_0 tile is 8.5 bits an
+    // element, so 3 raw stages still fit two blocks per SM at head size 128 (traits.cuh) and keep
+    // more keys in flight than the f16 ring's 2 stages of 16 bits.
+#ifdef GGML_REROPE_DECODE_RAW_STAGES
+    static constexpr int RAW_STAGES = GGML_REROPE_DECODE_RAW_STAGES;
+#else
+    static constexpr int RAW_STAGES = 3;
+#endif
+    // Blocks per SM the staged kernel's register cap (and split count) aims at: 3 (168 registers,
+    // a few spills, with RAW_STAGES 2 to fit) took 307 us at 128k q8_0 keys against 216 for 2.
+#ifdef GGML_REROPE_DECODE_STAGED_MIN_BLOCKS
+    static constexpr int STAGED_MIN_BLOCKS = GGML_REROPE_DECODE_STAGED_MIN_BLOCKS;
+#else
+    static constexpr int STAGED_MIN_BLOCKS = 2;
+#endif
     static constexpr int BLOCKS_PER_SM = 2;  // resident blocks the split count plans for
     // Waves of BLOCKS_PER_SM x SMs blocks. One: the round-robin tiles keep the blocks' work
     // equal, so a second wave would only add a tail.
@@ -124,7 +140,8 @@ inline DecodePlan plan_decode_mma(const AttnArgs & a, int sm_count) {
     p.rows = a.n_q * a.group;
     p.row_chunks = (p.rows + Tu::ROWS - 1) / Tu::ROWS;
     const long long per_split = (long long) a.n_head_kv * p.row_chunks;
-    const long long slots = (long long) Tu::BLOCKS_PER_SM * Tu::WAVES * (sm_count > 0 ? sm_count : 1);
+    const int per_sm = kv_path(a.k_type, a.v_type) == KvPath::STAGED ? Tu::STAGED_MIN_BLOCKS : Tu::BLOCKS_PER_SM;
+    const long long slots = (long long) per_sm * Tu::WAVES * (sm_count > 0 ? sm_count : 1);
     const long long most = ((a.n_kv + Tu::KEYS - 1) / Tu::KEYS + Tu::WARPS - 1) / Tu::WARPS;
     p.n_split = (int) std::max(1LL, std::min(most, (slots + per_split - 1) / per_split));
     p.keys_per_split = 0;  // tiles are dealt round-robin, not in ranges

@@ -45,7 +45,7 @@ ggml_rerope_status keep_pool_memory(int device) {
 
 }  // namespace
 
-ggml_rerope_status run_attention(AttnArgs a, int head_dim, int kv_type, cudaStream_t stream) {
+ggml_rerope_status run_attention(AttnArgs a, int head_dim, cudaStream_t stream) {
     int device = 0, sm_count = 1;
     REROPE_CUDA_TRY(cudaGetDevice(&device));
     REROPE_CUDA_TRY(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
@@ -53,7 +53,7 @@ ggml_rerope_status run_attention(AttnArgs a, int head_dim, int kv_type, cudaStre
     if (pool_st != GGML_REROPE_OK) return pool_st;
 
     const bool decode = runs_decode(a.n_q);
-    const bool decode_mma = decode && decode_on_tensor_cores(kv_type);
+    const bool decode_mma = decode && decode_on_tensor_cores(a.k_type, a.v_type);
     // The tensor-core kernels classify whole key tiles by position range; with explicit key
     // positions those ranges come from a pre-pass (the f32 decode tests each key instead).
     const bool tiles_by_range = !decode || decode_mma;
@@ -86,10 +86,10 @@ ggml_rerope_status run_attention(AttnArgs a, int head_dim, int kv_type, cudaStre
     } else {
         half * k_near = reinterpret_cast<half *>(after_bounds);
         half * k_far = far_rotates_keys(a) ? k_near + rot_bytes / sizeof(half) : nullptr;
-        REROPE_CUDA_TRY(launch_rotate_keys(a, head_dim, kv_type, k_near, k_far, stream));
+        REROPE_CUDA_TRY(launch_rotate_keys(a, head_dim, k_near, k_far, stream));
         a.k_near = k_near;
         a.k_far = k_far;
-        REROPE_CUDA_TRY(launch_prefill(a, head_dim, kv_type, stream));
+        REROPE_CUDA_TRY(launch_prefill(a, head_dim, stream));
     }
     return GGML_REROPE_OK;
 }

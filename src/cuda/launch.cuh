@@ -1,6 +1,6 @@
 // Launchers of the kernels, called from launch.cu (run_attention). Each returns cudaSuccess
 // or the first CUDA error; run_attention turns that into a status. head_dim is one that
-// dispatch.cuh lists; kv_type a ggml_rerope_kv_type.
+// dispatch.cuh lists; args.k_type / v_type a pair it reads (kv_pair_on_cuda).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,15 +13,14 @@ namespace rerope_cuda {
 
 // One call, validated by the caller: picks the kernels, makes the workspace and launches
 // them on `stream` (launch.cu).
-ggml_rerope_status run_attention(AttnArgs a, int head_dim, int kv_type, cudaStream_t stream);
+ggml_rerope_status run_attention(AttnArgs a, int head_dim, cudaStream_t stream);
 
 // Prefill (prefill.cu): needs args.k_near (and k_far unless CLAMP) from launch_rotate_keys.
-cudaError_t launch_prefill(const AttnArgs & args, int head_dim, int kv_type, cudaStream_t stream);
+cudaError_t launch_prefill(const AttnArgs & args, int head_dim, cudaStream_t stream);
 
 // Prefill's key pre-pass (rotate_keys.cu): k_near = R_j k_j (f16, layout of k); k_far
 // (NULL unless far_mode is LEAKY or GROUP) = R_(far_k_pos(j)) k_j.
-cudaError_t launch_rotate_keys(const AttnArgs & args, int head_dim, int kv_type, half * k_near, half * k_far,
-                               cudaStream_t stream);
+cudaError_t launch_rotate_keys(const AttnArgs & args, int head_dim, half * k_near, half * k_far, cudaStream_t stream);
 
 // Split-K decode, then the merge of the splits (launch_decode_reduce) on the same stream.
 // `work` holds decode_workspace_floats(plan, ...) floats (decode_split.cuh); plan from
@@ -29,7 +28,7 @@ cudaError_t launch_rotate_keys(const AttnArgs & args, int head_dim, int kv_type,
 cudaError_t launch_decode_f32(const AttnArgs & args, const DecodePlan & plan, int head_dim, float * work,
                               cudaStream_t stream);  // f32 K/V (decode_f32.cu)
 cudaError_t launch_decode_mma(const AttnArgs & args, const DecodePlan & plan, int head_dim, float * work,
-                              cudaStream_t stream);  // f16 K/V, tensor cores (decode_mma.cu)
+                              cudaStream_t stream);  // f16 / staged K/V, tensor cores (decode_mma.cu)
 
 // Merges the splits' partials into args.out (decode_reduce.cu).
 cudaError_t launch_decode_reduce(const AttnArgs & args, const DecodePlan & plan, int head_dim, const float * work,

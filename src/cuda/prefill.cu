@@ -11,9 +11,16 @@
 // work n / BLOCK_M times and ran 2.5x slower.
 // Queries are rotated once per path, with lambda_i * scale * log2(e) folded in; the softmax
 // is online and in base 2 (softmax.cuh).
+// K/V element types: f16 (cp.async into the tiles), f32 (load, convert, store), or staged
+// (bf16, q8_0, q4_0 and mixed pairs: raw tiles by cp.async, converted to f16 in shared memory
+// once landed; kv_staging.cuh says why). Only V and CLAMP's far keys come from the cache: near
+// and LEAKY / GROUP far keys come from the f16 workspace of the rotation pre-pass.
 #include <math.h>
 
+#include <type_traits>
+
 #include "dispatch.cuh"
+#include "kv_staging.cuh"
 #include "launch.cuh"
 #include "mma.cuh"
 #include "rotary.cuh"
@@ -68,10 +75,12 @@ __device__ __forceinline__ void qk_tile(float (&s)[Tr::BLOCK_N / 8][4], const ui
         qk_16keys<Tr::D, Tr::SD>(s[2 * np], s[2 * np + 1], q, sk + np * 16 * Tr::SD, lane);
 }
 
+// T: half or float (K and V of that type), or StagedKV (kv_staging.cuh).
 template <int D, typename T>
 __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, PrefillTraits<D>::MIN_BLOCKS)
     prefill_kernel(const __grid_constant__ AttnArgs a) {
     using Tr = PrefillTraits<D>;
+    constexpr bool STAGED = std::is_same<T, StagedKV>::value;
     constexpr int BM = Tr::BLOCK_M, BN = Tr::BLOCK_N, SD = Tr::SD, NB = BN / 8;
     extern __shared__ __align__(16) unsigned char smem[];
     half * sKn0 = reinterpret_cast<half *>(smem + Tr::OFF_KN);  // [STAGES] near-rotated keys
@@ -86,8 +95,15 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, PrefillTraits<D>::M
     const int head = blockIdx.y, kvh = head / a.group;
     const int q0 = mt * BM;
     const int rows = min(BM, a.n_q - q0);
-    const T * kg = static_cast<const T *>(a.k);
-    const T * vg = static_cast<const T *>(a.v);
+    using Elem = typename std::conditional<STAGED, half, T>::type;  // staged: f16 halves go straight in
+    const Elem * kg = static_cast<const Elem *>(a.k);
+    const Elem * vg = static_cast<const Elem *>(a.v);
+    // Staged: raw tiles of the far keys (CLAMP) and values, [STAGES] each; f16 halves have none.
+    const KvRows krows = key_rows(a), vrows = value_rows(a);
+    const size_t raw_k_stage = STAGED ? Tr::raw_key_stage_bytes(a) : 0;
+    const size_t raw_v_stage = STAGED ? Tr::raw_value_stage_bytes(a) : 0;
+    unsigned char * raw_k0 = smem + Tr::OFF_RAW;
+    unsigned char * raw_v0 = raw_k0 + Tr::STAGES * raw_k_stage;
 
     for (int i = tid; i < a.n_rot / 2; i += Tr::THREADS) s_theta[i] = a.theta[i];
     __shared__ float s_qfac[BM];  // lambda_i * scale * log2(e) per row, computed once
@@ -134,10 +150,12 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, PrefillTraits<D>::M
         const TileClass c = classify(a, qmin, qmax, b.x, b.y);
         if (!c.far_all) load_tile<Tr>(sKn0 + st * Tr::TILE_HALVES, a.k_near, a, kvh, t * BN, tid);
         if (!c.near_all) {
-            if (!far_rotates_keys(a)) load_tile<Tr>(sKf0 + st * Tr::TILE_HALVES, kg, a, kvh, t * BN, tid);
-            else load_tile<Tr>(sKf0 + st * Tr::TILE_HALVES, a.k_far, a, kvh, t * BN, tid);
+            if (far_rotates_keys(a)) load_tile<Tr>(sKf0 + st * Tr::TILE_HALVES, a.k_far, a, kvh, t * BN, tid);
+            else if (raw_k_stage) stage_rows<Tr::THREADS / BN>(raw_k0 + st * raw_k_stage, krows, a, kvh, t * BN, tid);
+            else load_tile<Tr>(sKf0 + st * Tr::TILE_HALVES, kg, a, kvh, t * BN, tid);
         }
-        load_tile<Tr>(sV0 + st * Tr::TILE_HALVES, vg, a, kvh, t * BN, tid);
+        if (raw_v_stage) stage_rows<Tr::THREADS / BN>(raw_v0 + st * raw_v_stage, vrows, a, kvh, t * BN, tid);
+        else load_tile<Tr>(sV0 + st * Tr::TILE_HALVES, vg, a, kvh, t * BN, tid);
         if (tid < BN) {
             const int j = t * BN + tid;
             s_kpos[st * BN + tid] = j < a.n_kv ? k_position(a, j) : KPOS_INVALID;
@@ -161,6 +179,16 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, PrefillTraits<D>::M
         cp_async_commit();
         cp_async_wait<1>();  // this tile's group
         __syncthreads();
+        if constexpr (STAGED) {  // raw tiles to f16, in this tile's stage (uniform branches)
+            const bool raw_k = raw_k_stage && !tc.near_all, raw_v = raw_v_stage != 0;
+            if (raw_k)
+                convert_staged_rows<D, SD>(sKf0 + pb * Tr::TILE_HALVES, raw_k0 + pb * raw_k_stage, krows, a, kvh,
+                                           kt * BN, BN, tid, Tr::THREADS);
+            if (raw_v)
+                convert_staged_rows<D, SD>(sV0 + pb * Tr::TILE_HALVES, raw_v0 + pb * raw_v_stage, vrows, a, kvh,
+                                           kt * BN, BN, tid, Tr::THREADS);
+            if (raw_k || raw_v) __syncthreads();
+        }
 
         float s[NB][4];
         if (tc.far_all) {
@@ -206,18 +234,20 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, PrefillTraits<D>::M
 template <int D, typename T> cudaError_t launch(const AttnArgs & a, cudaStream_t stream) {
     using Tr = PrefillTraits<D>;
     auto kernel = prefill_kernel<D, T>;
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) Tr::SMEM);
+    const size_t smem = std::is_same<T, StagedKV>::value ? Tr::staged_smem(a) : Tr::SMEM;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
     if (err != cudaSuccess) return err;
     const dim3 grid((a.n_q + Tr::BLOCK_M - 1) / Tr::BLOCK_M, a.n_head);
-    kernel<<<grid, Tr::THREADS, Tr::SMEM, stream>>>(a);
+    kernel<<<grid, Tr::THREADS, smem, stream>>>(a);
     return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t launch_prefill(const AttnArgs & a, int head_dim, int kv_type, cudaStream_t stream) {
-    return HEADDIM_SWITCH(head_dim,
-                          [&] { return KV_TYPE_SWITCH(kv_type, [&] { return launch<kHeadDim, kv_t>(a, stream); }); });
+cudaError_t launch_prefill(const AttnArgs & a, int head_dim, cudaStream_t stream) {
+    return HEADDIM_SWITCH(head_dim, [&] {
+        return KV_PATH_SWITCH(a.k_type, a.v_type, [&] { return launch<kHeadDim, kv_t>(a, stream); });
+    });
 }
 
 }  // namespace rerope_cuda

@@ -1,15 +1,17 @@
 // Prefill's key pre-pass: the raw keys of one call rotated once, in f16, into a transient
 // workspace -- near: R_(k_pos[j]) k_j; far (LEAKY / GROUP only): R_(far_k_pos(j)) k_j.
-// One thread per rotation unit (a pair, or two unrotated dimensions).
+// One thread per rotation unit (a pair, or two unrotated dimensions). Keys of any type the
+// kernels read (kv_types.cuh), dequantized element by element as they are read.
 #include "dispatch.cuh"
 #include "heuristics.cuh"
+#include "kv_types.cuh"
 #include "launch.cuh"
 #include "rotary.cuh"
 
 namespace rerope_cuda {
 namespace {
 
-template <typename T>
+template <int KEY_TYPE>
 __global__ void rotate_keys_kernel(const __grid_constant__ AttnArgs a, int head_dim, half * k_near, half * k_far) {
     __shared__ double s_theta[MAX_PAIRS];
     for (int i = threadIdx.x; i < a.n_rot / 2; i += blockDim.x) s_theta[i] = a.theta[i];
@@ -23,8 +25,8 @@ __global__ void rotate_keys_kernel(const __grid_constant__ AttnArgs a, int head_
     const int j = (int) (row / a.n_head_kv);
     int da, db;
     unit_dims(u, a.n_rot, a.rope_mode, da, db);
-    const T * kr = static_cast<const T *>(a.k) + row * head_dim;
-    const float xa = to_float(kr[da]), xb = to_float(kr[db]);
+    const unsigned char * kr = static_cast<const unsigned char *>(a.k) + row * a.k_row_bytes;
+    const float xa = dequant1<KEY_TYPE>(kr, da), xb = dequant1<KEY_TYPE>(kr, db);
     const size_t o = (size_t) row * head_dim;
     if (u >= a.n_rot / 2) {
         k_near[o + da] = __float2half_rn(xa), k_near[o + db] = __float2half_rn(xb);
@@ -45,13 +47,12 @@ __global__ void rotate_keys_kernel(const __grid_constant__ AttnArgs a, int head_
 
 }  // namespace
 
-cudaError_t launch_rotate_keys(const AttnArgs & a, int head_dim, int kv_type, half * k_near, half * k_far,
-                               cudaStream_t stream) {
+cudaError_t launch_rotate_keys(const AttnArgs & a, int head_dim, half * k_near, half * k_far, cudaStream_t stream) {
     constexpr int TH = ROTATE_KEYS_THREADS;
     const long long items = (long long) a.n_kv * a.n_head_kv * (head_dim / 2);
     const unsigned blocks = (unsigned) ((items + TH - 1) / TH);
-    return KV_TYPE_SWITCH(kv_type, [&] {
-        rotate_keys_kernel<kv_t><<<blocks, TH, 0, stream>>>(a, head_dim, k_near, k_far);
+    return KEY_TYPE_SWITCH(a.k_type, [&] {
+        rotate_keys_kernel<kKeyType><<<blocks, TH, 0, stream>>>(a, head_dim, k_near, k_far);
         return cudaGetLastError();
     });
 }

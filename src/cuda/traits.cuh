@@ -4,6 +4,7 @@
 
 #include "common.cuh"
 #include "heuristics.cuh"
+#include "kv_staging.cuh"
 
 namespace rerope_cuda {
 
@@ -25,6 +26,7 @@ template <int D_> struct PrefillTraits : PrefillTuning {
     static_assert(BLOCK_M <= STAGES * BLOCK_N, "query staging reuses the key stages");
     static_assert(BLOCK_N % 16 == 0, "key tiles of whole k16 steps");
     static_assert(D % 16 == 0 && D <= MAX_HEAD_DIM, "head size");
+    static_assert(THREADS % BLOCK_N == 0, "staged tiles: whole threads a key row (kv_staging.cuh)");
 
     static constexpr size_t OFF_KN = 0;
     static constexpr size_t OFF_KF = OFF_KN + STAGES * TILE_HALVES * sizeof(half);
@@ -33,6 +35,20 @@ template <int D_> struct PrefillTraits : PrefillTuning {
     static constexpr size_t OFF_QPOS = OFF_KPOS + STAGES * BLOCK_N * sizeof(int);
     static constexpr size_t OFF_THETA = (OFF_QPOS + BLOCK_M * sizeof(int) + 15) / 16 * 16;
     static constexpr size_t SMEM = OFF_THETA + MAX_PAIRS * sizeof(double);
+
+    // Staged K/V (kv_staging.cuh) only, after the layout above: [STAGES] raw far keys (CLAMP's
+    // far path reads the cache's keys; LEAKY / GROUP read the rotated f16 workspace) | [STAGES]
+    // raw values. An f16 half of a staged pair is copied straight into its f16 tiles: no raw room.
+    static constexpr size_t OFF_RAW = (SMEM + 15) / 16 * 16;
+    __host__ __device__ static size_t raw_key_stage_bytes(const AttnArgs & a) {
+        return far_rotates_keys(a) || a.k_type == GGML_REROPE_KV_F16 ? 0 : staged_bytes(key_rows(a), BLOCK_N);
+    }
+    __host__ __device__ static size_t raw_value_stage_bytes(const AttnArgs & a) {
+        return a.v_type == GGML_REROPE_KV_F16 ? 0 : staged_bytes(value_rows(a), BLOCK_N);
+    }
+    __host__ __device__ static size_t staged_smem(const AttnArgs & a) {
+        return OFF_RAW + STAGES * (raw_key_stage_bytes(a) + raw_value_stage_bytes(a));
+    }
 };
 
 // f32 decode (flash-decoding): one block = one KV head x one split of the key axis x up to
@@ -82,6 +98,39 @@ template <int D_> struct DecodeMmaTraits : DecodeMmaTuning {
     static constexpr size_t SMEM = OFF_QPOS + ROWS * sizeof(int);
     static_assert(2 * ROWS * SD * sizeof(half) <= WARPS * WARP_BYTES, "query staging fits the rings");
     static_assert(WARPS * ROWS * (D + 2) * sizeof(float) <= WARPS * WARP_BYTES, "warp merge fits the rings");
+};
+
+// The same kernel on staged K/V (bf16, q8_0, q4_0; kv_staging.cuh). Each warp's RAW_STAGES-deep
+// cp.async ring holds raw tiles; a tile is converted into one f16 K tile and one f16 V tile, and
+// its keys are rotated from there: near keys into the raw stage just converted (free until the
+// tile after next is issued into it), far LEAKY / GROUP keys in place once the near copy is made.
+// Fixed part first (the raw ring's size depends on the types):
+//   query positions | per warp: K | V (f16) | key positions [RAW_STAGES]
+//   | raw [RAW_STAGES] (K rows | V rows, at least one f16 tile)
+// At head size 128, q8_0: 24 KB a warp, 97 KB a block: two blocks per SM (228 KB) fit.
+template <int D_> struct DecodeMmaStagedTraits : DecodeMmaTuning {
+    static constexpr int D = D_;
+    static constexpr int THREADS = WARPS * 32;
+    static constexpr int SD = D + 8;
+    static constexpr int TILE_HALVES = KEYS * SD;
+    static_assert(KEYS == 16 && ROWS == 16, "one m16 x k16 tile per warp step");
+    // Thetas are read from the kernel parameters (only near / far-rotated tiles need them).
+    static constexpr size_t OFF_QPOS = 0;
+    static constexpr size_t OFF_WARPS = (OFF_QPOS + ROWS * sizeof(int) + 15) / 16 * 16;
+    static constexpr size_t FIXED_WARP_BYTES = 2 * TILE_HALVES * sizeof(half) + RAW_STAGES * KEYS * sizeof(int);
+    static_assert(FIXED_WARP_BYTES % 16 == 0, "the raw ring stays 16-byte aligned (cp.async)");
+    __host__ __device__ static size_t raw_stage_bytes(const AttnArgs & a) {
+        const size_t raw = staged_bytes(key_rows(a), KEYS) + staged_bytes(value_rows(a), KEYS);
+        const size_t tile = TILE_HALVES * sizeof(half);  // the near-rotated keys land here
+        return raw > tile ? raw : tile;
+    }
+    __host__ __device__ static size_t warp_bytes(const AttnArgs & a) {
+        return FIXED_WARP_BYTES + RAW_STAGES * raw_stage_bytes(a);
+    }
+    __host__ __device__ static size_t smem(const AttnArgs & a) { return OFF_WARPS + WARPS * warp_bytes(a); }
+    static constexpr size_t MIN_WARP_BYTES = FIXED_WARP_BYTES + RAW_STAGES * TILE_HALVES * sizeof(half);
+    static_assert(2 * ROWS * SD * sizeof(half) <= WARPS * MIN_WARP_BYTES, "query staging fits the warp areas");
+    static_assert(WARPS * ROWS * (D + 2) * sizeof(float) <= WARPS * MIN_WARP_BYTES, "warp merge fits the warp areas");
 };
 
 }  // namespace rerope_cuda
