@@ -72,9 +72,11 @@ struct DecodeMmaTuning {
     static constexpr int STAGES = 2;
 #endif
     static constexpr int MIN_BLOCKS = STAGES <= 2 ? 2 : 1;
-    // Staged K/V (q8_0, q4_0, bf16): raw tiles in flight per warp. A q8_0 tile is 8.5 bits an
-    // element, so 3 raw stages still fit two blocks per SM at head size 128 (traits.cuh) and keep
-    // more keys in flight than the f16 ring's 2 stages of 16 bits.
+    // Staged K/V (q8_0, q4_0, bf16): raw tiles in flight per warp. 3 keep two blocks per SM at
+    // head size 128 (traits.cuh); 2 timed alike, 4 (one block per SM) took 339 us against 216 at
+    // 128k q8_0 keys (H200). The staged kernel is bound by the dequantization's instructions and
+    // their latency, not by memory: ~1250 instructions per 16-key tile against ~720 for f16, 0.47
+    // issued per cycle and scheduler (ncu), so q8_0 decode takes ~1.45x the f16 time there.
 #ifdef GGML_REROPE_DECODE_RAW_STAGES
     static constexpr int RAW_STAGES = GGML_REROPE_DECODE_RAW_STAGES;
 #else
