@@ -87,7 +87,7 @@ decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark o
     GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" \
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/$3" || rc=1
 }
-case "$MODE" in lcp-cuda|kernels|runtime|fuzz|lcp-cpu|cpu-model|cpu-server) ;; *) build_lib ;; esac
+case "$MODE" in lcp-cuda|kernels|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot) ;; *) build_lib ;; esac
 case "$MODE" in
     smoke)
         python3 -m pytest -x -q -rs tests/test_cuda.py \
@@ -164,6 +164,20 @@ case "$MODE" in
         cut -c1-160 "$OUT/kv_quality.jsonl"
         python3 -m ggml_rerope.bench kv-decode "$GGML_REROPE_TEST_MODEL" --ctx 32768 -ngl -1 --json \
             > "$OUT/kv_decode_gpu.json" || rc=1
+        ;;
+    oneshot)  # what one short call can do, most needed first: the ggml-cuda build and the 8B-shaped model in
+        # the background, then several sequences on the GPU, the server benchmark (1..8 clients), partial offload
+        lcp_cuda_start
+        (python3 -c "from ggml_rerope.bench.random_llama_gguf import ensure_model as e; e('/tmp/llama3-8b-random-q4_0.gguf')" \
+            > "$OUT/model_write.log" 2>&1; echo "written rc=$?" >> "$OUT/model_write.log") &
+        build_lib
+        python3 -m pytest -q -rs tests/test_multi_sequence.py -k gpu 2>&1 | tee "$OUT/multi_sequence_gpu.log" || rc=1
+        wait
+        cat "$OUT/model_write.log"
+        timeout 150 python3 -m ggml_rerope.bench server --model /tmp/llama3-8b-random-q4_0.gguf -ngl -1 --clients 1,2,4,8 \
+            --max-tokens 32 --requests-per-client 1 -c 2048 --endpoint completion --no-peer --json "$OUT/server_gpu.json" \
+            2>&1 | tee "$OUT/server_gpu.log" || rc=1
+        python3 -m pytest -q -rs tests/test_cuda_offload.py 2>&1 | tee "$OUT/offload_gpu.log" || rc=1
         ;;
     gpu-server)  # the server benchmark on the GPU (-ngl -1): SERVER_MODEL (default: the 8B-shaped random model)
         [ -f /tmp/dev/build_lcp_cuda.sh ] && lcp_cuda_wait

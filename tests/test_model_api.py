@@ -246,7 +246,7 @@ def test_chat_completion_stream_shape(model):
         (dict(n_batch=0), ValueError, "n_batch"),
         (dict(n_threads=0), ValueError, "n_threads"),
         (dict(n_gpu_layers=-2), ValueError, "n_gpu_layers"),
-        (dict(kv_type="q8_0"), ValueError, "kv_type"),
+        (dict(kv_type="q3_k"), ValueError, "kv_type"),
         (dict(rope_scaling="bogus"), ValueError, "rope_scaling"),
         (dict(rerope_window=0), ValueError, "rerope_window"),
         (dict(rerope_window=64, rope_scaling="none"), ValueError, "rerope_window"),

@@ -7,14 +7,14 @@ the others hold; per-sequence truncate / kv_remove / scheme; the errors and thei
 import numpy as np
 import pytest
 
-from ggml_rerope._internals import RuntimeContext, RuntimeModel
+from ggml_rerope._internals import KV_TYPES, RuntimeContext, RuntimeModel
 from ggml_rerope.errors import ContextFullError, InvalidArgumentError
 
 STEPS = 5
 
 
-def greedy_alone(model: RuntimeModel, prompt: np.ndarray, steps: int, n_ctx: int, scheme=None, n_batch=512):
-    ctx = RuntimeContext(model, n_ctx=n_ctx, n_batch=n_batch, n_threads=2)
+def greedy_alone(model: RuntimeModel, prompt: np.ndarray, steps: int, n_ctx: int, scheme=None, n_batch=512, **types):
+    ctx = RuntimeContext(model, n_ctx=n_ctx, n_batch=n_batch, n_threads=2, **types)
     try:
         if scheme:
             ctx.set_scheme_fields(**scheme)
@@ -93,13 +93,15 @@ def test_graph_pieces_path_runs_sequences_together(synthetic_model, monkeypatch)
 
 
 @pytest.mark.needs_cuda_runtime
-def test_sequences_together_on_the_gpu(default_model_file):
-    m = RuntimeModel(default_model_file, n_gpu_layers=-1)
+@pytest.mark.parametrize("type_kv", ["f16", "q8_0"])
+def test_sequences_together_on_the_gpu(synthetic_model, type_kv):
+    m = RuntimeModel(synthetic_model("llama", "Q8_0", n_ctx_train=64), n_gpu_layers=-1)
     try:
         rng = np.random.default_rng(2)
-        prompts = prompts_for(m, rng)
-        alone = [greedy_alone(m, p, STEPS, n_ctx=256) for p in prompts]
-        ctx = RuntimeContext(m, n_ctx=4 * 256, n_batch=32, n_threads=2, n_seq_max=4)
+        prompts = prompts_for(m, rng, (37, 5, 80, 13))
+        t = KV_TYPES[type_kv]
+        alone = [greedy_alone(m, p, STEPS, n_ctx=128, type_k=t, type_v=t) for p in prompts]
+        ctx = RuntimeContext(m, n_ctx=4 * 128, n_batch=32, n_threads=2, n_seq_max=4, type_k=t, type_v=t)
         try:
             assert greedy_together(ctx, prompts, STEPS, rng) == alone
         finally:
