@@ -170,9 +170,10 @@ case "$MODE" in
         lcp_cuda_start
         (python3 -c "from ggml_rerope.bench.random_llama_gguf import ensure_model as e; e('/tmp/llama3-8b-random-q4_0.gguf')" \
             > "$OUT/model_write.log" 2>&1; echo "written rc=$?" >> "$OUT/model_write.log") &
+        writer=$!
         build_lib
         python3 -m pytest -q -rs tests/test_multi_sequence.py -k gpu 2>&1 | tee "$OUT/multi_sequence_gpu.log" || rc=1
-        wait
+        wait "$writer"  # that job only: a bare `wait` also waits for the log's tee, which never ends
         cat "$OUT/model_write.log"
         timeout 150 python3 -m ggml_rerope.bench server --model /tmp/llama3-8b-random-q4_0.gguf -ngl -1 --clients 1,2,4,8 \
             --max-tokens 32 --requests-per-client 1 -c 2048 --endpoint completion --no-peer --json "$OUT/server_gpu.json" \

@@ -303,12 +303,17 @@ def test_metrics_count_tokens_and_time(server, client):
     assert re.search(r"^# TYPE ggml_rerope_prompt_tokens_total counter$", text, re.M)
 
 
-def test_small_load(server):
-    """8 clients, 40 requests, at most 60 s: every answer complete; the only 5xx are the designed
-    503s of a full queue (2 slots + 2 waiting < 8 clients), which the clients retry."""
-    deadline = time.monotonic() + 60
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_bounded_load(server):
+    """16 clients, 200 requests, at most 150 s: every answer complete; the only 5xx are the designed
+    503s of a full queue (2 slots + 2 waiting < 16 clients), which the clients retry; the server's
+    resident memory after the last 160 requests is where it was after the first 40."""
+    deadline = time.monotonic() + 150
     statuses, lock = [], threading.Lock()
-    todo = list(range(40))
 
     def one(i: int):
         chat = i % 2 == 0
@@ -342,12 +347,17 @@ def test_small_load(server):
                 return True
         return False
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        done = list(pool.map(one, todo))
-    assert all(done), "not every request finished within 60 s"
+    pid = server.proc.pid
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        done = list(pool.map(one, range(40)))
+        warm_rss = rss_bytes(pid)
+        done += list(pool.map(one, range(40, 200)))
+    assert all(done), "not every request finished within 150 s"
     assert set(statuses) <= {200, 503}
-    assert statuses.count(200) == 40
+    assert statuses.count(200) == 200
     assert wait_for(lambda: metrics(server)["ggml_rerope_requests_processing"] == 0, 5.0)
+    grown = rss_bytes(pid) - warm_rss
+    assert grown < 48 << 20, f"resident memory grew by {grown >> 20} MiB over 160 requests"
 
 
 def test_server_logged_no_internal_error(server):
