@@ -13,6 +13,7 @@ from typing import Optional
 
 from ..cache_flags import add_cache_type_arguments, cache_types
 from ..llama_args import LLAMA_DEFAULT_SEED
+from ..placement_flags import add_placement_flags, placement_kwargs
 from ..scheme_flags import add_scheme_arguments
 
 
@@ -31,6 +32,9 @@ class ServerConfig:
     api_key: Optional[str] = None
     parallel: int = 1                    # slots
     queue_size: int = 16                 # requests waiting for a slot, beyond which: 503
+    split_mode: str = "layer"            # llama.cpp's -sm / -ts / -mg (placement_flags.py)
+    tensor_split: Optional[list] = None
+    main_gpu: int = 0
     type_k: str = "f16"
     type_v: str = "f16"
     scheme_args: Optional[argparse.Namespace] = None  # parsed scheme flags (None = defaults)
@@ -85,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", "--queue_size", dest="queue_size", type=_non_negative, default=16,
                    help="requests that may wait for a free slot; past that: HTTP 503 (default 16)")
     add_cache_type_arguments(p)
+    add_placement_flags(p)
     p.add_argument("--verbose", "-v", action="store_true", help="model load details and debug logs")
     add_scheme_arguments(p)
     return p
@@ -105,4 +110,5 @@ def config_from_args(argv: Optional[list[str]] = None) -> ServerConfig:
         model=a.model or a.model_path, model_alias=a.model_alias, host=a.host, port=a.port, n_ctx=a.n_ctx,
         n_batch=a.n_batch, n_threads=a.n_threads, n_gpu_layers=a.n_gpu_layers, seed=a.seed,
         chat_format=a.chat_format, api_key=a.api_key, parallel=a.parallel, queue_size=a.queue_size,
-        type_k=cache_types(a)[0], type_v=cache_types(a)[1], scheme_args=a, verbose=a.verbose)
+        type_k=cache_types(a)[0], type_v=cache_types(a)[1], scheme_args=a, verbose=a.verbose,
+        **placement_kwargs(a))

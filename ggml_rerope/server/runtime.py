@@ -40,7 +40,8 @@ def default_slots(config: ServerConfig, scheme: SchemeKey) -> list[Slot]:
     and one graph per step for the tokens of every slot (continuous batching)."""
     name, options = scheme
     path = checked_model_path(config.model)
-    model = RuntimeModel(path, n_gpu_layers=config.n_gpu_layers)
+    model = RuntimeModel(path, n_gpu_layers=config.n_gpu_layers, split_mode=config.split_mode,
+                         main_gpu=config.main_gpu, tensor_split=config.tensor_split)
     try:
         batched = BatchedRuntime(model, n_seq=config.parallel, n_ctx_seq=config.n_ctx, n_batch=config.n_batch,
                                  n_threads=config.threads(), type_k=KV_TYPES[config.type_k],
