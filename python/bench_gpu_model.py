@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 import traceback
@@ -71,17 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
 # -- device -----------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def gpu_name() -> Optional[str]:
     try:
         import torch
@@ -113,6 +101,7 @@ def make_engine(kind: str, path: str, n_ctx: int, args):
 
 
 def run(args) -> dict:
+    from ggml_rerope.bench.machine import cpu_name
     from ggml_rerope.bench.model import measure
     from ggml_rerope.bench.random_llama_gguf import SHAPES, ensure_model
     from ggml_rerope.cache_flags import cache_types

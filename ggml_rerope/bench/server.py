@@ -14,12 +14,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import signal
 import sys
 import threading
 from typing import Optional
 
+from .machine import cpu_name
 from .server_load import run_round, summarize
 from .server_procs import ServerSpec, ours_spec, peer_missing_modules, peer_spec, running
 
@@ -144,17 +144,6 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run(args) -> dict:
     from ..default_model import default_model_path
 
@@ -173,7 +162,7 @@ def run(args) -> dict:
     result = {
         "benchmark": "server",
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "cpu": _cpu_name(), "cores": cores, "model": model, "threads": threads, "n_ctx": args.n_ctx,
+        "cpu": cpu_name(), "cores": cores, "model": model, "threads": threads, "n_ctx": args.n_ctx,
         "parallel": parallel, "n_gpu_layers": args.n_gpu_layers, "endpoint": args.endpoint,
         "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client,
         "temperature": 0.0, "token_count": "streamed chunks with text (both servers)", "servers": {},
