@@ -14,8 +14,7 @@ STEPS = 5
 
 
 def greedy_alone(model: RuntimeModel, prompt: np.ndarray, steps: int, n_ctx: int, scheme=None, n_batch=512, **types):
-    ctx = RuntimeContext(model, n_ctx=n_ctx, n_batch=n_batch, n_threads=2, **types)
-    try:
+    with RuntimeContext(model, n_ctx=n_ctx, n_batch=n_batch, n_threads=2, **types) as ctx:
         if scheme:
             ctx.set_scheme_fields(**scheme)
         logits = ctx.decode(prompt, np.zeros(prompt.size))
@@ -24,8 +23,6 @@ def greedy_alone(model: RuntimeModel, prompt: np.ndarray, steps: int, n_ctx: int
             out.append(int(np.argmax(logits[-1])))
             logits = ctx.decode(np.array(out[-1:]), np.zeros(1))
         return out
-    finally:
-        ctx.close()
 
 
 def greedy_together(ctx: RuntimeContext, prompts: list[np.ndarray], steps: int, rng) -> list[list[int]]:
@@ -56,9 +53,8 @@ def prompts_for(model: RuntimeModel, rng, lengths=(37, 5, 80, 13)) -> list[np.nd
 
 @pytest.fixture(scope="module")
 def default_runtime_model(default_model_file):
-    m = RuntimeModel(default_model_file)
-    yield m
-    m.close()
+    with RuntimeModel(default_model_file) as m:
+        yield m
 
 
 @pytest.mark.parametrize("n_batch", [512, 16])  # 16: prompts cut across graphs, sequences mixed in each
@@ -66,88 +62,62 @@ def test_four_sequences_together_equal_alone(default_runtime_model, n_batch):
     m, rng = default_runtime_model, np.random.default_rng(n_batch)
     prompts = prompts_for(m, rng)
     alone = [greedy_alone(m, p, STEPS, n_ctx=256) for p in prompts]
-    ctx = RuntimeContext(m, n_ctx=4 * 256, n_batch=n_batch, n_threads=2, n_seq_max=4)
-    try:
+    with RuntimeContext(m, n_ctx=4 * 256, n_batch=n_batch, n_threads=2, n_seq_max=4) as ctx:
         assert (ctx.n_seq_max, ctx.n_ctx_seq, ctx.n_ctx) == (4, 256, 1024)
         assert greedy_together(ctx, prompts, STEPS, rng) == alone
         assert [ctx.seq_n_past(s) for s in range(4)] == [p.size + STEPS - 1 for p in prompts]
-    finally:
-        ctx.close()
 
 
 def test_graph_pieces_path_runs_sequences_together(synthetic_model, monkeypatch):
     """The executor's per-span kernel calls (how the GPU runs) on the CPU."""
-    m = RuntimeModel(synthetic_model("qwen2", "F16", n_ctx_train=64))
-    try:
+    with RuntimeModel(synthetic_model("qwen2", "F16", n_ctx_train=64)) as m:
         rng = np.random.default_rng(1)
         prompts = prompts_for(m, rng, (9, 21, 3))
         alone = [greedy_alone(m, p, STEPS, n_ctx=64) for p in prompts]
         monkeypatch.setenv("GGML_REROPE_RUNTIME_ATTN", "outside")
-        ctx = RuntimeContext(m, n_ctx=3 * 64, n_batch=8, n_threads=2, n_seq_max=3)
-        try:
+        with RuntimeContext(m, n_ctx=3 * 64, n_batch=8, n_threads=2, n_seq_max=3) as ctx:
             assert greedy_together(ctx, prompts, STEPS, rng) == alone
-        finally:
-            ctx.close()
-    finally:
-        m.close()
 
 
 @pytest.mark.needs_cuda_runtime
 @pytest.mark.parametrize("type_kv", ["f16", "q8_0"])
 def test_sequences_together_on_the_gpu(synthetic_model, type_kv):
-    m = RuntimeModel(synthetic_model("llama", "Q8_0", n_ctx_train=64), n_gpu_layers=-1)
-    try:
+    with RuntimeModel(synthetic_model("llama", "Q8_0", n_ctx_train=64), n_gpu_layers=-1) as m:
         rng = np.random.default_rng(2)
         prompts = prompts_for(m, rng, (37, 5, 80, 13))
         t = KV_TYPES[type_kv]
         alone = [greedy_alone(m, p, STEPS, n_ctx=128, type_k=t, type_v=t) for p in prompts]
-        ctx = RuntimeContext(m, n_ctx=4 * 128, n_batch=32, n_threads=2, n_seq_max=4, type_k=t, type_v=t)
-        try:
+        with RuntimeContext(m, n_ctx=4 * 128, n_batch=32, n_threads=2, n_seq_max=4, type_k=t, type_v=t) as ctx:
             assert greedy_together(ctx, prompts, STEPS, rng) == alone
-        finally:
-            ctx.close()
-    finally:
-        m.close()
 
 
 def test_logits_do_not_depend_on_the_other_sequences(synthetic_model):
-    m = RuntimeModel(synthetic_model("llama", "Q8_0", n_ctx_train=64))
-    try:
+    with RuntimeModel(synthetic_model("llama", "Q8_0", n_ctx_train=64)) as m:
         rng = np.random.default_rng(3)
         mine = rng.integers(0, m.n_vocab, size=30)
         rows = []
         for other_len in (1, 50):  # what sequence 1 holds differs, the batch shape too
-            ctx = RuntimeContext(m, n_ctx=2 * 64, n_batch=64, n_threads=2, n_seq_max=2)
-            try:
+            with RuntimeContext(m, n_ctx=2 * 64, n_batch=64, n_threads=2, n_seq_max=2) as ctx:
                 ctx.decode(rng.integers(0, m.n_vocab, size=other_len), np.ones(other_len))
                 toks = np.concatenate([mine, rng.integers(0, m.n_vocab, size=7)])
                 ids = np.concatenate([np.zeros(mine.size), np.ones(7)])
                 flags = np.concatenate([np.ones(mine.size), np.zeros(7)])
                 rows.append(ctx.decode(toks, ids, flags))
-            finally:
-                ctx.close()
-        alone = RuntimeContext(m, n_ctx=64, n_batch=64, n_threads=2)
-        try:
+        with RuntimeContext(m, n_ctx=64, n_batch=64, n_threads=2) as alone:
             ref = alone.decode(mine, np.zeros(mine.size), np.ones(mine.size))
-        finally:
-            alone.close()
         assert rows[0].shape == (mine.size, m.n_vocab)
         np.testing.assert_allclose(rows[0], rows[1], rtol=0, atol=1e-4)
         np.testing.assert_allclose(rows[0], ref, rtol=0, atol=1e-4)
-    finally:
-        m.close()
 
 
 def test_each_sequence_has_its_own_scheme(synthetic_model):
-    m = RuntimeModel(synthetic_model("llama", "F32", n_ctx_train=64))
-    try:
+    with RuntimeModel(synthetic_model("llama", "F32", n_ctx_train=64)) as m:
         rng = np.random.default_rng(4)
         prompts = prompts_for(m, rng, (60, 60))
         schemes = [dict(window=8), dict(window=2**31 - 1, logn_train_len=0)]
         alone = [greedy_alone(m, p, STEPS, n_ctx=80, scheme=sc) for p, sc in zip(prompts, schemes)]
         assert alone[1] != greedy_alone(m, prompts[1], STEPS, 80, schemes[0])  # the schemes differ here
-        ctx = RuntimeContext(m, n_ctx=2 * 80, n_threads=2, n_seq_max=2)
-        try:
+        with RuntimeContext(m, n_ctx=2 * 80, n_threads=2, n_seq_max=2) as ctx:
             for s, sc in enumerate(schemes):
                 ctx.seq_set_scheme_fields(s, **sc)
             assert greedy_together(ctx, prompts, STEPS, rng) == alone
@@ -156,52 +126,35 @@ def test_each_sequence_has_its_own_scheme(synthetic_model):
             for s in range(2):
                 ctx.seq_truncate(s, 0)
             assert greedy_together(ctx, prompts, STEPS, rng)[1] == greedy_alone(m, prompts[1], STEPS, 80, schemes[0])
-        finally:
-            ctx.close()
-    finally:
-        m.close()
 
 
 def test_truncate_and_remove_touch_one_sequence(synthetic_model):
-    m = RuntimeModel(synthetic_model("llama", "F32", n_ctx_train=64))
-    try:
+    with RuntimeModel(synthetic_model("llama", "F32", n_ctx_train=64)) as m:
         rng = np.random.default_rng(5)
         a, b = rng.integers(0, m.n_vocab, size=20), rng.integers(0, m.n_vocab, size=20)
-        ctx = RuntimeContext(m, n_ctx=2 * 40, n_threads=2, n_seq_max=2)
-        try:
+        with RuntimeContext(m, n_ctx=2 * 40, n_threads=2, n_seq_max=2) as ctx:
             ctx.decode(np.concatenate([a, b]), np.repeat([0, 1], 20), np.zeros(40))
             ctx.seq_truncate(0, 5)
             ctx.seq_kv_remove(1, 2, 6)
             assert (ctx.seq_n_past(0), ctx.seq_n_past(1)) == (5, 16)
             got = ctx.decode(np.array([a[5], b[0]]), np.array([0, 1]))
-            # sequence 0 continues its kept prefix; sequence 1 after its shift, as one alone would
-            ref0 = RuntimeContext(m, n_ctx=40, n_threads=2)
-            ref1 = RuntimeContext(m, n_ctx=40, n_threads=2)
-            try:
-                want0 = ref0.decode(a[:6], np.zeros(6))[-1]
-                ref1.decode(b, np.zeros(20), np.zeros(20))
-                ref1.seq_kv_remove(0, 2, 6)
-                want1 = ref1.decode(b[:1], np.zeros(1))[-1]
-            finally:
-                ref0.close()
-                ref1.close()
-            np.testing.assert_allclose(got[0], want0, atol=1e-4, rtol=0)
-            np.testing.assert_allclose(got[1], want1, atol=1e-4, rtol=0)
-        finally:
-            ctx.close()
-    finally:
-        m.close()
+        # sequence 0 continues its kept prefix; sequence 1 after its shift, as one alone would
+        with RuntimeContext(m, n_ctx=40, n_threads=2) as ref0, RuntimeContext(m, n_ctx=40, n_threads=2) as ref1:
+            want0 = ref0.decode(a[:6], np.zeros(6))[-1]
+            ref1.decode(b, np.zeros(20), np.zeros(20))
+            ref1.seq_kv_remove(0, 2, 6)
+            want1 = ref1.decode(b[:1], np.zeros(1))[-1]
+        np.testing.assert_allclose(got[0], want0, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got[1], want1, atol=1e-4, rtol=0)
 
 
 def test_errors_name_the_problem_and_change_nothing(synthetic_model):
-    m = RuntimeModel(synthetic_model("llama", "F32", n_ctx_train=64))
-    try:
+    with RuntimeModel(synthetic_model("llama", "F32", n_ctx_train=64)) as m:
         with pytest.raises(InvalidArgumentError, match="n_seq_max must be in 1..256"):
             RuntimeContext(m, n_ctx=64, n_seq_max=0)
         with pytest.raises(InvalidArgumentError, match="n_ctx must be >= n_seq_max"):
             RuntimeContext(m, n_ctx=3, n_seq_max=4)
-        ctx = RuntimeContext(m, n_ctx=2 * 16, n_batch=4, n_threads=2, n_seq_max=2)
-        try:
+        with RuntimeContext(m, n_ctx=2 * 16, n_batch=4, n_threads=2, n_seq_max=2) as ctx:
             ctx.decode(np.arange(10), np.zeros(10))
             ctx.decode(np.arange(3), np.ones(3))
             with pytest.raises(InvalidArgumentError, match=r"seq_id\[1\] = 2 is outside 0..1"):
@@ -214,7 +167,3 @@ def test_errors_name_the_problem_and_change_nothing(synthetic_model):
                 ctx.seq_truncate(1, 4)
             assert (ctx.seq_n_past(0), ctx.seq_n_past(1)) == (10, 3)  # nothing moved
             assert ctx.seq_n_past(5) == 0
-        finally:
-            ctx.close()
-    finally:
-        m.close()
