@@ -30,8 +30,7 @@ def alone(default_model_file):
 
 
 def test_threads_on_sequences_equal_alone_and_share_steps(default_model_file, alone):
-    rm = RuntimeModel(default_model_file)
-    try:
+    with RuntimeModel(default_model_file) as rm:
         with BatchedRuntime(rm, n_seq=4, n_ctx_seq=256, n_batch=16, n_threads=2) as rt:
             models = [Model(default_model_file, n_threads=2, n_batch=16, _sequence=s) for s in rt.sequences]
             got: list = [None] * 4
@@ -54,13 +53,10 @@ def test_threads_on_sequences_equal_alone_and_share_steps(default_model_file, al
             for m in models:
                 m.close()
             assert not rt.ctx.closed  # the runtime owns the context: a Model on a sequence does not free it
-    finally:
-        rm.close()
 
 
 def test_errors_reach_the_sequence_that_asked(default_model_file):
-    rm = RuntimeModel(default_model_file)
-    try:
+    with RuntimeModel(default_model_file) as rm:
         with BatchedRuntime(rm, n_seq=2, n_ctx_seq=32, n_threads=2) as rt:
             m = Model(default_model_file, n_threads=2, _sequence=rt.sequences[1])
             with pytest.raises(ContextFullError, match="n_ctx = 32"):
@@ -68,13 +64,10 @@ def test_errors_reach_the_sequence_that_asked(default_model_file):
             m.eval(list(range(5)))
             assert (rt.sequences[0].n_past, rt.sequences[1].n_past) == (0, 5)
             m.close()
-    finally:
-        rm.close()
 
 
 def test_a_failing_step_fails_its_requests_and_the_runtime_goes_on(default_model_file, monkeypatch):
-    rm = RuntimeModel(default_model_file)
-    try:
+    with RuntimeModel(default_model_file) as rm:
         with BatchedRuntime(rm, n_seq=2, n_ctx_seq=32, n_threads=2) as rt:
             m = Model(default_model_file, n_threads=2, _sequence=rt.sequences[0])
             real = rt.ctx.decode
@@ -89,5 +82,3 @@ def test_a_failing_step_fails_its_requests_and_the_runtime_goes_on(default_model
             assert m.n_past == 0
             assert m.eval([1, 2, 3]).shape == (m.n_vocab,)
             m.close()
-    finally:
-        rm.close()
