@@ -231,6 +231,13 @@ class RuntimeModel(_COwner):
         super().close()
 
 
+def check_logits_out(out: np.ndarray, n_tokens: int, all_logits: bool, n_vocab: int) -> None:
+    """ValueError unless `out` can take an eval's logits: n_vocab floats, or one row per token."""
+    want = (n_tokens if all_logits else 1) * n_vocab
+    if out.dtype != np.float32 or out.size != want or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous float32 array of {want} values")
+
+
 class RuntimeContext(_COwner):
     """A KV cache and compute state on a RuntimeModel (ggml_rerope_context).
 
@@ -342,9 +349,7 @@ class RuntimeContext(_COwner):
         if out is None:
             out_ptr = ffi.NULL
         else:
-            want = (tokens.size if all_logits else 1) * self.model.n_vocab
-            if out.dtype != np.float32 or out.size != want or not out.flags.c_contiguous:
-                raise ValueError(f"out must be a contiguous float32 array of {want} values")
+            check_logits_out(out, tokens.size, all_logits, self.model.n_vocab)
             out_ptr = ffi.from_buffer("float[]", out, require_writable=True)
         check(lib.ggml_rerope_eval(self.ptr, ffi.from_buffer("int32_t[]", tokens), tokens.size, out_ptr,
                                    int(bool(all_logits))))

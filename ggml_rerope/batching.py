@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._internals import KV_F16, RuntimeContext, RuntimeModel
+from ._internals import KV_F16, RuntimeContext, RuntimeModel, check_logits_out
 from .errors import ContextFullError, UnsupportedError
 from .schemes import Scheme
 
@@ -108,14 +108,14 @@ class BatchedRuntime:
     def _compute(self, step: list[tuple[_Request, int]]) -> None:
         tokens = np.concatenate([r.tokens[r.sent:r.sent + n] for r, n in step])
         seqs = np.concatenate([np.full(n, r.seq, dtype=np.int32) for r, n in step])
-        flags = np.concatenate([self._flags(r, n) for r, n in step])
+        flags = [self._flags(r, n) for r, n in step]
         with self._lock:
-            logits = self.ctx.decode(tokens, seqs, flags)
+            logits = self.ctx.decode(tokens, seqs, np.concatenate(flags))
         self.steps += 1
         row = 0
         with self._cond:
-            for r, n in step:
-                k = int(np.count_nonzero(self._flags(r, n)))
+            for (r, n), f in zip(step, flags):
+                k = int(np.count_nonzero(f))
                 if k:
                     dst = r.out.reshape(-1, logits.shape[1])
                     first = r.sent if r.all_logits else 0
@@ -230,9 +230,9 @@ class SequenceContext:
         if tokens.size == 0:
             return
         if out is not None:
-            want = (tokens.size if all_logits else 1) * self.model.n_vocab
-            if out.dtype != np.float32 or out.size != want or not out.flags.c_contiguous:
-                raise ValueError(f"out must be a contiguous float32 array of {want} values")
+            check_logits_out(out, tokens.size, all_logits, self.model.n_vocab)
+        # checked here, not only by the C call: an overflow found there fails the whole step, with the
+        # other sequences' tokens in it
         n_past, n_ctx = self.n_past, self.n_ctx
         if n_past + tokens.size > n_ctx:
             raise ContextFullError(f"context full: {n_past} tokens in the cache + {tokens.size} new > n_ctx = {n_ctx}")
