@@ -167,3 +167,22 @@ def test_errors_name_the_problem_and_change_nothing(synthetic_model):
                 ctx.seq_truncate(1, 4)
             assert (ctx.seq_n_past(0), ctx.seq_n_past(1)) == (10, 3)  # nothing moved
             assert ctx.seq_n_past(5) == 0
+
+
+def test_decode_refuses_malformed_batches(synthetic_model):
+    from ggml_rerope._binding import ffi, last_error, lib
+
+    with RuntimeModel(synthetic_model("llama", "F32", n_ctx_train=64)) as m, \
+            RuntimeContext(m, n_ctx=32, n_threads=2, n_seq_max=2) as ctx:
+        assert lib.ggml_rerope_decode(ctx.ptr, ffi.NULL, ffi.NULL) == lib.GGML_REROPE_ERR_INVALID_ARG
+        assert "batch must not be NULL" in last_error()
+        tokens = ffi.new("int32_t[]", [1, 2])
+        for n, toks, msg in ((-1, tokens, "n_tokens must be >= 0, got -1"), (2, ffi.NULL, "tokens is NULL")):
+            batch = ffi.new("ggml_rerope_batch *", {"n_tokens": n, "tokens": toks})
+            assert lib.ggml_rerope_decode(ctx.ptr, batch, ffi.NULL) == lib.GGML_REROPE_ERR_INVALID_ARG
+            assert msg in last_error()
+        with pytest.raises(InvalidArgumentError, match="tokens\\[1\\] = 999999 is outside the vocabulary"):
+            ctx.decode(np.array([1, 999999]), np.array([0, 1]))
+        with pytest.raises(ValueError, match="seq_ids has 1 entries for 2 tokens"):
+            ctx.decode(np.array([1, 2]), np.array([0]))
+        assert (ctx.seq_n_past(0), ctx.seq_n_past(1)) == (0, 0)
