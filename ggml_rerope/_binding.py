@@ -91,6 +91,7 @@ typedef struct ggml_rerope_attn_call {
     int32_t n_head_kv;     /* >= 1                                            */
     int32_t k_type;        /* ggml_rerope_kv_type of k; unsupported: ERR_UNSUPPORTED */
     int32_t v_type;        /* ggml_rerope_kv_type of v; may differ from k_type      */
+    int32_t k_hadamard;    /* 0, or B: k rows hold H_B k (below); the kernels undo it  */
 } ggml_rerope_attn_call;
 
 ggml_rerope_params ggml_rerope_default_params(int32_t head_dim);
@@ -116,6 +117,9 @@ struct ggml_cgraph;
 struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_tensor * q, struct ggml_tensor * k,
     struct ggml_tensor * v, struct ggml_tensor * q_pos, struct ggml_tensor * k_pos,
     const ggml_rerope_params * params);
+struct ggml_tensor * ggml_rerope_attn_hadamard_k(struct ggml_context * ctx, struct ggml_tensor * q,
+    struct ggml_tensor * k, struct ggml_tensor * v, struct ggml_tensor * q_pos, struct ggml_tensor * k_pos,
+    const ggml_rerope_params * params, int32_t k_hadamard);
 ggml_rerope_status ggml_rerope_node_status(const struct ggml_tensor * node);
 ggml_rerope_status ggml_rerope_graph_status(struct ggml_cgraph * graph);
 

@@ -147,7 +147,7 @@ def _fill_params(params, *, window, leaky, group, logn_train_len, base, mode, n_
 
 def rerope_attention(q, k, v, *, window, leaky=None, logn_train_len=None, base=10000.0, mode="norm",
                      q_pos=None, k_pos=None, freq_factors=None, scale=None, threads=None, group=None,
-                     n_rot=None, causal=True, device="cpu", k_type=None, v_type=None) -> np.ndarray:
+                     n_rot=None, causal=True, device="cpu", k_type=None, v_type=None, k_hadamard=0) -> np.ndarray:
     """Fused ReRoPE attention (see src/ggml_rerope.h for the math).
 
     q: (n_q, H, d) float32; k, v: (n_kv, H_kv, d) float32 or float16, keys unrotated,
@@ -156,6 +156,8 @@ def rerope_attention(q, k, v, *, window, leaky=None, logn_train_len=None, base=1
     "q4_1", "q5_0", "q5_1", "iq4_nl"; None: the array's dtype). With a type, k / v is either floats
     of (n_kv, H_kv, d), converted to it here (ggml's reference quantizers, kv_quant.quantize), or
     uint8 (n_kv, H_kv, row bytes): rows already in that type. Block types need d % 32 == 0.
+    k_hadamard: 0, or a block size B (a power of two dividing d): k holds H_B of each block of B
+    dims of the keys (reference.hadamard; ggml_rerope.h), which the kernel undoes.
     window: w >= 1 (w >= context length is plain RoPE). leaky: Leaky ReRoPE slope
     divisor k >= 1; group: Self-Extend group size G (exclusive with leaky).
     logn_train_len: log-n query scaling with this training length (None/0: off).
@@ -205,6 +207,7 @@ def rerope_attention(q, k, v, *, window, leaky=None, logn_train_len=None, base=1
     call.n_q, call.n_head, call.n_kv, call.n_head_kv = n_q, n_head, n_kv, n_head_kv
     call.k_type = KV_TYPES[k.dtype] if k_id is None else k_id
     call.v_type = KV_TYPES[v.dtype] if v_id is None else v_id
+    call.k_hadamard = _int32("k_hadamard", k_hadamard)
     if device == "cuda":
         status = _lib.ggml_rerope_attn_cuda_from_host(call)
     else:

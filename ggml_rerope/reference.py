@@ -138,6 +138,29 @@ def rope_attention(q, k, v, *, base=10000.0, mode=NORM, n_rot=None, q_pos=None, 
 
 # ---------------------------------------------------------------- K/V types (ggml's block formats)
 
+def hadamard_matrix(b: int) -> np.ndarray:
+    """The orthonormal Walsh-Hadamard matrix H_b (b a power of two): H_1 = 1, H_2b = [[H, H], [H, -H]] / sqrt(2).
+    Symmetric and its own inverse."""
+    if b < 1 or b & (b - 1):
+        raise ValueError(f"a Hadamard block must be a power of two, got {b}")
+    h = np.ones((1, 1))
+    while h.shape[0] < b:
+        h = np.block([[h, h], [h, -h]]) / np.sqrt(2.0)
+    return h
+
+
+def hadamard(x: np.ndarray, b: int) -> np.ndarray:
+    """H_b applied to every block of b consecutive elements of the last axis (float64): the rotation of
+    ggml_rerope_attn_call.k_hadamard, and its inverse (H_b is its own)."""
+    x = np.asarray(x, dtype=np.float64)
+    if b == 0:
+        return x
+    if x.shape[-1] % b:
+        raise ValueError(f"a Hadamard block of {b} must divide the last axis ({x.shape[-1]})")
+    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // b, b)
+    return (blocks @ hadamard_matrix(b)).reshape(x.shape)
+
+
 _IQ4_NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float64)
 _BLOCK = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "iq4_nl": 18}
 

@@ -154,7 +154,16 @@ typedef struct ggml_rerope_attn_call {
     int32_t n_head_kv;     /* >= 1                                            */
     int32_t k_type;        /* ggml_rerope_kv_type of k; unsupported: ERR_UNSUPPORTED */
     int32_t v_type;        /* ggml_rerope_kv_type of v; may differ from k_type      */
+    int32_t k_hadamard;    /* 0, or B: k rows hold H_B k (below); the kernels undo it  */
 } ggml_rerope_attn_call;
+
+/* Hadamard-rotated keys (k_hadamard = B, a power of two >= 2 dividing d): each block of B
+ * dims of a stored key row is H_B x, H_B the orthonormal Walsh-Hadamard matrix (H_B = H_B^T,
+ * H_B H_B = I; H_1 = 1, H_2B = [[H_B, H_B], [H_B, -H_B]] / sqrt(2)). A quantized row of H_B k
+ * spreads one dim's outlier over B dims, so its blocks' scales fit (llama.cpp rotates quantized
+ * caches the same way). The math above holds for the unrotated k = H_B k_stored.
+ * Values need nothing of the operator: o_i is linear in v, so rows stored as H_B v give H_B o_i;
+ * the caller applies H_B to the output (the runtime does, in its graph). */
 
 /* The contract of a call, checked without reading any buffer: params, q/k/v/out not NULL, the
  * dims, k_type / v_type (and head_dim % 32 == 0 for block types), and that default query
@@ -202,6 +211,13 @@ GGML_REROPE_API struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx,
                                                       struct ggml_tensor * k, struct ggml_tensor * v,
                                                       struct ggml_tensor * q_pos, struct ggml_tensor * k_pos,
                                                       const ggml_rerope_params * params);
+
+/* ggml_rerope_attn for keys stored Hadamard-rotated (ggml_rerope_attn_call.k_hadamard = k_hadamard;
+ * 0 is ggml_rerope_attn). */
+GGML_REROPE_API struct ggml_tensor * ggml_rerope_attn_hadamard_k(struct ggml_context * ctx, struct ggml_tensor * q,
+                                                                 struct ggml_tensor * k, struct ggml_tensor * v,
+                                                                 struct ggml_tensor * q_pos, struct ggml_tensor * k_pos,
+                                                                 const ggml_rerope_params * params, int32_t k_hadamard);
 
 /* A ggml callback cannot fail, so a node that fails while ggml computes it (workspace
  * allocation: ERR_NO_MEMORY; a negative position: ERR_INVALID_ARG) writes no rows and records

@@ -120,3 +120,41 @@ def test_errors_name_the_type(synthetic_model, monkeypatch):
     monkeypatch.setenv("GGML_REROPE_RUNTIME_ATTN", "ggml")
     with pytest.raises(UnsupportedError, match="the ggml cross-check path reads f16 or f32 caches only"):
         Model(synthetic_model("llama", "F32"), n_ctx=32, kv_type="q8_0")
+
+
+def _loss(logits, tokens):
+    z = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(tokens) - 1), tokens[1:]].mean())
+
+
+@pytest.mark.needs_shared_text
+def test_hadamard_rotation_brings_q4_0_closer_to_f16(default_model_file, shared_text, monkeypatch):
+    """SmolLM2's keys have outlier dims: rotated before q4_0 (the default, as llama.cpp), the logits move
+    less from the f16 cache's, and the loss rises less, than with the rotation turned off."""
+    tokens = text_tokens(default_model_file, shared_text, 600)
+
+    def run(**kw):
+        with Model(default_model_file, n_ctx=len(tokens) + 8, n_threads=2, rope_scaling="none", **kw) as m:
+            return m.logits(tokens)
+
+    ref = run(type_k="f16", type_v="f16")
+    rotated = run(type_k="q4_0", type_v="q4_0")
+    monkeypatch.setenv("GGML_REROPE_ATTN_ROT_DISABLE", "1")
+    plain = run(type_k="q4_0", type_v="q4_0")
+    d_rot, d_plain = compare(rotated, ref)["mean_abs"], compare(plain, ref)["mean_abs"]
+    loss = {name: _loss(x, tokens) - _loss(ref, tokens) for name, x in (("rotated", rotated), ("plain", plain))}
+    print(f"mean |dlogit| vs f16: rotated {d_rot:.4f}, plain {d_plain:.4f}; loss change {loss}")
+    assert d_rot < 0.8 * d_plain
+    assert loss["rotated"] < loss["plain"]
+
+
+def test_state_of_rotated_rows_needs_a_rotating_context(synthetic_model, tmp_path, monkeypatch):
+    path = synthetic_model("llama", "F32")  # head_dim 64: q8_0 rows are rotated
+    with Model(path, n_ctx=64, n_threads=1, kv_type="q8_0") as a:
+        a.eval(list(range(1, 20)))
+        a.save_state_file(tmp_path / "r.state")
+    monkeypatch.setenv("GGML_REROPE_ATTN_ROT_DISABLE", "1")
+    with Model(path, n_ctx=64, n_threads=1, kv_type="q8_0") as b:
+        with pytest.raises(InvalidArgumentError, match="Hadamard-rotated by blocks of 64/64 .*this context's by 0/0"):
+            b.load_state_file(tmp_path / "r.state")

@@ -74,12 +74,12 @@ ggml_rerope_status check_cuda_call(const ggml_rerope_attn_call * c, int what) {
 
 AttnArgs make_args(const ggml_rerope_params * p, const float * q, int32_t n_q, int32_t n_head, const int32_t * q_pos,
                    const void * k, const void * v, int32_t n_kv, int32_t n_head_kv, const int32_t * k_pos, float * out,
-                   int32_t k_type, int32_t v_type) {
+                   int32_t k_type, int32_t v_type, int32_t k_hadamard) {
     AttnArgs a;
     memset(&a, 0, sizeof(a));
     a.q = q, a.k = k, a.v = v, a.out = out, a.q_pos = q_pos, a.k_pos = k_pos, a.k_bounds = nullptr;
     a.n_q = n_q, a.n_head = n_head, a.n_kv = n_kv, a.n_head_kv = n_head_kv, a.group = n_head / n_head_kv;
-    a.k_type = k_type, a.v_type = v_type;
+    a.k_type = k_type, a.v_type = v_type, a.k_hadamard = k_hadamard;
     a.k_row_bytes = rerope_cuda::kv_row_bytes(k_type, p->head_dim);
     a.v_row_bytes = rerope_cuda::kv_row_bytes(v_type, p->head_dim);
     a.k_chunks = rerope_cuda::staged_row_chunks(k, a.k_row_bytes);
@@ -118,7 +118,7 @@ ggml_rerope_status ggml_rerope_attn_cuda(const ggml_rerope_attn_call * call, voi
     for (int i = 0; i < 6; ++i)
         if (ptrs[i] && (st = check_device_pointer(ptrs[i], names[i], align[i])) != GGML_REROPE_OK) return st;
     const AttnArgs a = make_args(&c.params, c.q, c.n_q, c.n_head, c.q_pos, c.k, c.v, c.n_kv, c.n_head_kv, c.k_pos,
-                                 c.out, c.k_type, c.v_type);
+                                 c.out, c.k_type, c.v_type, c.k_hadamard);
     return rerope_cuda::run_attention(a, c.params.head_dim, static_cast<cudaStream_t>(stream));
 }
 
@@ -173,7 +173,7 @@ ggml_rerope_status ggml_rerope_attn_cuda_from_host(const ggml_rerope_attn_call *
         make_args(params, reinterpret_cast<const float *>(dev), n_q, n_head,
                   q_pos ? reinterpret_cast<const int32_t *>(dev + off_qp) : nullptr, dev + off_k, dev + off_v, n_kv,
                   n_head_kv, k_pos ? reinterpret_cast<const int32_t *>(dev + off_kp) : nullptr,
-                  reinterpret_cast<float *>(dev + off_o), k_type, v_type);
+                  reinterpret_cast<float *>(dev + off_o), k_type, v_type, call->k_hadamard);
     st = rerope_cuda::run_attention(a, d, stream);
     if (st == GGML_REROPE_OK) {
         err = cudaMemcpyAsync(out, dev + off_o, q_bytes, cudaMemcpyDeviceToHost, stream);

@@ -103,6 +103,7 @@ struct DecodeMmaTuning {
 
 constexpr int ROTATE_KEYS_THREADS = 256;  // rotate_keys.cu: one thread per rotation unit
 constexpr int KEY_BOUNDS_THREADS = 128;   // key_bounds.cu: one thread per key tile
+constexpr int UNROTATE_KEYS_THREADS = 256;  // unrotate_keys.cu: one warp per key row
 
 // ---------------------------------------------------------------- decode split rules
 

@@ -9,6 +9,8 @@
 #include "cuda_status.cuh"
 #include "decode_split.cuh"
 #include "heuristics.cuh"
+#include "kv_staging.cuh"
+#include "kv_types.cuh"
 #include "launch.cuh"
 
 namespace rerope_cuda {
@@ -52,6 +54,19 @@ ggml_rerope_status run_attention(AttnArgs a, int head_dim, cudaStream_t stream) 
     const ggml_rerope_status pool_st = keep_pool_memory(device);
     if (pool_st != GGML_REROPE_OK) return pool_st;
 
+    // Hadamard-rotated keys are undone once a call, into f16 rows (f32 for f32 keys) of the
+    // workspace that the kernels then read as an f16 (f32) cache: their tile loads convert types
+    // but never mix dims, and the pass is O(n_kv d log B), small next to attention (undoing it in
+    // the tile loads is a later optimisation). From here `a` describes those rows, `stored` the call's.
+    const AttnArgs stored = a;
+    size_t unrotated_bytes = 0;
+    if (a.k_hadamard) {
+        a.k_type = a.k_type == GGML_REROPE_KV_F32 ? GGML_REROPE_KV_F32 : GGML_REROPE_KV_F16;
+        a.k_row_bytes = kv_row_bytes(a.k_type, head_dim);
+        a.k_hadamard = 0;
+        unrotated_bytes = (size_t) a.n_kv * a.n_head_kv * a.k_row_bytes;
+    }
+
     const bool decode = runs_decode(a.n_q);
     const bool decode_mma = decode && decode_on_tensor_cores(a.k_type, a.v_type);
     // The tensor-core kernels classify whole key tiles by position range; with explicit key
@@ -61,9 +76,9 @@ ggml_rerope_status run_attention(AttnArgs a, int head_dim, cudaStream_t stream) 
     const size_t bounds_bytes = a.k_pos && tiles_by_range ? (size_t) ((a.n_kv + tile - 1) / tile) * sizeof(int2) : 0;
     const size_t rot_bytes = (size_t) a.n_kv * a.n_head_kv * head_dim * sizeof(half);
 
-    // Workspace: [tile bounds] | decode: split partials; prefill: rotated keys (near, far).
+    // Workspace: [tile bounds] | [unrotated keys] | decode: split partials; prefill: rotated keys (near, far).
     DecodePlan plan = {};
-    size_t bytes = align256(bounds_bytes);
+    size_t bytes = align256(bounds_bytes) + align256(unrotated_bytes);
     if (decode) {
         plan = decode_mma ? plan_decode_mma(a, sm_count) : plan_decode_f32(a, sm_count);
         bytes += decode_workspace_floats(plan, a, head_dim) * sizeof(float);
@@ -74,17 +89,23 @@ ggml_rerope_status run_attention(AttnArgs a, int head_dim, cudaStream_t stream) 
     scratch.stream = stream;
     if (bytes) REROPE_CUDA_TRY(cudaMallocAsync(&scratch.ptr, bytes, stream));
     char * base = static_cast<char *>(scratch.ptr);
-    char * after_bounds = base + align256(bounds_bytes);
+    char * unrotated = base + align256(bounds_bytes);
+    char * after_keys = unrotated + align256(unrotated_bytes);
     if (bounds_bytes) {
         a.k_bounds = reinterpret_cast<const int2 *>(base);
         REROPE_CUDA_TRY(launch_key_bounds(a.k_pos, a.n_kv, tile, reinterpret_cast<int2 *>(base), stream));
     }
+    if (unrotated_bytes) {
+        REROPE_CUDA_TRY(launch_unrotate_keys(stored, head_dim, unrotated, stream));
+        a.k = unrotated;
+        a.k_chunks = staged_row_chunks(a.k, a.k_row_bytes);
+    }
     if (decode) {
-        float * work = reinterpret_cast<float *>(after_bounds);
+        float * work = reinterpret_cast<float *>(after_keys);
         if (decode_mma) REROPE_CUDA_TRY(launch_decode_mma(a, plan, head_dim, work, stream));
         else REROPE_CUDA_TRY(launch_decode_f32(a, plan, head_dim, work, stream));
     } else {
-        half * k_near = reinterpret_cast<half *>(after_bounds);
+        half * k_near = reinterpret_cast<half *>(after_keys);
         half * k_far = far_rotates_keys(a) ? k_near + rot_bytes / sizeof(half) : nullptr;
         REROPE_CUDA_TRY(launch_rotate_keys(a, head_dim, k_near, k_far, stream));
         a.k_near = k_near;

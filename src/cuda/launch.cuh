@@ -22,6 +22,10 @@ cudaError_t launch_prefill(const AttnArgs & args, int head_dim, cudaStream_t str
 // (NULL unless far_mode is LEAKY or GROUP) = R_(far_k_pos(j)) k_j.
 cudaError_t launch_rotate_keys(const AttnArgs & args, int head_dim, half * k_near, half * k_far, cudaStream_t stream);
 
+// Hadamard-rotated keys' pre-pass (unrotate_keys.cu): out = the rows of args.k (args.k_type,
+// args.k_hadamard = B) with H_B applied to each block of B dims: f32 rows for f32 keys, else f16.
+cudaError_t launch_unrotate_keys(const AttnArgs & args, int head_dim, void * out, cudaStream_t stream);
+
 // Split-K decode, then the merge of the splits (launch_decode_reduce) on the same stream.
 // `work` holds decode_workspace_floats(plan, ...) floats (decode_split.cuh); plan from
 // heuristics.cuh's plan_decode_f32 / plan_decode_mma.

@@ -43,6 +43,11 @@ ggml_rerope_status rerope_check_call(const ggml_rerope_attn_call * c, int what) 
                            c->n_head_kv);
     if ((st = check_kv_type(c->k_type, "k_type", c->params.head_dim)) != GGML_REROPE_OK) return st;
     if ((st = check_kv_type(c->v_type, "v_type", c->params.head_dim)) != GGML_REROPE_OK) return st;
+    const int32_t hb = c->k_hadamard;
+    if (hb != 0 && (hb < 2 || (hb & (hb - 1)) || c->params.head_dim % hb))
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG,
+                           "k_hadamard must be 0 or a power of two >= 2 dividing head_dim (%d), got %d",
+                           c->params.head_dim, hb);
     if (!c->q_pos && c->n_q > c->n_kv)
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG,
                            "q_pos is NULL but n_q (%d) > n_kv (%d): default query positions would be negative", c->n_q,

@@ -21,6 +21,7 @@ enum { SRC_Q, SRC_K, SRC_V, SRC_QPOS, SRC_KPOS };
 /* The userdata of the node(s) of one ggml_rerope_attn; shared by ggml's threads. */
 typedef struct rr_node_state {
     const ggml_rerope_params * params;
+    int32_t k_hadamard;        /* ggml_rerope_attn_call.k_hadamard of the node's keys */
     atomic_int failed;         /* 0: nothing recorded; the first failing thread sets it to 1 */
     ggml_rerope_status status; /* written by that thread only */
     char message[256];
@@ -34,7 +35,8 @@ static void record_failure(rr_node_state * s, ggml_rerope_status status) {
 }
 
 /* The call a node's sources describe (data pointers are NULL before the graph is allocated). */
-static ggml_rerope_attn_call call_from_tensors(const struct ggml_tensor * const * src, const ggml_rerope_params * p) {
+static ggml_rerope_attn_call call_from_tensors(const struct ggml_tensor * const * src, const ggml_rerope_params * p,
+                                               int32_t k_hadamard) {
     const struct ggml_tensor *q = src[SRC_Q], *k = src[SRC_K], *qp = src[SRC_QPOS], *kp = src[SRC_KPOS];
     ggml_rerope_attn_call c;
     memset(&c, 0, sizeof c);
@@ -50,12 +52,14 @@ static ggml_rerope_attn_call call_from_tensors(const struct ggml_tensor * const 
     c.n_head_kv = (int32_t) k->ne[1];
     c.k_type = (int32_t) k->type; /* ggml_rerope_kv_type values are ggml's */
     c.v_type = (int32_t) src[SRC_V]->type;
+    c.k_hadamard = k_hadamard;
     return c;
 }
 
 /* The job of the attention node whose sources are those of `node`. */
-static void job_from_tensors(rerope_job * job, const struct ggml_tensor * node, const ggml_rerope_params * p,
+static void job_from_tensors(rerope_job * job, const struct ggml_tensor * node, const rr_node_state * s,
                              int allow_split) {
+    const ggml_rerope_params * p = s->params;
     const struct ggml_tensor *q = node->src[SRC_Q], *k = node->src[SRC_K], *v = node->src[SRC_V];
     const struct ggml_tensor *qp = node->src[SRC_QPOS], *kp = node->src[SRC_KPOS];
     memset(job, 0, sizeof *job);
@@ -71,6 +75,7 @@ static void job_from_tensors(rerope_job * job, const struct ggml_tensor * node, 
     job->v_nb_tok = v->nb[2];
     job->k_type = (int) k->type;
     job->v_type = (int) v->type;
+    job->k_hadamard = s->k_hadamard;
     job->n_q = (int) q->ne[2];
     job->n_head = (int) q->ne[1];
     job->n_kv = (int) k->ne[2];
@@ -83,7 +88,8 @@ static void job_from_tensors(rerope_job * job, const struct ggml_tensor * node, 
 /* Position values exist only now: every thread checks them (a scan of n_q + n_kv ints, small next
  * to the attention) so that none runs the kernel on a bad call. */
 static int compute_time_check(const struct ggml_tensor * dst, rr_node_state * s) {
-    const ggml_rerope_attn_call c = call_from_tensors((const struct ggml_tensor * const *) dst->src, s->params);
+    const ggml_rerope_attn_call c =
+        call_from_tensors((const struct ggml_tensor * const *) dst->src, s->params, s->k_hadamard);
     const ggml_rerope_status st = rerope_check_call(&c, RR_CHECK_POSITIONS);
     if (st == GGML_REROPE_OK) return 1;
     record_failure(s, st);
@@ -106,7 +112,7 @@ static void attn_forward(struct ggml_tensor * dst, int ith, int nth, void * user
     rr_node_state * s = (rr_node_state *) userdata;
     if (!compute_time_check(dst, s)) return;
     rerope_job job;
-    job_from_tensors(&job, dst, s->params, 0);
+    job_from_tensors(&job, dst, s, 0);
     job.out = (char *) dst->data;
     job.o_nb_head = dst->nb[1];
     job.o_nb_tok = dst->nb[2];
@@ -117,7 +123,7 @@ static void attn_partials(struct ggml_tensor * dst, int ith, int nth, void * use
     rr_node_state * s = (rr_node_state *) userdata;
     if (!compute_time_check(dst, s)) return;
     rerope_job job;
-    job_from_tensors(&job, dst, s->params, 1);
+    job_from_tensors(&job, dst, s, 1);
     job.partials = (float *) dst->data; /* ne = {2 + dp, n_q * n_head, n_split} */
     run_kernel(&job, ith, nth, s);
 }
@@ -266,9 +272,10 @@ static int ctx_has_room(struct ggml_context * ctx, const rerope_job * job) {
     return 0;
 }
 
-struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_tensor * q, struct ggml_tensor * k,
-                                      struct ggml_tensor * v, struct ggml_tensor * q_pos, struct ggml_tensor * k_pos,
-                                      const ggml_rerope_params * params) {
+struct ggml_tensor * ggml_rerope_attn_hadamard_k(struct ggml_context * ctx, struct ggml_tensor * q,
+                                                 struct ggml_tensor * k, struct ggml_tensor * v,
+                                                 struct ggml_tensor * q_pos, struct ggml_tensor * k_pos,
+                                                 const ggml_rerope_params * params, int32_t k_hadamard) {
     if (ggml_rerope_check_params(params) != GGML_REROPE_OK) return NULL;
     if (!ctx || !q || !k || !v) {
         rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "%s is NULL", !ctx ? "ctx" : !q ? "q" : !k ? "k" : "v");
@@ -277,7 +284,7 @@ struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_ten
     const int64_t d = params->head_dim;
     if (!tensors_ok(q, k, v, q_pos, k_pos, d)) return NULL;
     struct ggml_tensor * args[5] = {q, k, v, q_pos, k_pos};
-    const ggml_rerope_attn_call call = call_from_tensors((const struct ggml_tensor * const *) args, params);
+    const ggml_rerope_attn_call call = call_from_tensors((const struct ggml_tensor * const *) args, params, k_hadamard);
     if (rerope_check_call(&call, 0) != GGML_REROPE_OK) return NULL;
 
     rerope_job job;
@@ -293,6 +300,7 @@ struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_ten
     rr_node_state * s = ggml_new_buffer(ctx, sizeof(rr_node_state));
     memset(s, 0, sizeof *s);
     s->params = params;
+    s->k_hadamard = k_hadamard;
     atomic_init(&s->failed, 0);
     struct ggml_tensor * out;
     if (job.n_split == 0) {
@@ -312,4 +320,10 @@ struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_ten
         return NULL;
     }
     return out;
+}
+
+struct ggml_tensor * ggml_rerope_attn(struct ggml_context * ctx, struct ggml_tensor * q, struct ggml_tensor * k,
+                                      struct ggml_tensor * v, struct ggml_tensor * q_pos, struct ggml_tensor * k_pos,
+                                      const ggml_rerope_params * params) {
+    return ggml_rerope_attn_hadamard_k(ctx, q, k, v, q_pos, k_pos, params, 0);
 }

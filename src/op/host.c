@@ -45,6 +45,7 @@ ggml_rerope_status ggml_rerope_attn_host(const ggml_rerope_attn_call * call, int
     job.v_nb_head = v_row;
     job.v_nb_tok = v_row * (size_t) call->n_head_kv;
     job.k_type = call->k_type;
+    job.k_hadamard = call->k_hadamard;
     job.v_type = call->v_type;
     job.n_q = call->n_q;
     job.n_head = call->n_head;

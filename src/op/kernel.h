@@ -32,6 +32,7 @@ typedef struct rerope_job {
     const char * v;
     size_t v_nb_head, v_nb_tok;
     int k_type, v_type; /* ggml_rerope_kv_type of the K and V rows */
+    int k_hadamard;     /* 0, or the Hadamard block of the stored keys (ggml_rerope.h) */
     int n_q, n_head, n_kv, n_head_kv, gq; /* gq = n_head / n_head_kv */
     const int32_t * q_pos;                /* NULL: n_kv - n_q + i */
     const int32_t * k_pos;                /* NULL: j */
@@ -73,6 +74,15 @@ size_t rerope_partials_floats(const rerope_job * job);
 
 /* Split-K merge of thread ith's share of the rows into job->out. */
 void rerope_merge_partials(const rerope_job * job, int ith, int nth);
+
+/* x[0 .. n) = H_b of each block of b elements (ggml_rerope.h's Walsh-Hadamard, its own inverse). */
+void rerope_hadamard_row(float * x, int n, int b);
+
+/* 1 if a path's scores use the stored keys as they are (no rotation by key position): then, with
+ * Hadamard-rotated keys, that path's queries are rotated instead (<q, k> = <H q, H k>). */
+static inline int rerope_path_keeps_keys(const rerope_job * j, int far) {
+    return j->half == 0 || (far && j->p.far_mode == GGML_REROPE_FAR_CLAMP);
+}
 
 /* The kernel the current SIMD setting selects. */
 rerope_kernel_fn rerope_select_kernel(void);

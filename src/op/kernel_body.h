@@ -243,8 +243,10 @@ static void RR_FN(rr_prep_q)(ST * st, const rerope_job * job, int path, int h0, 
             for (int g = 0; g < gq; g++) {
                 const float * src = (const float *) (job->q + (size_t) (i0 + tl) * job->q_nb_tok +
                                                      (size_t) ((h0 + hb) * gq + g) * job->q_nb_head);
-                RR_FN(rr_rotate_row)(job, Q + ((size_t) hb * rp + tl * gq + g) * dp, src, st->rc[path], st->rs[path],
-                                     lam[tl]);
+                float * row = Q + ((size_t) hb * rp + tl * gq + g) * dp;
+                RR_FN(rr_rotate_row)(job, row, src, st->rc[path], st->rs[path], lam[tl]);
+                if (job->k_hadamard && rerope_path_keeps_keys(job, path == RR_FAR))
+                    rerope_hadamard_row(row, job->d, job->k_hadamard);
             }
         }
     }
@@ -372,9 +374,9 @@ static void RR_FN(rr_transpose_tile)(ST * st, const rerope_job * job, int hb) {
 #endif
 }
 
-/* dst[d][BK] = kraw rotated by the tile's cos/sin of a path (pairs of the rope mode). */
-static void RR_FN(rr_rotate_tile)(const ST * st, const rerope_job * job, int path, float * dst) {
-    const float * src = st->f + st->L.kraw;
+/* dst[d][BK] = src[d][BK] (kraw, or its unrotated copy) rotated by the tile's cos/sin of a path
+ * (pairs of the rope mode); dst may be src. */
+static void RR_FN(rr_rotate_tile)(const ST * st, const rerope_job * job, int path, const float * src, float * dst) {
     const float * csc = st->f + (path == RR_NEAR ? st->L.csc : st->L.csc2);
     const float * css = st->f + (path == RR_NEAR ? st->L.css : st->L.css2);
     const int half = job->half, neox = job->p.rope_mode == GGML_REROPE_MODE_NEOX;
@@ -388,9 +390,30 @@ static void RR_FN(rr_rotate_tile)(const ST * st, const rerope_job * job, int pat
             rr_store(dst + b * RR_BK + o, rr_fma(xa, s, rr_mul(xb, c)));
         }
     }
-    if (job->d > job->n_rot)
+    if (job->d > job->n_rot && dst != src)
         memcpy(dst + (size_t) job->n_rot * RR_BK, src + (size_t) job->n_rot * RR_BK,
                sizeof(float) * RR_BK * (size_t) (job->d - job->n_rot));
+}
+
+/* dst[d][BK] = H_b of src's columns (each key of the tile), b = job->k_hadamard: the keys as they
+ * were before they were stored rotated. Butterflies between rows: whole-vector adds. */
+static void RR_FN(rr_unrotate_tile)(const rerope_job * job, const float * src, float * dst) {
+    const int d = job->d, b = job->k_hadamard;
+    const rr_vec norm = rr_set1(1.0f / sqrtf((float) b));
+    for (int h = 1; h < b; h *= 2) {
+        const float * from = h == 1 ? src : dst;
+        for (int i = 0; i < d; i++) {
+            if (i & h) continue;
+            for (int v = 0; v < RR_NV; v++) {
+                const int o = v * RR_VL;
+                const rr_vec x = rr_load(from + (size_t) i * RR_BK + o),
+                             y = rr_load(from + (size_t) (i + h) * RR_BK + o);
+                const int last = 2 * h >= b;
+                rr_store(dst + (size_t) i * RR_BK + o, last ? rr_mul(rr_add(x, y), norm) : rr_add(x, y));
+                rr_store(dst + (size_t) (i + h) * RR_BK + o, last ? rr_mul(rr_sub(x, y), norm) : rr_sub(x, y));
+            }
+        }
+    }
 }
 
 /* S[rows][BK] = Q[rows][dp] . Kt[d][BK]: broadcast q, FMA key rows; no horizontal sums. */
@@ -585,14 +608,18 @@ static void RR_FN(rr_scores_staged)(ST * st, const rerope_job * job, int hb, int
     const size_t blk = (size_t) hb * rows_pad * dp;
     float *kraw = st->f + L->kraw, *kn = st->f + L->kn, *kf = st->f + L->kf;
     RR_FN(rr_transpose_tile)(st, job, hb);
-    const float *kt_near = kraw, *kt_far = kraw;
-    if (rot_near) {
-        RR_FN(rr_rotate_tile)(st, job, RR_NEAR, kn);
-        kt_near = kn;
+    const float *kt_near = kraw, *kt_far = kraw, *raw = kraw;
+    if (job->k_hadamard && (rot_near || rot_far)) { /* paths that rotate keys need them unrotated first */
+        RR_FN(rr_unrotate_tile)(job, kraw, kn);
+        raw = kn;
     }
     if (rot_far) {
-        RR_FN(rr_rotate_tile)(st, job, RR_FAR, kf);
+        RR_FN(rr_rotate_tile)(st, job, RR_FAR, raw, kf);
         kt_far = kf;
+    }
+    if (rot_near) {
+        RR_FN(rr_rotate_tile)(st, job, RR_NEAR, raw, kn);
+        kt_near = kn;
     }
     if (use_near) RR_FN(rr_qk)(st->f + L->qn + blk, kt_near, st->f + L->s, rows_pad, d, dp);
     if (use_far) RR_FN(rr_qk)(st->f + L->qf + blk, kt_far, st->f + (use_near ? L->s2 : L->s), rows_pad, d, dp);

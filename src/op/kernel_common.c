@@ -5,6 +5,18 @@
 #include <math.h>
 #include <string.h>
 
+void rerope_hadamard_row(float * x, int n, int b) {
+    const float norm = 1.0f / sqrtf((float) b);
+    for (int h = 1; h < b; h *= 2)
+        for (int i = 0; i < n; i++)
+            if (!(i & h)) {
+                const float a = x[i], c = x[i + h];
+                x[i] = a + c;
+                x[i + h] = a - c;
+            }
+    for (int i = 0; i < n; i++) x[i] *= norm;
+}
+
 void rerope_job_finish(rerope_job * job, int allow_split) {
     const ggml_rerope_params * p = &job->p;
     job->d = p->head_dim;

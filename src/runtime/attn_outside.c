@@ -148,7 +148,8 @@ static ggml_rerope_attn_call span_call(const rt_pieces_attn * a, const struct gg
                                         .n_kv = rt_span_n_kv(sp),
                                         .n_head_kv = (int32_t) kv->k[il]->ne[1],
                                         .k_type = (int32_t) kv->type_k,
-                                        .v_type = (int32_t) kv->type_v};
+                                        .v_type = (int32_t) kv->type_v,
+                                        .k_hadamard = kv->k_hadamard};
     return call;
 }
 

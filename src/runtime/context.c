@@ -249,10 +249,10 @@ static ggml_rerope_status setup_compute(ggml_rerope_context * ctx) {
         double compute = 0.0;
         for (int d = 0; d < n_buf; d++) compute += ggml_gallocr_get_buffer_size(ctx->galloc, d) / 1048576.0;
         fprintf(stderr,
-                "ggml_rerope: KV cache %.1f MiB (K %s, V %s), compute buffers %.1f MiB on %d device%s (n_batch %d), "
-                "%d threads%s\n",
+                "ggml_rerope: KV cache %.1f MiB (K %s, V %s; Hadamard blocks K %d, V %d), compute buffers %.1f MiB "
+                "on %d device%s (n_batch %d), %d threads%s\n",
                 rt_kv_bytes(&ctx->kv) / 1048576.0, ggml_type_name(ctx->kv.type_k), ggml_type_name(ctx->kv.type_v),
-                compute, n_buf, n_buf == 1 ? "" : "s", nb, n_threads,
+                ctx->kv.k_hadamard, ctx->kv.v_hadamard, compute, n_buf, n_buf == 1 ? "" : "s", nb, n_threads,
                 ctx->attn_mode == RT_ATTN_OUTSIDE ? ", attention between graph pieces" : "");
     }
     return GGML_REROPE_OK;
@@ -312,6 +312,10 @@ ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml
                      : dbg && strcmp(dbg, "ggml") == 0                           ? RT_ATTN_GGML
                      : dbg && strcmp(dbg, "outside") == 0                        ? RT_ATTN_OUTSIDE
                                                                                  : RT_ATTN_NODE;
+    /* quantized rows Hadamard-rotated unless ggml's own attention reads them (the cross-check path) or the
+     * user turns it off (as llama.cpp's LLAMA_ATTN_ROT_DISABLE) */
+    const char * rot_off = getenv("GGML_REROPE_ATTN_ROT_DISABLE");
+    const bool rotate_kv = ctx->attn_mode != RT_ATTN_GGML && !(rot_off && atoi(rot_off) != 0);
     /* the ggml cross-check path has one causal mask per graph: one sequence at a time */
     ctx->max_span = ctx->attn_mode == RT_ATTN_GGML ? 1 : (ctx->n_seq < p.n_batch ? ctx->n_seq : p.n_batch);
 
@@ -324,7 +328,7 @@ ggml_rerope_status ggml_rerope_context_new(ggml_rerope_model * model, const ggml
     if (!s) s = rt_ubatch_init(&ctx->ub, p.n_batch, ctx->n_seq);
     if (!s)
         s = rt_kv_init(&ctx->kv, model, ctx->n_ctx_seq * ctx->n_seq, p.n_batch, (enum ggml_type) p.type_k,
-                       (enum ggml_type) p.type_v);
+                       (enum ggml_type) p.type_v, rotate_kv);
     if (!s) {
         ggml_rerope_scheme def = ggml_rerope_scheme_default(model);
         s = ggml_rerope_context_set_scheme(ctx, &def);
@@ -581,11 +585,11 @@ size_t ggml_rerope_kv_bytes_per_token(const ggml_rerope_context * ctx) {
 /* Saved state: header, then rt_kv_get_rows' bytes. Fixed-width fields in host byte order (a state
  * is read back by the same build family on the same kind of machine, as llama.cpp's). */
 #define STATE_MAGIC 0x5652524Bu /* the bytes "KRRV" on a little-endian machine */
-#define STATE_VERSION 2u /* 2: separate K and V cache types */
+#define STATE_VERSION 3u /* 2: separate K and V cache types; 3: their Hadamard blocks */
 
 typedef struct state_header {
     uint32_t magic, version;
-    int32_t n_layer, n_head_kv, head_dim, type_k, n_past, type_v;
+    int32_t n_layer, n_head_kv, head_dim, type_k, n_past, type_v, k_hadamard, v_hadamard;
 } state_header;
 
 static size_t state_payload_bytes(const ggml_rerope_context * ctx, int32_t n_past) {
@@ -610,6 +614,8 @@ ggml_rerope_status ggml_rerope_state_get(const ggml_rerope_context * ctx, void *
                             .head_dim = I->head_dim,
                             .type_k = (int32_t) ctx->kv.type_k,
                             .type_v = (int32_t) ctx->kv.type_v,
+                            .k_hadamard = ctx->kv.k_hadamard,
+                            .v_hadamard = ctx->kv.v_hadamard,
                             .n_past = ctx->seq[0].n_past};
     memcpy(dst, &h, sizeof(h));
     rt_kv_get_rows(&ctx->kv, ctx->seq[0].n_past, (uint8_t *) dst + sizeof(h));
@@ -643,6 +649,11 @@ ggml_rerope_status ggml_rerope_state_set(ggml_rerope_context * ctx, const void *
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "state has a %s/%s (K/V) cache, this context's is %s/%s",
                            ggml_rerope_kv_type_name(h.type_k), ggml_rerope_kv_type_name(h.type_v),
                            ggml_type_name(ctx->kv.type_k), ggml_type_name(ctx->kv.type_v));
+    if (h.k_hadamard != ctx->kv.k_hadamard || h.v_hadamard != ctx->kv.v_hadamard)
+        return rerope_fail(
+            GGML_REROPE_ERR_INVALID_ARG,
+            "state's rows are Hadamard-rotated by blocks of %d/%d (K/V, 0: not), this context's by %d/%d", h.k_hadamard,
+            h.v_hadamard, ctx->kv.k_hadamard, ctx->kv.v_hadamard);
     if (h.n_past < 0 || h.n_past > ctx->n_ctx_seq)
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "state holds %d tokens, this context's n_ctx%s is %d", h.n_past,
                            ctx->n_seq > 1 ? "_seq" : "", ctx->n_ctx_seq);

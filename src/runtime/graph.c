@@ -22,7 +22,7 @@
 
 /* A layer has ~40 nodes, plus per span the views of Q, K, V and positions, the attention node(s) and a concat. */
 size_t rt_graph_max_nodes(const ggml_rerope_model * m, int32_t max_span) {
-    return 1024 + (48 + 12 * (size_t) max_span) * (size_t) m->info.n_layer;
+    return 1024 + (60 + 12 * (size_t) max_span) * (size_t) m->info.n_layer;
 }
 
 size_t rt_graph_mem_size(const ggml_rerope_model * m, int32_t max_span) {
@@ -96,6 +96,13 @@ static struct ggml_tensor * rms_norm_mul(struct ggml_context * c, struct ggml_te
     return ggml_mul(c, ggml_rms_norm(c, x, eps), w);
 }
 
+/* H_b applied to each block of b = h->ne[0] elements of x (x contiguous): one small matmul
+ * (ggml_mul_mat(h, x) = h^T x, and H_b is symmetric). */
+static struct ggml_tensor * hadamard_blocks(struct ggml_context * c, struct ggml_tensor * x, struct ggml_tensor * h) {
+    struct ggml_tensor * r = ggml_mul_mat(c, h, ggml_reshape_2d(c, x, h->ne[0], ggml_nelements(x) / h->ne[0]));
+    return ggml_reshape_3d(c, r, x->ne[0], x->ne[1], x->ne[2]);
+}
+
 /* Debug cross-check path (GGML_REROPE_RUNTIME_ATTN=ggml): ggml's own rope + flash attention,
  * plain RoPE whatever the scheme. Keys are rotated from the raw cache at their positions. */
 static struct ggml_tensor * attn_ggml(struct ggml_context * c, const rt_graph_plan * plan, rt_graph * g,
@@ -128,7 +135,7 @@ static struct ggml_tensor * span_attention(struct ggml_context * c, const rt_gra
     struct ggml_tensor *qp = g->q_pos, *kp = g->k_pos;
     if (sp->n_new != qp->ne[0]) qp = ggml_view_1d(c, qp, sp->n_new, sp->tok0 * qp->nb[0]);
     if (n_kv != kp->ne[0]) kp = ggml_view_1d(c, kp, n_kv, 0);
-    return ggml_rerope_attn(c, qs, k, v, qp, kp, p);
+    return ggml_rerope_attn_hadamard_k(c, qs, k, v, qp, kp, p, plan->kv->k_hadamard);
 }
 
 ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_shape * sh, rt_graph * g) {
@@ -210,6 +217,9 @@ ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_sha
          * of a decode step is then the same at every step, so ggml-cuda can replay it as a CUDA graph);
          * expanded first so they run before the attention reads. */
         struct ggml_tensor *kc = kv->k[il], *vc = kv->v[il];
+        const int ld = pl->layer_dev[il];
+        if (kv->k_hadamard) k = hadamard_blocks(c, k, kv->hk[ld]);
+        if (kv->v_hadamard) v = hadamard_blocks(c, v, kv->hv[ld]);
         const int64_t row = hd * I->n_head_kv;
         ggml_build_forward_expand(g->gf, ggml_set_rows(c, ggml_reshape_2d(c, kc, row, kv->n_ctx),
                                                        ggml_reshape_2d(c, k, row, n_tokens), rows));
@@ -234,6 +244,7 @@ ggml_rerope_status rt_graph_build(const rt_graph_plan * plan, const rt_batch_sha
             g->ctx = NULL;
             return rerope_fail_in(GGML_REROPE_ERR_INVALID_ARG, "layer %d: attention node", il);
         }
+        if (kv->v_hadamard) att = hadamard_blocks(c, att, kv->hv[ld]); /* the output of rotated values is rotated */
         cur = ggml_mul_mat(c, l->wo, ggml_reshape_2d(c, att, hd * I->n_head, n_tokens));
         if (last && g->out_ids) {
             cur = ggml_get_rows(c, cur, g->out_ids);

@@ -6,6 +6,7 @@
 #include "rt_place.h"
 #include "rt_plan.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +21,49 @@ size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type
     return (size_t) info->n_layer * (type_bytes(type_k, per_layer) + type_bytes(type_v, per_layer));
 }
 
+void rt_kv_hadamard_blocks(enum ggml_type type_k, enum ggml_type type_v, int32_t head_dim, int32_t * k_block,
+                           int32_t * v_block) {
+    int32_t kb = 64;
+    while (head_dim % (2 * kb) == 0) kb *= 2;
+    const bool fits = head_dim % 64 == 0;
+    *k_block = fits && ggml_is_quantized(type_k) ? kb : 0;
+    *v_block = fits && ggml_is_quantized(type_v) ? 64 : 0;
+}
+
+/* The orthonormal Walsh-Hadamard matrix of order n (a power of two), row-major: H_2n = [[H, H], [H, -H]]. */
+static void fill_hadamard(float * h, int n) {
+    h[0] = 1.0f / sqrtf((float) n);
+    for (int s = 1; s < n; s *= 2)
+        for (int i = 0; i < s; i++)
+            for (int j = 0; j < s; j++) {
+                const float x = h[i * n + j];
+                h[i * n + j + s] = x;
+                h[(i + s) * n + j] = x;
+                h[(i + s) * n + j + s] = -x;
+            }
+}
+
+/* Writes each device's Hadamard matrices into the cache's buffers. */
+static ggml_rerope_status set_hadamard(rt_kv_cache * kv) {
+    const int32_t n = kv->k_hadamard > kv->v_hadamard ? kv->k_hadamard : kv->v_hadamard;
+    if (n == 0) return GGML_REROPE_OK;
+    float * h = malloc(sizeof(float) * (size_t) n * (size_t) n);
+    if (!h) return rerope_fail(GGML_REROPE_ERR_NO_MEMORY, "out of memory for the Hadamard matrices");
+    for (int pass = 0; pass < 2; pass++) {
+        const int32_t b = pass == 0 ? kv->k_hadamard : kv->v_hadamard;
+        if (b == 0) continue;
+        fill_hadamard(h, b);
+        for (int d = 0; d < RT_MAX_DEVS; d++) {
+            struct ggml_tensor * t = pass == 0 ? kv->hk[d] : kv->hv[d];
+            if (t) ggml_backend_tensor_set(t, h, 0, ggml_nbytes(t));
+        }
+    }
+    free(h);
+    return GGML_REROPE_OK;
+}
+
 ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, int32_t n_batch,
-                              enum ggml_type type_k, enum ggml_type type_v) {
+                              enum ggml_type type_k, enum ggml_type type_v, bool rotate) {
     memset(kv, 0, sizeof(*kv));
     rt_memory_plan plan; /* every GPU's share of this context, before anything of it is allocated */
     rt_plan_make(&m->place, &m->file, &m->info, &m->hp, n_ctx, n_batch, type_k, type_v, &plan);
@@ -34,6 +76,7 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
     kv->type_v = type_v;
     kv->n_ctx = n_ctx;
     kv->n_layer = I->n_layer;
+    if (rotate) rt_kv_hadamard_blocks(type_k, type_v, I->head_dim, &kv->k_hadamard, &kv->v_hadamard);
 
     /* host memory (the CPU's layers and the stand-ins') against MemAvailable, each GPU against its free */
     const size_t per_layer = rt_kv_bytes_per_token(I, type_k, type_v) / (size_t) (I->n_layer > 0 ? I->n_layer : 1);
@@ -61,7 +104,7 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
     }
     for (int d = 0; d < pl->n_dev; d++) {
         struct ggml_init_params ip = {
-            .mem_size = (size_t) (2 * I->n_layer) * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
+            .mem_size = (size_t) (2 * I->n_layer + 2) * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
         kv->ctx[d] = ggml_init(ip);
         if (!kv->ctx[d]) {
             rt_kv_free(kv);
@@ -74,6 +117,11 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
         kv->v[il] = ggml_new_tensor_3d(c, type_v, I->head_dim, I->n_head_kv, n_ctx);
         ggml_format_name(kv->k[il], "cache_k_l%d", il);
         ggml_format_name(kv->v[il], "cache_v_l%d", il);
+        const int d = pl->layer_dev[il];
+        if (kv->k_hadamard && !kv->hk[d])
+            kv->hk[d] = ggml_new_tensor_2d(c, GGML_TYPE_F32, kv->k_hadamard, kv->k_hadamard);
+        if (kv->v_hadamard && !kv->hv[d])
+            kv->hv[d] = ggml_new_tensor_2d(c, GGML_TYPE_F32, kv->v_hadamard, kv->v_hadamard);
     }
     /* Not cleared: attention only reads rows that were written, and untouched pages stay unresident. */
     for (int d = 0; d < pl->n_dev; d++) {
@@ -88,7 +136,9 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
         }
         ggml_backend_buffer_set_usage(kv->buf[d], GGML_BACKEND_BUFFER_USAGE_ANY);
     }
-    return GGML_REROPE_OK;
+    const ggml_rerope_status hs = set_hadamard(kv);
+    if (hs) rt_kv_free(kv);
+    return hs;
 }
 
 size_t rt_kv_bytes(const rt_kv_cache * kv) {
