@@ -155,15 +155,15 @@ class Chat:
         when it holds this document's tokens for this model and KV type, else reads the document
         and saves the state there."""
         from .errors import ReropeError
-        from .saved_state import read_file
+        from .saved_state import mapped_file
 
         prefix = self.document_prefix()
         if os.path.exists(cache_path):
             try:
-                state = read_file(cache_path)
-                if state.tokens != prefix:
-                    raise ValueError("it holds other tokens than this document's")
-                self.model.load_state(state)
+                with mapped_file(cache_path) as state:
+                    if state.tokens != prefix:
+                        raise ValueError("it holds other tokens than this document's")
+                    self.model.load_state(state)
                 print(f"[prompt cache: loaded {len(prefix)} tokens from {cache_path}, 0 new tokens]",
                       file=sys.stderr)
                 return

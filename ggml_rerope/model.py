@@ -31,7 +31,7 @@ from .default_model import default_model_path
 from .errors import ContextFullError, InvalidArgumentError, ModelLoadError
 from .sampling import Sampler
 from .saved_state import ModelState, check_compatible, model_identity
-from .saved_state import read_file as read_state_file
+from .saved_state import mapped_file as mapped_state_file
 from .saved_state import write_file as write_state_file
 from .tokenizer import Tokenizer
 
@@ -544,7 +544,8 @@ class Model(Closing):
     def load_state_file(self, path: Union[str, os.PathLike]) -> None:
         """load_state of a save_state_file: ModelLoadError for a missing, truncated or corrupt
         file; InvalidArgumentError for another model's or another kv_type's; cache unchanged."""
-        self.load_state(read_state_file(path))
+        with mapped_state_file(path) as state:
+            self.load_state(state)
 
     # -- position scheme ----------------------------------------------------------------------
 

@@ -15,11 +15,14 @@ File format (little-endian), version 1:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import mmap
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -50,7 +53,7 @@ class ModelState:
     """What Model.save_state returns (cf. llama-cpp-python's LlamaState)."""
 
     tokens: list[int]
-    kv: bytes                    # ggml_rerope_state_get: header + raw K/V rows
+    kv: Union[bytes, memoryview]  # ggml_rerope_state_get: header + raw K/V rows (read_file: a view)
     kv_type: str                 # "f16" or "f32"
     identity: dict               # model_identity() of the model that made it
     scheme: str = ""             # the scheme it was made under (information only)
@@ -95,14 +98,8 @@ def write_file(path: Union[str, os.PathLike], state: ModelState) -> None:
         raise
 
 
-def read_file(path: Union[str, os.PathLike]) -> ModelState:
-    """The state in `path`; ModelLoadError when it is missing, not a state file, of another version,
-    truncated or corrupt (checksum)."""
-    try:
-        with open(path, "rb") as f:
-            data = memoryview(f.read())
-    except OSError as e:
-        raise ModelLoadError(f"cannot read state file {path}: {e.strerror or e}") from None
+def _parse(data: memoryview, path) -> ModelState:
+    """The state in a whole file's bytes; its kv is a view of `data` (no copy of the rows)."""
     fixed = len(MAGIC) + _HEAD.size
     if len(data) < fixed + _CRC.size or bytes(data[: len(MAGIC)]) != MAGIC:
         raise ModelLoadError(f"{path} is not a ggml_rerope state file (bad magic or too short)")
@@ -125,6 +122,41 @@ def read_file(path: Union[str, os.PathLike]) -> ModelState:
         raise ModelLoadError(f"{path}: state file metadata is unreadable: {e}") from None
     off = fixed + meta_len
     tokens = np.frombuffer(data[off : off + 4 * n_tokens], dtype="<i4").tolist()
-    kv = bytes(data[off + 4 * n_tokens : body])
-    return ModelState(tokens=tokens, kv=kv, kv_type=kv_type, identity=identity, scheme=str(meta.get("scheme", "")),
-                      extra=dict(meta.get("extra") or {}))
+    return ModelState(tokens=tokens, kv=data[off + 4 * n_tokens : body], kv_type=kv_type, identity=identity,
+                      scheme=str(meta.get("scheme", "")), extra=dict(meta.get("extra") or {}))
+
+
+def read_file(path: Union[str, os.PathLike]) -> ModelState:
+    """The state in `path`; ModelLoadError when it is missing, not a state file, of another version,
+    truncated or corrupt (checksum). Its kv is a read-only view of the file's bytes."""
+    try:
+        with open(path, "rb") as f:
+            data = memoryview(f.read())
+    except OSError as e:
+        raise ModelLoadError(f"cannot read state file {path}: {e.strerror or e}") from None
+    return _parse(data, path)
+
+
+@contextlib.contextmanager
+def mapped_file(path: Union[str, os.PathLike]) -> Iterator[ModelState]:
+    """read_file's state over the file mapped into memory, for the time of the with-block: the
+    checksum and the copy into the cache are then the only passes over the rows (a read would add
+    one, and a buffer as large as the file)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+    except OSError as e:
+        raise ModelLoadError(f"cannot read state file {path}: {e.strerror or e}") from None
+    if mm is None:
+        raise ModelLoadError(f"{path} is not a ggml_rerope state file (bad magic or too short)")
+    view = memoryview(mm)
+    try:
+        state = _parse(view, path)
+        try:
+            yield state
+        finally:
+            state.kv.release()
+    finally:
+        view.release()
+        mm.close()

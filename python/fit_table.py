@@ -1,6 +1,7 @@
 """The longest context that fits a GPU of a given size, per KV cache type, from the runtime's memory
-plan (weights and KV exact, compute estimated; ggml_rerope.placement.memory_plan). No GPU needed:
-the plan is asked about hypothetical GPUs (gpu_free). Checking a row means running it on such a GPU.
+plan (weights and KV exact, compute estimated; ggml_rerope.placement.memory_plan) and the CUDA
+context's own share (CUDA_RESERVE). No GPU needed: the plan is asked about hypothetical GPUs
+(gpu_free). python/fit_check.py checks the rows on a GPU, ours and llama.cpp's use at each.
 
     python python/fit_table.py [model.gguf ...] [--gib 8,24] [--types f16,q8_0,q4_0] [--json]
 """
@@ -15,10 +16,15 @@ from ggml_rerope.default_model import default_model_path
 from ggml_rerope.placement import memory_plan
 
 STEP = 256  # contexts are reported in multiples of this
+# What a process holds on a GPU besides its buffers: the CUDA context and the libraries' workspaces. The
+# plan cannot see it (a real GPU's free memory already excludes it); on an H200 the processes of
+# python/fit_check.py held 509 MiB more than their plans, for both engines' loads: 576 MiB keeps a margin.
+CUDA_RESERVE = 576 << 20
 
 
 def fits(path: str, n_ctx: int, type_k: str, gib: float) -> bool:
-    plan = memory_plan(path, n_ctx=n_ctx, type_k=type_k, type_v=type_k, n_gpu_layers=-1, gpu_free=[int(gib * 2**30)])
+    free = int(gib * 2**30) - CUDA_RESERVE
+    plan = memory_plan(path, n_ctx=n_ctx, type_k=type_k, type_v=type_k, n_gpu_layers=-1, gpu_free=[free])
     return all(d.fits for d in plan)
 
 

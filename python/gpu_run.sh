@@ -34,9 +34,9 @@ nvcc --version | tail -1
 python3 --version
 
 if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}  # installed by an earlier call too
 
 GGML_DIR_ARG=()
 [ -d .dev/ggml/lib/cmake/ggml ] && GGML_DIR_ARG=(-Dggml_DIR="$PWD/.dev/ggml/lib/cmake/ggml")
@@ -87,7 +87,7 @@ decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark o
     GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" \
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/$3" || rc=1
 }
-case "$MODE" in lcp-cuda|kernels|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot) ;; *) build_lib ;; esac
+case "$MODE" in lcp-cuda|kernels|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*) ;; *) build_lib ;; esac
 case "$MODE" in
     smoke)
         python3 -m pytest -x -q -rs tests/test_cuda.py \
@@ -179,6 +179,58 @@ case "$MODE" in
             --max-tokens 32 --requests-per-client 1 -c 2048 --endpoint completion --no-peer --json "$OUT/server_gpu.json" \
             2>&1 | tee "$OUT/server_gpu.log" || rc=1
         python3 -m pytest -q -rs tests/test_cuda_offload.py 2>&1 | tee "$OUT/offload_gpu.log" || rc=1
+        ;;
+    cache-a)  # the cache issue's first call: the ggml-cuda build and the 8B-shaped model in the background, the
+        # rotated-key kernel tests against .dev/ggml meanwhile; then, against the ggml-cuda build, the GPU runtime
+        # tests and the 8B-shaped model at 32k with f16 and q8_0 caches, both engines
+        lcp_cuda_start
+        (python3 -c "from ggml_rerope.bench.random_llama_gguf import ensure_model as e; e('/tmp/llama3-8b-random-q4_0.gguf')" \
+            > "$OUT/model_write.log" 2>&1; echo "written rc=$?" >> "$OUT/model_write.log") &
+        writer=$!
+        BUILD=/tmp/build-kernels build_lib
+        python3 -m pytest -q -rs tests/test_cuda_hadamard.py 2>&1 | tail -8 | tee "$OUT/kernel_tests.log" || rc=1
+        lcp_cuda_wait; build_lib
+        python3 -m pytest -q -rs tests/test_cuda_offload.py tests/test_multi_sequence.py -k "gpu or cuda or offload" 2>&1 \
+            | tail -25 | tee "$OUT/runtime_gpu_tests.log" || rc=1
+        wait "$writer"; cat "$OUT/model_write.log"
+        for t in f16 q8_0; do
+            python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --contexts 32768 -ctk $t -ctv $t \
+                --json "$OUT/bench_model_32k_$t.json" 2>&1 | tail -6 || rc=1
+        done
+        ;;
+    cache-b)  # second call (the default model in GGML_REROPE_TEST_MODEL): the GPU runtime vs llama.cpp CUDA logits,
+        # losses per cache type at 16k / 32k, decode at 32k per type (rows rotated and not), -ngl 24 on the 8B shape
+        lcp_cuda_wait; build_lib
+        python3 -m pytest -q -rs tests/test_cuda_runtime.py 2>&1 | tail -6 | tee "$OUT/cuda_runtime.log" || rc=1
+        "$0" kv-quality || rc=1
+        GGML_REROPE_ATTN_ROT_DISABLE=1 python3 -m ggml_rerope.bench kv-decode "$GGML_REROPE_TEST_MODEL" --ctx 32768 -ngl -1 \
+            --json > "$OUT/kv_decode_gpu_unrotated.json" || rc=1
+        python3 python/bench_gpu_model.py --out /tmp/llama3-8b-random-q4_0.gguf --contexts 8192 --ngl 24 \
+            --json "$OUT/bench_model_ngl24.json" 2>&1 | tail -6 || rc=1
+        ;;
+    cache-c)  # third call: fit_table's rows checked on the GPU, both models, both engines
+        lcp_cuda_wait; build_lib
+        timeout 200 python3 python/fit_check.py /tmp/llama3-8b-random-q4_0.gguf --json "$OUT/fit_check_8b.json" || rc=1
+        timeout 150 python3 python/fit_check.py "$GGML_REROPE_TEST_MODEL" --json "$OUT/fit_check_smol.json" || rc=1
+        ;;
+    cache-d)  # one fresh call: the GPU runtime tests, then the 8B-shaped model at 32k with f16 / q8_0 caches (both
+        # engines; q8_0 with rows unrotated too), then fit_table's rows of that model checked, as long as time lasts
+        lcp_cuda_start
+        (python3 -c "from ggml_rerope.bench.random_llama_gguf import ensure_model as e; e('/tmp/llama3-8b-random-q4_0.gguf')" \
+            > "$OUT/model_write.log" 2>&1; echo "written rc=$?" >> "$OUT/model_write.log") &
+        writer=$!
+        lcp_cuda_wait; build_lib
+        python3 -m pytest -q -rs tests/test_cuda_offload.py tests/test_multi_sequence.py -k "gpu or cuda or offload" 2>&1 \
+            | grep -v warmup | tail -12 | tee "$OUT/runtime_gpu_tests.log" || rc=1
+        wait "$writer"; cat "$OUT/model_write.log"
+        M8=/tmp/llama3-8b-random-q4_0.gguf
+        for t in q8_0 f16; do
+            python3 python/bench_gpu_model.py --out $M8 --contexts 32768 -ctk $t -ctv $t --json "$OUT/bench_model_32k_$t.json" \
+                2>&1 | grep -v warmup | tail -4 || rc=1
+        done
+        GGML_REROPE_ATTN_ROT_DISABLE=1 python3 python/bench_gpu_model.py --out $M8 --contexts 32768 -ctk q8_0 -ctv q8_0 \
+            --engines ours --json "$OUT/bench_model_32k_q8_0_unrotated.json" 2>&1 | grep -v warmup | tail -3 || rc=1
+        timeout 300 python3 python/fit_check.py $M8 --gib 24,8 --json "$OUT/fit_check_8b.json" | tee "$OUT/fit_check_8b.jsonl" || rc=1
         ;;
     gpu-server)  # the server benchmark on the GPU (-ngl -1): SERVER_MODEL (default: the 8B-shaped random model)
         [ -f /tmp/dev/build_lcp_cuda.sh ] && lcp_cuda_wait

@@ -21,3 +21,10 @@ def random_qkv(n_q, n_kv, h, h_kv, d, kv_dtype, seed=None):
 def rel_err(out, ref):
     """||out - ref|| / ||ref||."""
     return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
+def shuffled_positions(rng, n_q, n_kv):
+    """Key positions shuffled, with gaps (about 3 apart), and sorted query positions over their range."""
+    k_pos = rng.permutation(np.arange(n_kv) * 3 + rng.integers(0, 3, n_kv)).astype(np.int32)
+    q_pos = np.sort(rng.integers(0, 3 * n_kv + 10, n_q)).astype(np.int32)
+    return q_pos, k_pos

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ggml_rerope
-from attention_inputs import random_qkv, rel_err
+from attention_inputs import random_qkv, rel_err, shuffled_positions
 from ggml_rerope import _binding, reference
 from ggml_rerope.errors import CudaError, UnsupportedError
 
@@ -117,8 +117,7 @@ def test_custom_positions(n_q):
     come from the position ranges, not the indices)."""
     n_kv, d = 500, 128
     q, k, v, rng, seed = make(n_q, n_kv, 8, 2, d)
-    k_pos = rng.permutation(np.arange(n_kv) * 3 + rng.integers(0, 3, n_kv)).astype(np.int32)
-    q_pos = np.sort(rng.integers(0, 3 * n_kv + 10, n_q)).astype(np.int32)
+    q_pos, k_pos = shuffled_positions(rng, n_q, n_kv)
     check(q, k, v, seed, rows=sample_rows(rng, n_q), window=100, q_pos=q_pos, k_pos=k_pos)
 
 

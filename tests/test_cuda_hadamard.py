@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import ggml_rerope
-from attention_inputs import random_qkv, rel_err
+from attention_inputs import random_qkv, rel_err, shuffled_positions
 from ggml_rerope import _binding, kv_quant, reference
 from ggml_rerope.errors import InvalidArgumentError
 
@@ -133,8 +133,7 @@ def test_custom_positions(n_q, k_type):
     """Shuffled key positions with gaps: the tile bounds' pass and the unrotated rows share the workspace."""
     n_kv, d = 1200, 128
     q, k, v, rng, seed = random_qkv(n_q, n_kv, 8, 2, d, np.float32)
-    k_pos = rng.permutation(np.arange(n_kv) * 3 + rng.integers(0, 3, n_kv)).astype(np.int32)
-    q_pos = np.sort(rng.integers(0, 3 * n_kv + 10, n_q)).astype(np.int32)
+    q_pos, k_pos = shuffled_positions(rng, n_q, n_kv)
     v_type = "f32" if k_type == "f32" else k_type
     check(q, k, v, k_type, v_type, 64, seed, rows=sample_rows(rng, n_q), window=100, q_pos=q_pos, k_pos=k_pos)
 

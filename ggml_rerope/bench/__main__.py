@@ -1,12 +1,13 @@
-"""python -m ggml_rerope.bench attention|model|server|kv-decode [options]: dispatches to the operator
-benchmark (attention.py), the model benchmark (model.py), the server benchmark (server.py) or the
-long-context decode per cache type (kv_decode.py); each is imported only when asked for."""
+"""python -m ggml_rerope.bench attention|model|server|kv-decode|state-reopen [options]: dispatches to the
+operator benchmark (attention.py), the model benchmark (model.py), the server benchmark (server.py), the
+long-context decode per cache type (kv_decode.py) or the saved document's reopen (state_reopen.py); each is
+imported only when asked for."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = ("usage: python -m ggml_rerope.bench {attention,model,server,kv-decode} [options]"
+USAGE = ("usage: python -m ggml_rerope.bench {attention,model,server,kv-decode,state-reopen} [options]"
          "  (--help after the subcommand for its options)")
 
 
@@ -34,6 +35,10 @@ def main(argv=None) -> int:
         from . import kv_decode
 
         return kv_decode.main(rest)
+    if cmd == "state-reopen":
+        from . import state_reopen
+
+        return state_reopen.main(rest)
     print(f"unknown benchmark {cmd!r}\n{USAGE}", file=sys.stderr)
     return 2
 

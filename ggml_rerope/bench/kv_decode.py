@@ -22,15 +22,16 @@ from .._internals import KV_TYPES, RuntimeContext, RuntimeModel
 from ..default_model import default_model_path
 from ..kv_quant import row_bytes
 
-_HEADER = 32  # the state header: magic, version, n_layer, n_head_kv, head_dim, type_k, n_past, type_v
-_N_PAST_OFFSET = 24
+_N_PAST_OFFSET = 24  # of n_past in the state header: after magic, version, n_layer, n_head_kv, head_dim, type_k
 
 
 def tiled_state(ctx: RuntimeContext, info, n_fill: int, n: int, type_k: str, type_v: str) -> bytes:
     """The context's state of n_fill tokens with each layer's K and V rows repeated up to n rows."""
     st = ctx.state_get()
-    layers = np.frombuffer(st, np.uint8, offset=_HEADER).reshape(info.n_layer, -1)
     k_row = row_bytes(type_k, info.head_dim) * info.n_head_kv
+    v_row = row_bytes(type_v, info.head_dim) * info.n_head_kv
+    header_bytes = len(st) - info.n_layer * n_fill * (k_row + v_row)  # the rest is the rows
+    layers = np.frombuffer(st, np.uint8, offset=header_bytes).reshape(info.n_layer, -1)
     k, v = layers[:, : n_fill * k_row], layers[:, n_fill * k_row :]
     reps = -(-n // n_fill)
 
@@ -38,7 +39,7 @@ def tiled_state(ctx: RuntimeContext, info, n_fill: int, n: int, type_k: str, typ
         per = rows.shape[1] // n_fill
         return np.tile(rows.reshape(info.n_layer, n_fill, per), (1, reps, 1))[:, :n].reshape(info.n_layer, -1)
 
-    header = bytearray(st[:_HEADER])
+    header = bytearray(st[:header_bytes])
     struct.pack_into("i", header, _N_PAST_OFFSET, n)
     return bytes(header) + np.concatenate([grow(k), grow(v)], axis=1).tobytes()
 

@@ -96,10 +96,14 @@ static struct ggml_tensor * rms_norm_mul(struct ggml_context * c, struct ggml_te
     return ggml_mul(c, ggml_rms_norm(c, x, eps), w);
 }
 
-/* H_b applied to each block of b = h->ne[0] elements of x (x contiguous): one small matmul
- * (ggml_mul_mat(h, x) = h^T x, and H_b is symmetric). */
+/* H_b applied to each block of b = h->ne[0] elements of x (x contiguous): ggml_mul_mat(h, x) = h^T x with
+ * H_b symmetric, hinted as a Hadamard matrix (as llama.cpp does), so ggml runs its fast Walsh-Hadamard
+ * transform row by row (CPU and CUDA) instead of a GEMM: a row's result is then the same whatever the
+ * batch, and a rounding that moved with the batch would move quantized cache values (a sequence's tokens
+ * would depend on the others of its batch). */
 static struct ggml_tensor * hadamard_blocks(struct ggml_context * c, struct ggml_tensor * x, struct ggml_tensor * h) {
     struct ggml_tensor * r = ggml_mul_mat(c, h, ggml_reshape_2d(c, x, h->ne[0], ggml_nelements(x) / h->ne[0]));
+    ggml_mul_mat_set_hint(r, GGML_HINT_SRC0_IS_HADAMARD);
     return ggml_reshape_3d(c, r, x->ne[0], x->ne[1], x->ne[2]);
 }
 
