@@ -87,7 +87,7 @@ decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark o
     GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" \
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/$3" || rc=1
 }
-case "$MODE" in lcp-cuda|kernels|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*) ;; *) build_lib ;; esac
+case "$MODE" in lcp-cuda|kernels|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*|diag-seq) ;; *) build_lib ;; esac
 case "$MODE" in
     smoke)
         python3 -m pytest -x -q -rs tests/test_cuda.py \
@@ -231,6 +231,11 @@ case "$MODE" in
         GGML_REROPE_ATTN_ROT_DISABLE=1 python3 python/bench_gpu_model.py --out $M8 --contexts 32768 -ctk q8_0 -ctv q8_0 \
             --engines ours --json "$OUT/bench_model_32k_q8_0_unrotated.json" 2>&1 | grep -v warmup | tail -3 || rc=1
         timeout 300 python3 python/fit_check.py $M8 --gib 24,8 --json "$OUT/fit_check_8b.json" | tee "$OUT/fit_check_8b.jsonl" || rc=1
+        ;;
+    diag-seq)  # sequences together vs alone, teacher-forced logits, rotated caches and not (one fresh call, ~6 min)
+        lcp_cuda_start; lcp_cuda_wait; build_lib
+        python3 python/diag_sequences_gpu.py 2>&1 | grep -v warmup || rc=1
+        GGML_REROPE_ATTN_ROT_DISABLE=1 python3 python/diag_sequences_gpu.py --types q8_0 2>&1 | grep -v warmup || rc=1
         ;;
     gpu-server)  # the server benchmark on the GPU (-ngl -1): SERVER_MODEL (default: the 8B-shaped random model)
         [ -f /tmp/dev/build_lcp_cuda.sh ] && lcp_cuda_wait
