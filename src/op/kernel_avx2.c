@@ -59,11 +59,6 @@ static inline void rr_f16_row(float * dst, const uint16_t * src, int n) {
 }
 
 #define RR_HAVE_QROWS
-static inline float rr_half_at(const uint8_t * p) {
-    uint16_t h;
-    memcpy(&h, p, sizeof h);
-    return _cvtsh_ss(h);
-}
 static inline rr_vec rr_load_i8(const int8_t * p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *) p)));
 }

@@ -9,8 +9,8 @@
  *   rr_f16_row(float * dst, const uint16_t * src, int n)   f16 -> f32; rr_load_f16(p): one vector
  *   optional RR_HAVE_TRANSPOSE8: rr_transpose8(src, src_stride, dst, dst_stride)
  *   optional RR_HAVE_QROWS (vector block loaders for q8_0 / q4_0 / q4_1; else the reference ones):
- *     rr_half_at(p) one half at byte p; rr_load_i8(p) RR_VL int8; rr_load_nib(p, hi) the low (hi 0)
- *     or high (hi 1) nibbles of RR_VL bytes, each as a float
+ *     rr_load_i8(p) RR_VL int8; rr_load_nib(p, hi) the low (hi 0) or high (hi 1) nibbles of RR_VL
+ *     bytes, each as a float (a block's scale: rerope_half_at, once per 32 elements)
  *
  * Work item: (KV head, tile of query tokens) in prefill - all query heads of the KV
  * group are rows of one item so each K/V tile is converted once for them - or
@@ -72,7 +72,7 @@ typedef struct {
 static void RR_FN(rr_row_q8_0)(float * dst, const void * src, int n) {
     const uint8_t * b = (const uint8_t *) src;
     for (int i = 0; i < n; i += RR_QK, b += RR_BLOCK_Q8_0) {
-        const rr_vec d = rr_set1(rr_half_at(b));
+        const rr_vec d = rr_set1(rerope_half_at(b));
         const int8_t * qs = (const int8_t *) (b + RR_Q8_0_QS);
         for (int j = 0; j < RR_QK; j += RR_VL) rr_store(dst + i + j, rr_mul(d, rr_load_i8(qs + j)));
     }
@@ -83,7 +83,7 @@ static void RR_FN(rr_row_q4_0)(float * dst, const void * src, int n) {
     const uint8_t * b = (const uint8_t *) src;
     const rr_vec eight = rr_set1(8.0f);
     for (int i = 0; i < n; i += RR_QK, b += RR_BLOCK_Q4_0) {
-        const rr_vec d = rr_set1(rr_half_at(b));
+        const rr_vec d = rr_set1(rerope_half_at(b));
         const uint8_t * qs = b + RR_Q4_0_QS;
         for (int j = 0; j < RR_QK; j += RR_VL)
             rr_store(dst + i + j, rr_mul(rr_sub(rr_load_nib(qs + (j & 15), j >= 16), eight), d));
@@ -93,7 +93,7 @@ static void RR_FN(rr_row_q4_0)(float * dst, const void * src, int n) {
 static void RR_FN(rr_row_q4_1)(float * dst, const void * src, int n) {
     const uint8_t * b = (const uint8_t *) src;
     for (int i = 0; i < n; i += RR_QK, b += RR_BLOCK_Q4_1) {
-        const rr_vec d = rr_set1(rr_half_at(b)), m = rr_set1(rr_half_at(b + 2));
+        const rr_vec d = rr_set1(rerope_half_at(b)), m = rr_set1(rerope_half_at(b + 2));
         const uint8_t * qs = b + RR_Q4_1_QS;
         for (int j = 0; j < RR_QK; j += RR_VL)
             rr_store(dst + i + j, rr_add(rr_mul(rr_load_nib(qs + (j & 15), j >= 16), d), m));
