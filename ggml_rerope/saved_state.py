@@ -53,7 +53,7 @@ class ModelState:
     """What Model.save_state returns (cf. llama-cpp-python's LlamaState)."""
 
     tokens: list[int]
-    kv: Union[bytes, memoryview]  # ggml_rerope_state_get: header + raw K/V rows (read_file: a view)
+    kv: Union[bytes, memoryview]  # ggml_rerope_state_get: header + raw K/V rows (mapped_file: a view)
     kv_type: str                 # "f16" or "f32"
     identity: dict               # model_identity() of the model that made it
     scheme: str = ""             # the scheme it was made under (information only)
@@ -128,13 +128,16 @@ def _parse(data: memoryview, path) -> ModelState:
 
 def read_file(path: Union[str, os.PathLike]) -> ModelState:
     """The state in `path`; ModelLoadError when it is missing, not a state file, of another version,
-    truncated or corrupt (checksum). Its kv is a read-only view of the file's bytes."""
+    truncated or corrupt (checksum). A state of its own (kv is bytes: it can be kept, compared, pickled);
+    Model.load_state_file reads through mapped_file instead."""
     try:
         with open(path, "rb") as f:
             data = memoryview(f.read())
     except OSError as e:
         raise ModelLoadError(f"cannot read state file {path}: {e.strerror or e}") from None
-    return _parse(data, path)
+    state = _parse(data, path)
+    state.kv = bytes(state.kv)
+    return state
 
 
 @contextlib.contextmanager

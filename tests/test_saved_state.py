@@ -321,3 +321,19 @@ def test_fuzzed_states_are_refused_cleanly_or_load(llama, tmp_path):
             with pytest.raises((ModelLoadError, InvalidArgumentError)):
                 m.load_state_file(path)
             assert m.tokens == before
+
+
+def test_read_file_state_is_a_value_of_its_own(default_model_file, tmp_path):
+    """read_file's state outlives the file and pickles (as llama-cpp-python's LlamaState does)."""
+    import pickle
+
+    from ggml_rerope.saved_state import read_file
+
+    with Model(default_model_file, n_ctx=64, n_threads=2) as m:
+        m.eval(list(range(10, 30)))
+        m.save_state_file(tmp_path / "s.state")
+        want = m.save_state()
+    state = read_file(tmp_path / "s.state")
+    (tmp_path / "s.state").unlink()
+    assert isinstance(state.kv, bytes) and state.kv == want.kv
+    assert pickle.loads(pickle.dumps(state)).kv == want.kv
