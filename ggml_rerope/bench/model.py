@@ -262,6 +262,9 @@ def run(args) -> dict:
                 row[kind]["label"] = eng.label
             finally:
                 eng.close()
+            # each engine's numbers as soon as they exist: a long run cut short still says something
+            print(f"[{kind} at {n} tokens: prefill {row[kind]['prefill_tok_s']:.1f} tok/s, decode "
+                  f"{row[kind]['decode_tok_s']:.1f} tok/s]", file=sys.stderr, flush=True)
         if not args.no_rss:
             with tempfile.TemporaryDirectory() as d:
                 tf = os.path.join(d, "tokens.npy")
