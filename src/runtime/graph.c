@@ -20,7 +20,8 @@
 #include <stdio.h>
 #include <string.h>
 
-/* A layer has ~40 nodes, plus per span the views of Q, K, V and positions, the attention node(s) and a concat. */
+/* A layer has ~40 nodes (9 more with a Hadamard-rotated cache), plus per span the views of Q, K, V and
+ * positions, the attention node(s) and a concat. */
 size_t rt_graph_max_nodes(const ggml_rerope_model * m, int32_t max_span) {
     return 1024 + (60 + 12 * (size_t) max_span) * (size_t) m->info.n_layer;
 }

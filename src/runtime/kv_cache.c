@@ -21,8 +21,10 @@ size_t rt_kv_bytes_per_token(const ggml_rerope_model_info * info, enum ggml_type
     return (size_t) info->n_layer * (type_bytes(type_k, per_layer) + type_bytes(type_v, per_layer));
 }
 
-void rt_kv_hadamard_blocks(enum ggml_type type_k, enum ggml_type type_v, int32_t head_dim, int32_t * k_block,
-                           int32_t * v_block) {
+/* llama.cpp's rule: a quantized type at head_dim % 64 == 0 is rotated; K by the largest power of two
+ * dividing head_dim, V by blocks of 64. 0 where a type is not rotated. */
+static void rotation_blocks(enum ggml_type type_k, enum ggml_type type_v, int32_t head_dim, int32_t * k_block,
+                            int32_t * v_block) {
     int32_t kb = 64;
     while (head_dim % (2 * kb) == 0) kb *= 2;
     const bool fits = head_dim % 64 == 0;
@@ -76,7 +78,7 @@ ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int
     kv->type_v = type_v;
     kv->n_ctx = n_ctx;
     kv->n_layer = I->n_layer;
-    if (rotate) rt_kv_hadamard_blocks(type_k, type_v, I->head_dim, &kv->k_hadamard, &kv->v_hadamard);
+    if (rotate) rotation_blocks(type_k, type_v, I->head_dim, &kv->k_hadamard, &kv->v_hadamard);
 
     /* host memory (the CPU's layers and the stand-ins') against MemAvailable, each GPU against its free */
     const size_t per_layer = rt_kv_bytes_per_token(I, type_k, type_v) / (size_t) (I->n_layer > 0 ? I->n_layer : 1);

@@ -36,14 +36,10 @@ static inline int32_t rt_span_n_kv(const rt_kv_span * s) { return s->n_past + s-
 
 /* First checks the memory plan of a context of n_ctx rows and n_batch tokens on every GPU (its KV rows
  * and compute estimate; printed with GGML_REROPE_VERBOSE), then allocates each device's layers' rows.
- * `rotate`: store quantized rows Hadamard-rotated (rt_kv_hadamard_blocks); off for readers that cannot
+ * `rotate`: store quantized rows Hadamard-rotated (llama.cpp's rule, kv_cache.c); off for readers that cannot
  * undo it (ggml's own flash attention, the debug path). */
 ggml_rerope_status rt_kv_init(rt_kv_cache * kv, const ggml_rerope_model * m, int32_t n_ctx, int32_t n_batch,
                               enum ggml_type type_k, enum ggml_type type_v, bool rotate);
-/* llama.cpp's rule: a quantized type at head_dim % 64 == 0 is rotated; K by the largest power of two
- * dividing head_dim, V by blocks of 64. 0 where a type is not rotated. */
-void rt_kv_hadamard_blocks(enum ggml_type type_k, enum ggml_type type_v, int32_t head_dim, int32_t * k_block,
-                           int32_t * v_block);
 void rt_kv_free(rt_kv_cache * kv);
 /* Bytes of every buffer of the cache. */
 size_t rt_kv_bytes(const rt_kv_cache * kv);
