@@ -146,14 +146,11 @@ def mapped_file(path: Union[str, os.PathLike]) -> Iterator[ModelState]:
     checksum and the copy into the cache are then the only passes over the rows (a read would add
     one, and a buffer as large as the file)."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        with open(path, "rb") as f:  # an empty file cannot be mapped: _parse refuses its empty view
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else None
     except OSError as e:
         raise ModelLoadError(f"cannot read state file {path}: {e.strerror or e}") from None
-    if mm is None:
-        raise ModelLoadError(f"{path} is not a ggml_rerope state file (bad magic or too short)")
-    view = memoryview(mm)
+    view = memoryview(mm if mm is not None else b"")
     try:
         state = _parse(view, path)
         try:
@@ -162,4 +159,5 @@ def mapped_file(path: Union[str, os.PathLike]) -> Iterator[ModelState]:
             state.kv.release()
     finally:
         view.release()
-        mm.close()
+        if mm is not None:
+            mm.close()

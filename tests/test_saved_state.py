@@ -196,7 +196,7 @@ def test_tokens_that_do_not_match_the_rows_are_refused(llama):
         assert m.n_past == 0
 
 
-@pytest.mark.parametrize("damage", ["flip_kv_byte", "flip_token", "truncate", "append", "magic", "version"])
+@pytest.mark.parametrize("damage", ["flip_kv_byte", "flip_token", "truncate", "append", "magic", "version", "empty"])
 def test_damaged_file_is_refused_and_nothing_changes(llama, tmp_path, damage):
     path = tmp_path / "s.bin"
     with model(llama) as m:
@@ -214,6 +214,8 @@ def test_damaged_file_is_refused_and_nothing_changes(llama, tmp_path, damage):
         data += b"\0"
     elif damage == "magic":
         data[0] ^= 0xFF
+    elif damage == "empty":
+        data = bytearray()
     else:
         data[8] = 9
     path.write_bytes(bytes(data))
