@@ -21,6 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import gguf_factory  # noqa: E402
 from ggml_rerope._internals import KV_TYPES, RuntimeContext, RuntimeModel  # noqa: E402
+from test_multi_sequence import prefill_together  # noqa: E402
 
 STEPS = 5
 
@@ -40,17 +41,7 @@ def together(m, prompts, forced, n_ctx, t, rng):
     """Every sequence's logits per step, all in one context, fed the forced tokens."""
     n = len(prompts)
     with RuntimeContext(m, n_ctx=n * n_ctx, n_batch=32, n_threads=2, n_seq_max=n, type_k=t, type_v=t) as ctx:
-        slots = rng.permutation(np.repeat(np.arange(n), [p.size for p in prompts]))
-        nxt = [0] * n
-        toks, ids = [], []
-        for s in slots:
-            toks.append(prompts[s][nxt[s]])
-            ids.append(s)
-            nxt[s] += 1
-        out = ctx.decode(np.array(toks), np.array(ids))
-        last = {s: max(i for i, x in enumerate(ids) if x == s) for s in range(n)}
-        order = sorted(last.values())
-        rows = [[out[order.index(last[s])]] for s in range(n)]
+        rows = [[r] for r in prefill_together(ctx, prompts, rng)]
         for k in range(len(forced[0])):
             out = ctx.decode(np.array([forced[s][k] for s in range(n)]), np.arange(n))
             for s in range(n):

@@ -25,9 +25,9 @@ def greedy_alone(model: RuntimeModel, prompt: np.ndarray, steps: int, n_ctx: int
         return out
 
 
-def greedy_together(ctx: RuntimeContext, prompts: list[np.ndarray], steps: int, rng) -> list[list[int]]:
-    """All prompts in one batch, their tokens interleaved at random (each sequence's order kept),
-    then every decode step of all sequences in one batch."""
+def prefill_together(ctx: RuntimeContext, prompts: list[np.ndarray], rng) -> list[np.ndarray]:
+    """All prompts in one batch, their tokens interleaved at random (each sequence's order kept);
+    returns each sequence's logits after its prompt."""
     slots = rng.permutation(np.repeat(np.arange(len(prompts)), [p.size for p in prompts]))
     next_of = [0] * len(prompts)
     toks, ids = [], []
@@ -38,8 +38,13 @@ def greedy_together(ctx: RuntimeContext, prompts: list[np.ndarray], steps: int, 
     logits = ctx.decode(np.array(toks), np.array(ids))
     # the last token of each sequence gives logits, in batch order: map rows back to sequences
     last = {s: max(i for i, t in enumerate(ids) if t == s) for s in range(len(prompts))}
-    row_of = {s: sorted(last.values()).index(last[s]) for s in last}
-    out = [[int(np.argmax(logits[row_of[s]]))] for s in range(len(prompts))]
+    order = sorted(last.values())
+    return [logits[order.index(last[s])] for s in range(len(prompts))]
+
+
+def greedy_together(ctx: RuntimeContext, prompts: list[np.ndarray], steps: int, rng) -> list[list[int]]:
+    """prefill_together, then every decode step of all sequences in one batch."""
+    out = [[int(np.argmax(row))] for row in prefill_together(ctx, prompts, rng)]
     for _ in range(steps - 1):
         logits = ctx.decode(np.array([o[-1] for o in out]), np.arange(len(prompts)))
         for s in range(len(prompts)):
