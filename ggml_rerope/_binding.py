@@ -38,7 +38,8 @@ typedef enum ggml_rerope_rope_mode {
 typedef enum ggml_rerope_far_mode {
     GGML_REROPE_FAR_CLAMP = 0, /* ReRoPE: rel = w                             */
     GGML_REROPE_FAR_LEAKY = 1, /* Leaky ReRoPE: rel = w + (i - j - w) / k     */
-    GGML_REROPE_FAR_GROUP = 2  /* Self-Extend: fl(i/G) - fl(j/G) + w - fl(w/G) */
+    GGML_REROPE_FAR_GROUP = 2, /* Self-Extend: fl(i/G) - fl(j/G) + w - fl(w/G) */
+    GGML_REROPE_FAR_CHUNK = 3  /* Dual Chunk Attention: w - (j mod s)            */
 } ggml_rerope_far_mode;
 
 typedef enum ggml_rerope_kv_type {
@@ -75,6 +76,9 @@ typedef struct ggml_rerope_params {
     int32_t logn_train_len;     /* L_train for log-n query scaling; 0 = off, else >= 2  */
     float scale;                /* score scale; 0 means 1/sqrt(d)                       */
     int32_t causal;             /* 1: key j used only when k_pos[j] <= q_pos[i]         */
+    int32_t chunk_len;          /* FAR_CHUNK s: window / 2 < s <= window                 */
+    int32_t sliding_window;     /* 0: every key counts; > 0: keys with i - j >= it drop */
+    int32_t sink_tokens;        /* >= 0: keys at positions below it never drop          */
 } ggml_rerope_params;
 
 typedef struct ggml_rerope_attn_call {
@@ -193,6 +197,9 @@ typedef struct ggml_rerope_scheme {
     float rope_base;
     const float * freq_factors;
     float attn_factor;
+    int32_t chunk_len;
+    int32_t sliding_window;
+    int32_t sink_tokens;
 } ggml_rerope_scheme;
 
 ggml_rerope_model_params ggml_rerope_model_default_params(void);

@@ -61,6 +61,9 @@ def c_scheme(scheme: Scheme, length: Optional[int] = None):
     s.logn_train_len = int(scheme.logn_train_len)
     s.rope_base = float(scheme.rope_base)
     s.attn_factor = float(scheme.attn_factor)
+    s.chunk_len = int(scheme.chunk_len)
+    s.sliding_window = int(scheme.sliding_window)
+    s.sink_tokens = int(scheme.sink_tokens)
     keep = None
     if scheme.freq_factors is not None:
         arr = np.ascontiguousarray(scheme.freq_factors, dtype=np.float32)

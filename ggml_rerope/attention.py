@@ -104,11 +104,12 @@ def _positions(name, pos, n):
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
-def _fill_params(params, *, window, leaky, group, logn_train_len, base, mode, n_rot, freq_factors, scale, causal):
+def _fill_params(params, *, window, leaky, group, chunk, logn_train_len, base, mode, n_rot, freq_factors, scale,
+                 causal, sliding_window, sink_tokens):
     """Writes the scalar arguments into a cffi ggml_rerope_params (types here, values in C);
     returns the arrays the params point into (keep them alive until the call)."""
-    if leaky is not None and group is not None:
-        raise ValueError("leaky and group are exclusive: pass at most one of them")
+    if sum(x is not None for x in (leaky, group, chunk)) > 1:
+        raise ValueError("leaky, group and chunk are exclusive: pass at most one of them")
     if not isinstance(mode, str):
         raise TypeError(f"mode must be 'norm' or 'neox', got {type(mode).__name__}")
     if mode not in MODES:
@@ -122,6 +123,9 @@ def _fill_params(params, *, window, leaky, group, logn_train_len, base, mode, n_
     elif group is not None:
         params.far_mode = _lib.GGML_REROPE_FAR_GROUP
         params.group_size = _int32("group", group)
+    elif chunk is not None:
+        params.far_mode = _lib.GGML_REROPE_FAR_CHUNK
+        params.chunk_len = _int32("chunk", chunk)
     else:
         params.far_mode = _lib.GGML_REROPE_FAR_CLAMP
     params.logn_train_len = 0 if logn_train_len is None else _int32("logn_train_len", logn_train_len)
@@ -131,6 +135,8 @@ def _fill_params(params, *, window, leaky, group, logn_train_len, base, mode, n_
         params.n_rot = _int32("n_rot", n_rot)
     params.scale = 0.0 if scale is None else _real("scale", scale)
     params.causal = 1 if causal else 0
+    params.sliding_window = _int32("sliding_window", sliding_window)
+    params.sink_tokens = _int32("sink_tokens", sink_tokens)
     keep = []
     if freq_factors is not None:
         ff = np.asarray(freq_factors)
@@ -147,7 +153,8 @@ def _fill_params(params, *, window, leaky, group, logn_train_len, base, mode, n_
 
 def rerope_attention(q, k, v, *, window, leaky=None, logn_train_len=None, base=10000.0, mode="norm",
                      q_pos=None, k_pos=None, freq_factors=None, scale=None, threads=None, group=None,
-                     n_rot=None, causal=True, device="cpu", k_type=None, v_type=None, k_hadamard=0) -> np.ndarray:
+                     n_rot=None, causal=True, device="cpu", k_type=None, v_type=None, k_hadamard=0, chunk=None,
+                     sliding_window=0, sink_tokens=0) -> np.ndarray:
     """Fused ReRoPE attention (see src/ggml_rerope.h for the math).
 
     q: (n_q, H, d) float32; k, v: (n_kv, H_kv, d) float32 or float16, keys unrotated,
@@ -159,7 +166,10 @@ def rerope_attention(q, k, v, *, window, leaky=None, logn_train_len=None, base=1
     k_hadamard: 0, or a block size B (a power of two dividing d): k holds H_B of each block of B
     dims of the keys (reference.hadamard; ggml_rerope.h), which the kernel undoes.
     window: w >= 1 (w >= context length is plain RoPE). leaky: Leaky ReRoPE slope
-    divisor k >= 1; group: Self-Extend group size G (exclusive with leaky).
+    divisor k >= 1; group: Self-Extend group size G; chunk: Dual Chunk Attention's chunk length s
+    (w/2 < s <= w); at most one of leaky, group and chunk.
+    sliding_window: 0 (every key counts), or keys at distance >= it are dropped except those at
+    positions < sink_tokens (LM-Infinite's Lambda-shaped attention).
     logn_train_len: log-n query scaling with this training length (None/0: off).
     scale: score scale (None or 0: 1/sqrt(d)). threads: CPU threads (None: GGML_REROPE_THREADS
     or all cores). device: "cpu", or "cuda" (ggml_rerope_attn_cuda_from_host: copies to the
@@ -191,8 +201,9 @@ def rerope_attention(q, k, v, *, window, leaky=None, logn_train_len=None, base=1
     ffi = _binding.ffi
     call = ffi.new("ggml_rerope_attn_call *")
     call.params = _lib.ggml_rerope_default_params(d)
-    keep = _fill_params(call.params, window=window, leaky=leaky, group=group, logn_train_len=logn_train_len,
-                        base=base, mode=mode, n_rot=n_rot, freq_factors=freq_factors, scale=scale, causal=causal)
+    keep = _fill_params(call.params, window=window, leaky=leaky, group=group, chunk=chunk,
+                        logn_train_len=logn_train_len, base=base, mode=mode, n_rot=n_rot, freq_factors=freq_factors,
+                        scale=scale, causal=causal, sliding_window=sliding_window, sink_tokens=sink_tokens)
     out = np.empty((n_q, n_head, d), dtype=np.float32)
 
     def ptr(ctype, arr):

@@ -85,7 +85,7 @@ def _make_scheme(hyper: schemes.ModelHyper, n_ctx: int, rope_scaling, rerope_win
     if rerope_leaky_k is not None and name != "leaky-rerope":
         raise ValueError(f"rerope_leaky_k applies to rope_scaling 'leaky-rerope' only, not {name!r}")
     options = {"window": rerope_window, "leaky_k": rerope_leaky_k}
-    if name in ("rerope", "leaky-rerope"):
+    if name in schemes.LOGN_SCHEMES:
         options["logn"] = bool(logn)
     if rope_options is not None:
         if not isinstance(rope_options, dict):

@@ -45,20 +45,44 @@ def rotate(x: np.ndarray, pos: np.ndarray, theta: np.ndarray, mode: str, n_rot: 
     return x
 
 
-def relative_positions(i, j, window: int, leaky=None, group=None) -> np.ndarray:
+def is_near(i, j, window: int, chunk=None) -> np.ndarray:
+    """Whether the pair is on the near path (rel = i - j): i - j < w, or Dual Chunk Attention's
+    rule with chunks of `chunk` keys (same chunk, or the chunk before while the true distance fits)."""
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
+    dist = i - j
+    if chunk is None:
+        return dist < window
+    ci, cj = i // chunk, j // chunk
+    before = (cj == ci - 1) & (i % chunk + chunk <= window)
+    return (dist <= window - chunk) | (cj == ci) | before
+
+
+def relative_positions(i, j, window: int, leaky=None, group=None, chunk=None) -> np.ndarray:
     """rel(i, j) of the contract, broadcasting i against j."""
+    if sum(x is not None for x in (leaky, group, chunk)) > 1:
+        raise ValueError("leaky, group and chunk are exclusive")
+    near = is_near(i, j, window, chunk)
     i = np.asarray(i, dtype=np.float64)
     j = np.asarray(j, dtype=np.float64)
     dist = i - j
-    if leaky is not None and group is not None:
-        raise ValueError("leaky and group are exclusive")
     if leaky is not None:
         far = window + (dist - window) / leaky
     elif group is not None:
         far = np.floor(i / group) - np.floor(j / group) + window - np.floor(window / group)
+    elif chunk is not None:
+        far = window - np.mod(j, chunk)
     else:
         far = np.full_like(dist, float(window))
-    return np.where(dist < window, dist, far)
+    return np.where(near, dist, far)
+
+
+def dropped(i, j, sliding_window=0, sink_tokens=0) -> np.ndarray:
+    """Keys the sliding window drops for a query at i: distance >= sliding_window, not a sink."""
+    j = np.asarray(j, dtype=np.int64)
+    if not sliding_window:
+        return np.zeros(j.shape, dtype=bool)
+    return (np.asarray(i, dtype=np.int64) - j >= sliding_window) & (j >= sink_tokens)
 
 
 def logn_scale(i, logn_train_len) -> np.ndarray:
@@ -69,9 +93,9 @@ def logn_scale(i, logn_train_len) -> np.ndarray:
     return np.maximum(1.0, np.log(i + 1.0) / np.log(float(logn_train_len)))
 
 
-def rerope_attention(q, k, v, *, window, leaky=None, group=None, logn_train_len=None, base=10000.0,
+def rerope_attention(q, k, v, *, window, leaky=None, group=None, chunk=None, logn_train_len=None, base=10000.0,
                      mode=NORM, n_rot=None, q_pos=None, k_pos=None, freq_factors=None, scale=None,
-                     causal=True, rows=None) -> np.ndarray:
+                     causal=True, sliding_window=0, sink_tokens=0, rows=None) -> np.ndarray:
     """o = softmax(s) v per the contract, in float64.
 
     q: (n_q, H, d); k, v: (n_kv, H_kv, d), keys unrotated. Default positions: keys
@@ -97,9 +121,10 @@ def rerope_attention(q, k, v, *, window, leaky=None, group=None, logn_train_len=
     for r, row in enumerate(rows):
         i = q_pos[row]
         visible = k_pos <= i if causal else np.ones(n_kv, dtype=bool)
+        visible &= ~dropped(i, k_pos, sliding_window, sink_tokens)
         if not visible.any():
             continue
-        rel = relative_positions(i, k_pos[visible], window, leaky, group)  # (n_vis,)
+        rel = relative_positions(i, k_pos[visible], window, leaky, group, chunk)  # (n_vis,)
         # <R_rel q, k>: rotate the query once per visible key.
         q_rot = rotate(np.broadcast_to(q[row], (len(rel), n_head, d)), rel[:, None], theta, mode, n_rot)
         s = np.einsum("jhd,jhd->hj", q_rot, k_full[visible]) * scale * logn_scale(i, logn_train_len)

@@ -9,11 +9,11 @@ import argparse
 import pathlib
 
 from .longrope_factors import FORMAT_HINT, LongRopeFactors, read_factors_file
-from .schemes import SCHEMES, Scheme, make_scheme
+from .schemes import LOGN_SCHEMES, SCHEMES, Scheme, make_scheme
 
 # flag destination -> (scheme option name, schemes that take it)
 _FLAG_OPTIONS = {
-    "rope_scale": ("scale", {"linear", "ntk", "yarn", "power"}),
+    "rope_scale": ("scale", {"linear", "ntk", "yarn", "power", "ntk-mixed"}),
     "rerope_window": ("window", {"rerope", "leaky-rerope"}),
     "rerope_leaky_k": ("leaky_k", {"leaky-rerope"}),
     "grp_attn_n": ("group", {"self-extend"}),
@@ -26,6 +26,14 @@ _FLAG_OPTIONS = {
     "giraffe_power": ("power", {"power"}),
     "truncate_wavelength": ("wavelength", {"truncate"}),
     "longrope_factors": ("factors", {"longrope"}),
+    "chunk_size": ("chunk_size", {"dual-chunk"}),
+    "local_window": ("local_window", {"dual-chunk"}),
+    "sliding_window": ("sliding_window", {"rerope", "leaky-rerope", "dual-chunk"}),
+    "sink_tokens": ("sink_tokens", {"rerope", "leaky-rerope", "dual-chunk", "lm-infinite"}),
+    "lm_infinite_window": ("window", {"lm-infinite"}),
+    "attn_temperature": ("temperature", {"rerope", "leaky-rerope", "dual-chunk"}),
+    "logn_len": ("logn_len", {"rerope", "leaky-rerope", "dual-chunk"}),
+    "ntk_mixed_exponent": ("exponent", {"ntk-mixed"}),
 }
 
 
@@ -35,7 +43,7 @@ def add_scheme_arguments(parser, default: str = "rerope"):
     g.add_argument("--rope-scaling", default=default, metavar="NAME",
                    help=f"position scheme: {', '.join(SCHEMES)} (default: {default})")
     g.add_argument("--rope-scale", type=float,
-                   help="extension factor s (linear, ntk, yarn; default n_ctx / trained context)")
+                   help="extension factor s (linear, ntk, ntk-mixed, yarn; default n_ctx / trained context)")
     g.add_argument("--rerope-window", type=int, help="ReRoPE window w (default: trained context / 2; leaky: / 4)")
     g.add_argument("--rerope-leaky-k", type=float,
                    help="Leaky ReRoPE slope divisor k (default: fits n_ctx into the trained context)")
@@ -55,7 +63,29 @@ def add_scheme_arguments(parser, default: str = "rerope"):
     g.add_argument("--longrope-factors", type=_parse_factors, metavar="F1,F2,...|FILE",
                    help="LongRoPE per-pair divisors: a comma list (the long set), or a factors file "
                         f"{FORMAT_HINT} as python -m ggml_rerope.longrope_search writes it")
+    g.add_argument("--chunk-size", type=int,
+                   help="dual-chunk: largest relative position C (default: trained context * 3/4)")
+    g.add_argument("--local-window", type=int,
+                   help="dual-chunk: C minus the chunk length (default: trained context / 16)")
+    g.add_argument("--sliding-window", type=int,
+                   help="drop keys at this distance or more, except the sinks (default: keep every key)")
+    g.add_argument("--sink-tokens", type=int, help="first tokens the sliding window keeps (lm-infinite: 10)")
+    g.add_argument("--lm-infinite-window", type=int,
+                   help="lm-infinite: local window and distance ceiling (default: trained context)")
+    g.add_argument("--attn-temperature", type=_parse_temperature, metavar="yarn|T",
+                   help="multiply attention scores by T, or by YaRN's (0.1 ln s + 1)^2 (rerope, leaky, dual-chunk)")
+    g.add_argument("--logn-len", type=int, help="length L of log-n scaling ln(i+1)/ln L (default: trained context)")
+    g.add_argument("--ntk-mixed-exponent", type=float, help="ntk-mixed: exponent b of exp(-a m^b) (default 0.75)")
     return g
+
+
+def _parse_temperature(text: str):
+    if text == "yarn":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'yarn' or a number, got {text!r}") from None
 
 
 def _parse_factors(text: str):
@@ -88,10 +118,10 @@ def scheme_options_from_args(args) -> tuple:
             options.update(value.scheme_options())
             continue
         options[opt] = value
-    if name in ("rerope", "leaky-rerope"):
+    if name in LOGN_SCHEMES:
         options["logn"] = bool(getattr(args, "logn", True))
     elif getattr(args, "logn", True) is False:
-        raise ValueError(f"--no-logn applies to rerope and leaky-rerope, not {name}")
+        raise ValueError(f"--no-logn applies to {', '.join(LOGN_SCHEMES)}, not {name}")
     return name, options
 
 

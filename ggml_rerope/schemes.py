@@ -3,7 +3,8 @@
 Every scheme below is a choice of the operator's parameters (src/ggml_rerope.h):
 
     theta_m  = freq_factors[m] * base^(-2m/d_r)          per-dimension frequencies
-    rel(i,j) = window / far_mode / leaky_k / group_size   relative-position map
+    rel(i,j) = window / far_mode / leaky_k / group_size / chunk_len   relative-position map
+    keys dropped past sliding_window, except the first sink_tokens      (Lambda-shaped attention)
     s_ij     = lambda_i * attn_factor / sqrt(d) * <R_rel q_i, k_j>,
     lambda_i = log-n scaling with L_train = logn_train_len (0 = off)
 
@@ -19,8 +20,8 @@ Conventions worth knowing:
   llama.cpp applies them under every scaling type.
 - `attn_factor` multiplies the SCORE. ggml multiplies the rotated q AND k by its mscale, so
   a llama.cpp mscale m becomes attn_factor = m^2 here.
-- Schemes other than rerope / leaky-rerope / self-extend use window = WINDOW_NONE, which
-  makes the operator plain RoPE attention.
+- Schemes without a position map of their own (the frequency scalings) use window =
+  WINDOW_NONE, which makes the operator plain RoPE attention.
 
 This module is the math only: the command-line flags are in scheme_flags.py, the runtime's C
 struct is made by _internals.c_scheme, and a GGUF's rotary metadata is read by the C loader
@@ -40,6 +41,7 @@ import numpy as np
 from ._binding import lib as _lib  # enum values only: the library itself is not opened
 
 FAR_CLAMP, FAR_LEAKY, FAR_GROUP = _lib.GGML_REROPE_FAR_CLAMP, _lib.GGML_REROPE_FAR_LEAKY, _lib.GGML_REROPE_FAR_GROUP
+FAR_CHUNK = _lib.GGML_REROPE_FAR_CHUNK
 WINDOW_NONE = 2**31 - 1  # INT32_MAX: every distance is "near", i.e. plain RoPE
 
 # A frequency of exactly 0 (no rotation) is what Giraffe truncation asks for, but the
@@ -139,6 +141,9 @@ class Scheme:
     rope_base: float = 0.0
     freq_factors: Optional[np.ndarray] = None
     attn_factor: float = 1.0
+    chunk_len: int = 0
+    sliding_window: int = 0
+    sink_tokens: int = 0
     resolver: Optional[Callable[[int], Scheme]] = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
@@ -167,6 +172,9 @@ class Scheme:
             window=self.window,
             leaky=self.leaky_k if self.far_mode == FAR_LEAKY else None,
             group=self.group_size if self.far_mode == FAR_GROUP else None,
+            chunk=self.chunk_len if self.far_mode == FAR_CHUNK else None,
+            sliding_window=self.sliding_window,
+            sink_tokens=self.sink_tokens,
             logn_train_len=self.logn_train_len or None,
             base=self.base(hyper),
             n_rot=hyper.n_rot,
@@ -182,6 +190,10 @@ class Scheme:
                 parts.append(f"k={self.leaky_k:g}")
             if self.far_mode == FAR_GROUP:
                 parts.append(f"G={self.group_size}")
+            if self.far_mode == FAR_CHUNK:
+                parts.append(f"s={self.chunk_len}")
+        if self.sliding_window:
+            parts.append(f"sliding={self.sliding_window} sinks={self.sink_tokens}")
         if self.logn_train_len:
             parts.append(f"logn(L={self.logn_train_len})")
         if self.rope_base:
@@ -500,14 +512,58 @@ def _logn(hyper, logn):
     return hyper.n_ctx_train if logn else 0
 
 
-def rerope(hyper, n_ctx, *, window=None, logn=True, **options) -> Scheme:
+def _logn_len(hyper, logn, logn_len):
+    """L of log-n: off, the trained context, or another length (a milder or stronger log-n)."""
+    if logn_len is None:
+        return _logn(hyper, logn)
+    n = int(logn_len)
+    if n < 2:
+        raise ValueError(f"logn_len must be >= 2, got {logn_len}")
+    if not logn:
+        raise ValueError("logn_len needs log-n on")
+    return n
+
+
+def _temperature(hyper, n_ctx, temperature) -> float:
+    """Score multiplier: None = 1; "yarn" = YaRN's (0.1 ln s + 1)^2 with s = n_ctx / n_ctx_train
+    (its sqrt(1/t) on q and k); a number > 0 = that multiplier."""
+    if temperature is None:
+        return 1.0
+    if isinstance(temperature, str):
+        if temperature != "yarn":
+            raise ValueError(f"temperature must be 'yarn' or a number > 0, got {temperature!r}")
+        s = max(1.0, n_ctx / hyper.n_ctx_train)
+        return (0.1 * math.log(s) + 1.0) ** 2
+    return _finite("temperature", temperature, positive=True)
+
+
+def _dropping(sliding_window, sink_tokens, default_window=0, default_sinks=0) -> dict:
+    """The sliding-window fields: keys at distance >= sliding_window dropped (0: none), the first
+    sink_tokens positions kept."""
+    sw = default_window if sliding_window is None else int(sliding_window)
+    sinks = default_sinks if sink_tokens is None else int(sink_tokens)
+    if sw < 0:
+        raise ValueError(f"sliding_window must be >= 0 (0 = off), got {sliding_window}")
+    if sinks < 0:
+        raise ValueError(f"sink_tokens must be >= 0, got {sink_tokens}")
+    if sinks and not sw:
+        raise ValueError("sink_tokens needs a sliding_window (without one no key is dropped)")
+    return dict(sliding_window=sw, sink_tokens=sinks)
+
+
+def rerope(hyper, n_ctx, *, window=None, logn=True, logn_len=None, temperature=None, sliding_window=None,
+           sink_tokens=None, **options) -> Scheme:
     """ReRoPE (J. Su 2023): exact distances inside the window w, every longer distance clamped
-    to w; optional log-n query scaling max(1, ln(i+1)/ln L_train). Default w = n_ctx_train / 2."""
+    to w; optional log-n query scaling max(1, ln(i+1)/ln L), L = logn_len (default n_ctx_train).
+    Default w = n_ctx_train / 2. `temperature` multiplies the scores ("yarn": YaRN's attention
+    temperature for s = n_ctx / n_ctx_train); `sliding_window` / `sink_tokens` drop far keys
+    except the first ones (LM-Infinite's Lambda shape)."""
     _unexpected("rerope", options)
     w = int(window) if window is not None else max(1, hyper.n_ctx_train // 2)
     if w < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    return Scheme("rerope", window=w, far_mode=FAR_CLAMP, logn_train_len=_logn(hyper, logn))
+    return Scheme("rerope", window=w, far_mode=FAR_CLAMP, logn_train_len=_logn_len(hyper, logn, logn_len),
+                  attn_factor=_temperature(hyper, n_ctx, temperature), **_dropping(sliding_window, sink_tokens))
 
 
 def leaky_k_default(hyper: ModelHyper, n_ctx: int, window: int) -> float:
@@ -519,18 +575,76 @@ def leaky_k_default(hyper: ModelHyper, n_ctx: int, window: int) -> float:
     return max(1.0, (n_ctx - 1 - window) / room)
 
 
-def leaky_rerope(hyper, n_ctx, *, window=None, leaky_k=None, logn=True, **options) -> Scheme:
+def leaky_rerope(hyper, n_ctx, *, window=None, leaky_k=None, logn=True, logn_len=None, temperature=None,
+                 sliding_window=None, sink_tokens=None, **options) -> Scheme:
     """Leaky ReRoPE (J. Su 2023): beyond the window distances grow with slope 1/k,
     rel = w + (i - j - w)/k; optional log-n. Defaults: w = n_ctx_train / 4, k = the slope that
-    maps the longest distance of n_ctx onto the end of the trained context (`leaky_k_default`)."""
+    maps the longest distance of n_ctx onto the end of the trained context (`leaky_k_default`).
+    logn_len, temperature, sliding_window, sink_tokens: as for `rerope`."""
     _unexpected("leaky-rerope", options)
     n_ctx = _check_n_ctx(n_ctx)
     w = int(window) if window is not None else max(1, hyper.n_ctx_train // 4)
     k = float(leaky_k) if leaky_k is not None else leaky_k_default(hyper, n_ctx, w)
     if not k >= 1 or not math.isfinite(k):
         raise ValueError(f"leaky_k must be a finite number >= 1, got {leaky_k}")
-    return Scheme("leaky-rerope", window=w, far_mode=FAR_LEAKY, leaky_k=k, logn_train_len=_logn(hyper, logn))
+    return Scheme("leaky-rerope", window=w, far_mode=FAR_LEAKY, leaky_k=k,
+                  logn_train_len=_logn_len(hyper, logn, logn_len), attn_factor=_temperature(hyper, n_ctx, temperature),
+                  **_dropping(sliding_window, sink_tokens))
 
+
+def dual_chunk(hyper, n_ctx, *, chunk_size=None, local_window=None, logn=True, logn_len=None, temperature=None,
+               sliding_window=None, sink_tokens=None, **options) -> Scheme:
+    """Dual Chunk Attention (An et al. 2024, "Training-Free Long-Context Scaling of Large Language
+    Models", arXiv:2402.17463; ChunkLlama). Keys sit at j mod s in chunks of s tokens; a query
+    sees its own chunk at i mod s (intra-chunk: exact distances), the chunk before at
+    min(s + i mod s, C) (successive: exact distances up to C) and every earlier chunk at C
+    (inter-chunk), so no relative position exceeds C. C = chunk_size (default 3/4 n_ctx_train),
+    s = C - local_window (default n_ctx_train / 16): ChunkLlama's defaults. In the operator:
+    window C, far mode CHUNK with chunk_len s. Log-n on by default, as for ReRoPE; temperature,
+    sliding_window, sink_tokens as for `rerope`."""
+    _unexpected("dual-chunk", options)
+    L = hyper.n_ctx_train
+    c = int(chunk_size) if chunk_size is not None else max(2, 3 * L // 4)
+    lw = int(local_window) if local_window is not None else max(1, L // 16)
+    if c < 2:
+        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
+    if not 1 <= lw or not 2 * (c - lw) > c:
+        raise ValueError(f"local_window must be in 1..chunk_size/2 (chunk_size {c}), got {lw}")
+    return Scheme("dual-chunk", window=c, far_mode=FAR_CHUNK, chunk_len=c - lw,
+                  logn_train_len=_logn_len(hyper, logn, logn_len), attn_factor=_temperature(hyper, n_ctx, temperature),
+                  **_dropping(sliding_window, sink_tokens))
+
+
+def lm_infinite(hyper, n_ctx, *, window=None, sink_tokens=None, logn=False, **options) -> Scheme:
+    """LM-Infinite (Han et al. 2024, arXiv:2308.16137): Lambda-shaped attention. A query sees the
+    last `window` tokens (default n_ctx_train) at their exact distances and the first `sink_tokens`
+    (default 10) at the distance ceiling `window`; every other key is dropped. In the operator:
+    ReRoPE's clamp with w = window plus a sliding window of the same size with sinks. Log-n off by
+    default (LM-Infinite has none)."""
+    _unexpected("lm-infinite", options)
+    w = int(window) if window is not None else hyper.n_ctx_train
+    if w < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    return Scheme("lm-infinite", window=w, far_mode=FAR_CLAMP, logn_train_len=_logn(hyper, logn),
+                  **_dropping(w, sink_tokens, default_sinks=10))
+
+
+def ntk_mixed(hyper, n_ctx, *, scale=None, exponent=0.75, logn=True, **options) -> Scheme:
+    """NTK-RoPE-mixed (J. Su 2023, "Taking beta-base encoding to the limit", kexue.fm/archives/9706):
+    a different base per pair, theta_m * exp(-a (m+1)^b) with a = ln(s) / (d_r/2)^b, so the fastest
+    pair keeps its frequency and the slowest is divided by s (b = `exponent`, 0.75 as in his code);
+    s defaults to n_ctx / n_ctx_train. With log-n (on by default: his NTK-RoPE-logn-mixed)."""
+    _unexpected("ntk-mixed", options)
+    s = _scale(hyper, n_ctx, scale)
+    b = _finite("exponent", exponent, positive=True)
+    half = hyper.n_rot // 2
+    a = math.log(s) / half**b
+    f = np.exp(-a * (_pair_index(hyper) + 1.0) ** b)
+    return Scheme("ntk-mixed", freq_factors=hyper.model_factors() * f, logn_train_len=_logn(hyper, logn))
+
+
+# Schemes whose log-n query scaling the `logn` switch (Model(logn=), --no-logn) turns off.
+LOGN_SCHEMES = ("rerope", "leaky-rerope", "dual-chunk", "ntk-mixed")
 
 SCHEMES: dict = {
     "none": none,
@@ -544,6 +658,9 @@ SCHEMES: dict = {
     "self-extend": self_extend,
     "rerope": rerope,
     "leaky-rerope": leaky_rerope,
+    "dual-chunk": dual_chunk,
+    "lm-infinite": lm_infinite,
+    "ntk-mixed": ntk_mixed,
 }
 
 
@@ -556,7 +673,8 @@ def make_scheme(name, info, n_ctx, **options) -> Scheme:
         return name
     key = str(name).lower().replace("_", "-")
     key = {"rope": "none", "pi": "linear", "ntk-aware": "ntk", "dynamic": "dynamic-ntk", "leaky": "leaky-rerope",
-           "selfextend": "self-extend", "group": "self-extend"}.get(key, key)
+           "selfextend": "self-extend", "group": "self-extend", "dca": "dual-chunk", "chunk": "dual-chunk",
+           "chunkllama": "dual-chunk", "lminfinite": "lm-infinite"}.get(key, key)
     if key not in SCHEMES:
         raise ValueError(f"unknown position scheme {name!r}; valid: {', '.join(SCHEMES)}")
     n_ctx = _check_n_ctx(n_ctx)

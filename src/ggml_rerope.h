@@ -1,5 +1,5 @@
 /*
- * ggml_rerope.h - fused ReRoPE / Leaky ReRoPE / Self-Extend attention.
+ * ggml_rerope.h - fused ReRoPE / Leaky ReRoPE / Self-Extend / Dual Chunk attention.
  *
  * The math (the contract every kernel is tested against: this header, and its executable form in
  * ggml_rerope/reference.py):
@@ -15,6 +15,13 @@
  *              = w                             far, GGML_REROPE_FAR_CLAMP  (ReRoPE)
  *              = w + (i - j - w) / k           far, GGML_REROPE_FAR_LEAKY  (Leaky ReRoPE)
  *              = fl(i/G) - fl(j/G) + w - fl(w/G)  far, GGML_REROPE_FAR_GROUP (Self-Extend)
+ *              = w - (j mod s)                 far, GGML_REROPE_FAR_CHUNK  (Dual Chunk Attention)
+ *     "near" (rel = i - j) is i - j < w, except for FAR_CHUNK (chunks of s keys, w/2 < s <= w):
+ *       i - j <= w - s, or fl(j/s) = fl(i/s) (same chunk), or fl(j/s) = fl(i/s) - 1 and
+ *       (i mod s) + s <= w (the chunk before, where the true distance still fits in w)
+ *     Keys can be dropped (weight 0, LM-Infinite's Lambda-shaped attention) with a sliding window:
+ *       sliding_window > 0 drops key j when i - j >= sliding_window, unless j < sink_tokens
+ *       (attention sinks: the first tokens stay visible, at their far distance rel(i, j))
  *     s_ij = lambda_i * scale * <R_rel(i,j) q_i, k_j>
  *     lambda_i = max(1, ln(i+1) / ln(L_train)) with log-n on (L_train > 1), else 1
  *     o_i = sum_j softmax_j(s_ij) v_j
@@ -75,7 +82,8 @@ typedef enum ggml_rerope_rope_mode {
 typedef enum ggml_rerope_far_mode {
     GGML_REROPE_FAR_CLAMP = 0, /* ReRoPE: rel = w                             */
     GGML_REROPE_FAR_LEAKY = 1, /* Leaky ReRoPE: rel = w + (i - j - w) / k     */
-    GGML_REROPE_FAR_GROUP = 2  /* Self-Extend: fl(i/G) - fl(j/G) + w - fl(w/G) */
+    GGML_REROPE_FAR_GROUP = 2, /* Self-Extend: fl(i/G) - fl(j/G) + w - fl(w/G) */
+    GGML_REROPE_FAR_CHUNK = 3  /* Dual Chunk Attention: w - (j mod s)            */
 } ggml_rerope_far_mode;
 
 /* Parameters of one attention call. Start from ggml_rerope_default_params(). */
@@ -93,10 +101,13 @@ typedef struct ggml_rerope_params {
     int32_t logn_train_len;     /* L_train for log-n query scaling; 0 = off, else >= 2  */
     float scale;                /* score scale; 0 means 1/sqrt(d)                       */
     int32_t causal;             /* 1: key j used only when k_pos[j] <= q_pos[i]         */
+    int32_t chunk_len;          /* FAR_CHUNK s: window / 2 < s <= window                 */
+    int32_t sliding_window;     /* 0: every key counts; > 0: keys with i - j >= it drop */
+    int32_t sink_tokens;        /* >= 0: keys at positions below it never drop          */
 } ggml_rerope_params;
 
 /* d = head_dim, n_rot = head_dim, NORM, base 10000, ReRoPE with window 1024,
- * no log-n, scale 1/sqrt(d), causal. */
+ * no log-n, scale 1/sqrt(d), causal, no key dropped. */
 GGML_REROPE_API ggml_rerope_params ggml_rerope_default_params(int32_t head_dim);
 
 /* Checks params alone; returns the status and sets the message. */

@@ -87,6 +87,9 @@ typedef struct ggml_rerope_scheme {
                                    multipliers of theta_m, copied by the call               */
     float attn_factor;          /* multiplies the score scale 1/sqrt(d) (YaRN temperature);
                                    0 means 1                                                */
+    int32_t chunk_len;          /* FAR_CHUNK (Dual Chunk Attention) s: window/2 < s <= window */
+    int32_t sliding_window;     /* 0: off; > 0: keys at distance >= it are dropped ...       */
+    int32_t sink_tokens;        /* ... except the first sink_tokens positions (LM-Infinite)  */
 } ggml_rerope_scheme;
 
 /* n_gpu_layers 0, use_mmap 1, split_mode LAYER, main_gpu 0, tensor_split all 0. */

@@ -109,3 +109,31 @@ def synthetic_model(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+def _simd_paths():
+    """(value, name) of the CPU kernel's SIMD paths this machine and build run."""
+    from ggml_rerope._binding import lib
+
+    names = ("scalar", "avx2", "avx512", "neon")
+    values = [getattr(lib, f"GGML_REROPE_SIMD_{n.upper()}") for n in names]
+    return [(v, n) for v, n in zip(values, names) if lib.ggml_rerope_simd_supported(v)]
+
+
+def pytest_generate_tests(metafunc):
+    # a test that takes `simd` runs once per supported SIMD path (read at collection, so only
+    # the modules that use it need the library)
+    if "simd" in metafunc.fixturenames:
+        paths = _simd_paths()
+        metafunc.parametrize("simd", [v for v, _ in paths], ids=[n for _, n in paths], indirect=True)
+
+
+@pytest.fixture
+def simd(request):
+    """Forces the CPU kernel onto one SIMD path for the test, then back to the best one."""
+    from ggml_rerope._binding import lib
+
+    assert lib.ggml_rerope_set_simd(request.param) == lib.GGML_REROPE_OK
+    assert lib.ggml_rerope_get_simd() == request.param
+    yield request.param
+    lib.ggml_rerope_set_simd(lib.GGML_REROPE_SIMD_AUTO)

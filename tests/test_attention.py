@@ -16,17 +16,8 @@ from ggml_rerope import _binding, reference
 
 BK = 64
 _lib = _binding.lib
-SIMD_NAMES = {getattr(_lib, f"GGML_REROPE_SIMD_{n.upper()}"): n for n in ("scalar", "avx2", "avx512", "neon")}
-SIMD_PATHS = [s for s in SIMD_NAMES if _lib.ggml_rerope_simd_supported(s)]
 TOL = {np.float32: 1e-4, np.float16: 2e-3}
 
-
-@pytest.fixture(params=SIMD_PATHS, ids=lambda s: SIMD_NAMES[s])
-def simd(request):
-    assert _binding.lib.ggml_rerope_set_simd(request.param) == _lib.GGML_REROPE_OK
-    assert _binding.lib.ggml_rerope_get_simd() == request.param
-    yield request.param
-    _binding.lib.ggml_rerope_set_simd(_lib.GGML_REROPE_SIMD_AUTO)
 
 
 def make(n_q, n_kv, h, h_kv, d, kv_dtype=np.float32, seed=None):

@@ -15,16 +15,8 @@ from ggml_rerope.bench.ggml_graphs import GgmlContext
 from ggml_rerope.errors import InvalidArgumentError
 
 ffi, lib = _binding.ffi, _binding.lib
-SIMD_NAMES = {getattr(lib, f"GGML_REROPE_SIMD_{n.upper()}"): n for n in ("scalar", "avx2", "avx512", "neon")}
-SIMD_PATHS = [s for s in SIMD_NAMES if lib.ggml_rerope_simd_supported(s)]
 SCHEMES = {"clamp": {}, "leaky": {"leaky": 3.0}, "group": {"group": 4}}
 
-
-@pytest.fixture(params=SIMD_PATHS, ids=lambda s: SIMD_NAMES[s])
-def simd(request):
-    assert lib.ggml_rerope_set_simd(request.param) == lib.GGML_REROPE_OK
-    yield request.param
-    lib.ggml_rerope_set_simd(lib.GGML_REROPE_SIMD_AUTO)
 
 
 def stored_keys(k, block, k_type):

@@ -17,17 +17,9 @@ from ggml_rerope import _binding, kv_quant, reference
 from ggml_rerope.bench.ggml_graphs import GgmlContext
 
 ffi, lib = _binding.ffi, _binding.lib
-SIMD_NAMES = {getattr(lib, f"GGML_REROPE_SIMD_{n.upper()}"): n for n in ("scalar", "avx2", "avx512", "neon")}
-SIMD_PATHS = [s for s in SIMD_NAMES if lib.ggml_rerope_simd_supported(s)]
 TYPES = ["f32", "f16", "bf16", *kv_quant.BLOCK_TYPES]
 TOL = 1e-4  # the kernel reads exactly the dequantized values: only float32 arithmetic is left
 
-
-@pytest.fixture(params=SIMD_PATHS, ids=lambda s: SIMD_NAMES[s])
-def simd(request):
-    assert lib.ggml_rerope_set_simd(request.param) == lib.GGML_REROPE_OK
-    yield request.param
-    lib.ggml_rerope_set_simd(lib.GGML_REROPE_SIMD_AUTO)
 
 
 def quantized(n_q, n_kv, h, h_kv, d, k_type, v_type, scale=1.0):

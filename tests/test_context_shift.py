@@ -23,6 +23,7 @@ ATOL = 1e-4
 SCHEMES = {
     "plain-rope": dict(window=WINDOW_NONE, logn_train_len=0),
     "rerope-w8": dict(window=8, logn_train_len=0),  # window far smaller than the context
+    "dual-chunk-12-8": dict(window=12, far_mode=3, chunk_len=8, logn_train_len=0),  # chunks move with the shift
 }
 
 

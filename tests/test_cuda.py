@@ -95,6 +95,12 @@ SCHEMES = {
     "scale": dict(window=64, scale=0.3),
     "noncausal": dict(window=50, causal=False),
     "leaky_logn_neox": dict(window=96, leaky=2.5, logn_train_len=64, mode="neox"),
+    "chunk": dict(window=150, chunk=100),
+    "chunk_tile_edge": dict(window=127, chunk=64, logn_train_len=64, mode="neox"),
+    "chunk_noncausal": dict(window=90, chunk=60, causal=False),
+    "sliding_sinks": dict(window=128, sliding_window=128, sink_tokens=10),
+    "sliding_leaky": dict(window=64, leaky=4.0, sliding_window=200, sink_tokens=1),
+    "sliding_chunk": dict(window=150, chunk=100, sliding_window=300, sink_tokens=64),
 }
 
 

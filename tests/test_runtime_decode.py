@@ -18,6 +18,8 @@ from ggml_rerope._internals import KV_F16, KV_F32, Runtime
 SCHEMES = {
     "rerope-w16-logn": dict(window=16, logn_train_len=32),  # log-n scaling active past position 31
     "leaky-w8-k4": dict(window=8, far_mode=1, leaky_k=4.0, logn_train_len=0),
+    "dual-chunk-12-8": dict(window=12, far_mode=3, chunk_len=8, logn_train_len=32),
+    "lambda-16-sinks-3": dict(window=16, sliding_window=16, sink_tokens=3, logn_train_len=0),
 }
 
 

@@ -13,6 +13,7 @@ import pytest
 from ggml_rerope import reference
 from ggml_rerope.scheme_flags import add_scheme_arguments, scheme_from_args, scheme_options_from_args
 from ggml_rerope.schemes import (
+    FAR_CHUNK,
     FAR_CLAMP,
     FAR_GROUP,
     FAR_LEAKY,
@@ -75,7 +76,7 @@ def base_thetas(base=HYPER.rope_base):
 
 def test_registry_has_every_scheme():
     assert set(SCHEMES) == {"none", "linear", "ntk", "dynamic-ntk", "yarn", "longrope", "power", "truncate",
-                            "self-extend", "rerope", "leaky-rerope"}
+                            "self-extend", "rerope", "leaky-rerope", "dual-chunk", "lm-infinite", "ntk-mixed"}
 
 
 def test_unknown_scheme_lists_valid_names():
@@ -324,9 +325,10 @@ def test_giraffe_truncation_formula():
 # ------------------------------------------------------------------ relative-position maps
 
 
-def attention_with_rel(q, k, v, rel_fn, logn_train_len=0, scale=None):
+def attention_with_rel(q, k, v, rel_fn, logn_train_len=0, scale=None, keep=None):
     """Attention from an explicit relative-position function: score(i, j) = <R_rel(i,j) q_i, R_0 k_j>,
-    evaluated pair by pair (independent of reference.relative_positions)."""
+    evaluated pair by pair (independent of reference.relative_positions); keep(i, j) False drops
+    the key."""
     th = base_thetas()
     n, h, _ = q.shape
     kk = np.repeat(k, h // k.shape[1], axis=1)
@@ -342,6 +344,8 @@ def attention_with_rel(q, k, v, rel_fn, logn_train_len=0, scale=None):
         qr[:, :, 1::2] = a[None] * s[:, None] + b[None] * c[:, None]
         lam = max(1.0, math.log(i + 1) / math.log(logn_train_len)) if logn_train_len else 1.0
         sc = np.einsum("jhd,jhd->hj", qr, kk[: i + 1]) * (scale or 1 / math.sqrt(D)) * lam
+        if keep is not None:
+            sc[:, [not keep(i, j) for j in range(i + 1)]] = -np.inf
         sc -= sc.max(1, keepdims=True)
         p = np.exp(sc)
         p /= p.sum(1, keepdims=True)
@@ -407,13 +411,83 @@ def test_rerope_with_large_window_is_rope():
     np.testing.assert_allclose(scheme_attention(sch, q, k, v), want, atol=1e-10)
 
 
+def test_dual_chunk_is_the_papers_three_position_maps():
+    """Keys at j mod s; queries at i mod s (same chunk), min(s + i mod s, C) (next chunk), C (later)."""
+    C, lw = 12, 4
+    s = C - lw
+    sch = make_scheme("dual-chunk", HYPER, N, chunk_size=C, local_window=lw, logn=False)
+    assert (sch.window, sch.far_mode, sch.chunk_len) == (C, FAR_CHUNK, s)
+
+    def rel(i, j):
+        if i // s == j // s:
+            return i % s - j % s
+        if i // s == j // s + 1:
+            return min(s + i % s, C) - j % s
+        return C - j % s
+
+    q, k, v = qkv(21)
+    np.testing.assert_allclose(scheme_attention(sch, q, k, v), attention_with_rel(q, k, v, rel), atol=1e-10)
+
+
+def test_dual_chunk_defaults_are_chunkllamas():
+    sch = make_scheme("dual-chunk", HYPER, N)
+    assert (sch.window, sch.chunk_len, sch.logn_train_len) == (36, 36 - 3, L_TRAIN)
+    with pytest.raises(ValueError, match="local_window"):
+        make_scheme("dual-chunk", HYPER, N, chunk_size=12, local_window=6)
+
+
+def test_lm_infinite_sees_the_window_and_the_sinks_only():
+    w, sinks = 10, 2
+    sch = make_scheme("lm-infinite", HYPER, N, window=w, sink_tokens=sinks)
+    assert (sch.window, sch.sliding_window, sch.sink_tokens, sch.logn_train_len) == (w, w, sinks, 0)
+    q, k, v = qkv(22)
+    want = attention_with_rel(q, k, v, lambda i, j: min(i - j, w), keep=lambda i, j: i - j < w or j < sinks)
+    np.testing.assert_allclose(scheme_attention(sch, q, k, v), want, atol=1e-10)
+    assert make_scheme("lm-infinite", HYPER, N).sink_tokens == 10
+
+
+def test_sliding_window_options_are_checked():
+    with pytest.raises(ValueError, match="sink_tokens needs a sliding_window"):
+        make_scheme("rerope", HYPER, N, sink_tokens=4)
+    with pytest.raises(ValueError, match="sliding_window must be >= 0"):
+        make_scheme("rerope", HYPER, N, sliding_window=-1)
+
+
+def test_ntk_mixed_frequencies():
+    """theta_m * exp(-a (m+1)^b), a = ln s / (d/2)^b: the slowest pair divided by s."""
+    s, b = N / L_TRAIN, 0.75
+    sch = make_scheme("ntk-mixed", HYPER, N)
+    m = np.arange(D // 2)
+    want = base_thetas() * np.exp(-math.log(s) / (D / 2) ** b * (m + 1) ** b)
+    np.testing.assert_allclose(sch.thetas(HYPER), want, rtol=1e-12)
+    assert sch.thetas(HYPER)[-1] == pytest.approx(base_thetas()[-1] / s)
+    assert sch.logn_train_len == L_TRAIN
+    np.testing.assert_allclose(make_scheme("ntk-mixed", HYPER, L_TRAIN).thetas(HYPER), base_thetas())
+
+
+def test_rerope_temperature_and_logn_length():
+    s = N / L_TRAIN
+    yarn_t = (0.1 * math.log(s) + 1) ** 2
+    assert make_scheme("rerope", HYPER, N, temperature="yarn").attn_factor == pytest.approx(yarn_t)
+    assert make_scheme("leaky-rerope", HYPER, N, temperature=1.3).attn_factor == 1.3
+    assert make_scheme("rerope", HYPER, N, logn_len=24).logn_train_len == 24
+    with pytest.raises(ValueError, match="temperature"):
+        make_scheme("rerope", HYPER, N, temperature="hot")
+    with pytest.raises(ValueError, match="logn_len needs log-n"):
+        make_scheme("rerope", HYPER, N, logn_len=24, logn=False)
+
+
 # ------------------------------------------------------------------ the C operator with each scheme
 
 
 OP_CASES = [("none", {}), ("linear", {}), ("ntk", {}), ("yarn", {}), ("power", {}), ("truncate", {}),
             ("longrope", {"factors": np.linspace(1, 6, D // 2)}), ("self-extend", {"group": 3, "window": 10}),
             ("rerope", {"window": 20}), ("rerope", {"window": 20, "logn": False}),
-            ("leaky-rerope", {"window": 10}), ("leaky-rerope", {"window": 10, "logn": False})]
+            ("leaky-rerope", {"window": 10}), ("leaky-rerope", {"window": 10, "logn": False}),
+            ("dual-chunk", {"chunk_size": 12, "local_window": 4}), ("dual-chunk", {"chunk_size": 9, "local_window": 4}),
+            ("lm-infinite", {"window": 10, "sink_tokens": 2}), ("ntk-mixed", {}), ("ntk-mixed", {"logn": False}),
+            ("rerope", {"window": 12, "temperature": "yarn", "sliding_window": 20, "sink_tokens": 3}),
+            ("leaky-rerope", {"window": 8, "logn_len": 16, "temperature": 1.2})]
 
 
 @pytest.mark.parametrize("name,opts", OP_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(OP_CASES)])
@@ -463,6 +537,25 @@ def test_cli_flags_make_the_scheme():
     assert scheme_from_args(parse([]), HYPER, N).name == "rerope"
 
 
+def test_cli_flags_of_the_newer_schemes():
+    sch = scheme_from_args(parse(["--rope-scaling", "dual-chunk", "--chunk-size", "20", "--local-window", "5",
+                                  "--sliding-window", "30", "--sink-tokens", "4", "--attn-temperature", "yarn"]),
+                           HYPER, N)
+    assert (sch.window, sch.chunk_len, sch.sliding_window, sch.sink_tokens) == (20, 15, 30, 4)
+    assert sch.attn_factor > 1
+    sch = scheme_from_args(parse(["--rope-scaling", "lm-infinite", "--lm-infinite-window", "16"]), HYPER, N)
+    assert (sch.window, sch.sliding_window, sch.sink_tokens) == (16, 16, 10)
+    sch = scheme_from_args(parse(["--rope-scaling", "ntk-mixed", "--ntk-mixed-exponent", "0.5", "--no-logn"]), HYPER, N)
+    assert sch.logn_train_len == 0
+    sch = scheme_from_args(parse(["--rope-scaling", "rerope", "--logn-len", "24", "--attn-temperature", "1.1"]),
+                           HYPER, N)
+    assert (sch.logn_train_len, sch.attn_factor) == (24, 1.1)
+    with pytest.raises(ValueError, match="--chunk-size"):
+        scheme_options_from_args(parse(["--rope-scaling", "rerope", "--chunk-size", "20"]))
+    with pytest.raises(SystemExit):
+        parse(["--attn-temperature", "warm"])
+
+
 def test_cli_flag_for_another_scheme_is_an_error():
     with pytest.raises(ValueError, match="--grp-attn-n"):
         scheme_options_from_args(parse(["--rope-scaling", "rerope", "--grp-attn-n", "4"]))
@@ -508,6 +601,9 @@ def test_c_struct_conversion():
 
     assert (s.window, s.far_mode, s.leaky_k, s.logn_train_len) == (8, FAR_LEAKY, 3.0, L_TRAIN)
     assert s.freq_factors == ffi.NULL and keep is None
+    s, _ = c_scheme(make_scheme("dual-chunk", HYPER, N, chunk_size=20, local_window=5, sliding_window=40,
+                                sink_tokens=3))
+    assert (s.window, s.far_mode, s.chunk_len, s.sliding_window, s.sink_tokens) == (20, FAR_CHUNK, 15, 40, 3)
 
 
 def test_scheme_is_a_value():

@@ -87,6 +87,7 @@ AttnArgs make_args(const ggml_rerope_params * p, const float * q, int32_t n_q, i
     a.n_rot = p->n_rot, a.rope_mode = p->rope_mode, a.far_mode = p->far_mode, a.window = p->window;
     a.group_size = p->group_size, a.logn_len = p->logn_train_len, a.causal = p->causal ? 1 : 0;
     a.leaky_k = p->leaky_k;
+    a.chunk_len = p->chunk_len, a.sliding_window = p->sliding_window, a.sink_tokens = p->sink_tokens;
     a.scale = p->scale > 0.0f ? p->scale : (float) (1.0 / sqrt((double) p->head_dim));
     for (int m = 0; m < p->n_rot / 2; ++m) {
         const double f = p->freq_factors ? (double) p->freq_factors[m] : 1.0;

@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, std::is_same<KV, 
     // This warp's tiles: every t_step-th one, skipping tiles wholly in the causal future.
     const int t_end = (a.n_kv + KEYS - 1) / KEYS;
     const int t_step = gridDim.x * W;
-    auto next_tile = [&](int t) { return next_visible_tile(a, t, t_step, t_end, KEYS, qmax); };
+    auto next_tile = [&](int t) { return next_visible_tile(a, t, t_step, t_end, KEYS, qmin, qmax); };
     auto issue = [&](int t, int st) {
         if constexpr (STAGED) {
             unsigned char * raw = raw0 + st * raw_stage;
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, std::is_same<KV, 
 
         const int2 kb = key_tile_bounds(a, kt, KEYS);
         const TileClass tc = classify(a, qmin, qmax, kb.x, kb.y);
-        const bool need_mask = tile_needs_mask(a, kt, KEYS, kb, qmin);
+        const bool need_mask = tile_needs_mask(a, kt, KEYS, kb, qmin, qmax);
         const int * kp_s = s_kpos + pb * KEYS;
         half * k_raw;  // this tile's raw (unrotated) keys, f16
         const half * sV;
@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, std::is_same<KV, 
             rotate_rows<D>(
                 k_raw, SD, sKr, SD, KEYS, [&](int r) { return (double) kp_s[r]; }, s_theta, a.n_rot, a.rope_mode, lane,
                 32);
-        // Far LEAKY / GROUP keys; staged: in place, once the near copy is made (each lane rewrites
+        // Far LEAKY / GROUP / CHUNK keys; staged: in place, once the near copy is made (each lane rewrites
         // the very pairs it read, so the rotation needs no other order).
         half * far_dst = STAGED ? k_raw : sKf;
         if (!tc.near_all && far_rotates_keys(a)) {

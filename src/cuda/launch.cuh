@@ -19,7 +19,7 @@ ggml_rerope_status run_attention(AttnArgs a, int head_dim, cudaStream_t stream);
 cudaError_t launch_prefill(const AttnArgs & args, int head_dim, cudaStream_t stream);
 
 // Prefill's key pre-pass (rotate_keys.cu): k_near = R_j k_j (f16, layout of k); k_far
-// (NULL unless far_mode is LEAKY or GROUP) = R_(far_k_pos(j)) k_j.
+// (NULL unless far_mode is LEAKY, GROUP or CHUNK) = R_(far_k_pos(j)) k_j.
 cudaError_t launch_rotate_keys(const AttnArgs & args, int head_dim, half * k_near, half * k_far, cudaStream_t stream);
 
 // Hadamard-rotated keys' pre-pass (unrotate_keys.cu): out = the rows of args.k (args.k_type,

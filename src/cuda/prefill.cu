@@ -14,7 +14,7 @@
 // K/V element types: f16 (cp.async into the tiles), f32 (load, convert, store), or staged
 // (bf16, q8_0, q4_0 and mixed pairs: raw tiles by cp.async, converted to f16 in shared memory
 // once landed; kv_staging.cuh says why). Only V and CLAMP's far keys come from the cache: near
-// and LEAKY / GROUP far keys come from the f16 workspace of the rotation pre-pass.
+// and LEAKY / GROUP / CHUNK far keys come from the f16 workspace of the rotation pre-pass.
 #include <math.h>
 
 #include <type_traits>
@@ -162,19 +162,19 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, PrefillTraits<D>::M
         }
     };
 
-    int kt = next_visible_tile(a, -1, 1, nt, BN, qmax), pb = 0;
+    int kt = next_visible_tile(a, -1, 1, nt, BN, qmin, qmax), pb = 0;
     if (kt < nt) issue(kt, 0);
     cp_async_commit();
 
     while (kt < nt) {
         const int2 kb = key_tile_bounds(a, kt, BN);
         const TileClass tc = classify(a, qmin, qmax, kb.x, kb.y);
-        const bool need_mask = tile_needs_mask(a, kt, BN, kb, qmin);
+        const bool need_mask = tile_needs_mask(a, kt, BN, kb, qmin, qmax);
         const int * kp_s = s_kpos + pb * BN;
         const half * sKr = sKn0 + pb * Tr::TILE_HALVES;
         const half * far_k = sKf0 + pb * Tr::TILE_HALVES;
         const half * sV = sV0 + pb * Tr::TILE_HALVES;
-        const int kn = next_visible_tile(a, kt, 1, nt, BN, qmax);
+        const int kn = next_visible_tile(a, kt, 1, nt, BN, qmin, qmax);
         if (kn < nt) issue(kn, pb ^ 1);  // that stage was released by the last barrier
         cp_async_commit();
         cp_async_wait<1>();  // this tile's group
@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(PrefillTraits<D>::THREADS, PrefillTraits<D>::M
             qk_tile<Tr>(s, qf, far_k, lane);
         } else {
             qk_tile<Tr>(s, qn, sKr, lane);
-            if (!tc.near_all) {  // the band: far scores replace near ones where i - j >= w
+            if (!tc.near_all) {  // the band: far scores replace near ones where the pair is far
 #pragma unroll
                 for (int np = 0; np < NB / 2; ++np) {
                     float t2[2][4] = {};

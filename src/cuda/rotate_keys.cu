@@ -1,5 +1,5 @@
 // Prefill's key pre-pass: the raw keys of one call rotated once, in f16, into a transient
-// workspace -- near: R_(k_pos[j]) k_j; far (LEAKY / GROUP only): R_(far_k_pos(j)) k_j.
+// workspace -- near: R_(k_pos[j]) k_j; far (LEAKY / GROUP / CHUNK only): R_(far_k_pos(j)) k_j.
 // One thread per rotation unit (a pair, or two unrotated dimensions). Keys of any type the
 // kernels read (kv_types.cuh), dequantized element by element as they are read.
 #include "dispatch.cuh"

@@ -13,18 +13,27 @@ namespace rerope_cuda {
 
 // ---------------------------------------------------------------- masks
 
-// Whether the pair (query at q, key at kp) is on the near path (ordinary RoPE): i - j < w.
-__device__ __forceinline__ bool key_is_near(const AttnArgs & a, int q, int kp) { return (long long) q - kp < a.window; }
+// Whether the pair (query at q, key at kp) is on the near path (ordinary RoPE): i - j < w;
+// CHUNK: i - j <= w - s, the same chunk, or the chunk before while (i mod s) + s <= w.
+__device__ __forceinline__ bool key_is_near(const AttnArgs & a, int q, int kp) {
+    const long long dist = (long long) q - kp;
+    if (a.far_mode != GGML_REROPE_FAR_CHUNK) return dist < a.window;
+    if (dist <= a.window - a.chunk_len) return true;
+    const int s = a.chunk_len, cq = q / s, ck = kp / s;
+    return ck == cq || (ck == cq - 1 && q % s + s <= a.window);
+}
 
-// A key slot past n_kv, or (causal) a key after the query: weight 0.
+// A key slot past n_kv, (causal) a key after the query, or a key the sliding window drops: weight 0.
 __device__ __forceinline__ bool key_is_masked(const AttnArgs & a, int q, int kp) {
-    return kp == KPOS_INVALID || (a.causal && kp > q);
+    return kp == KPOS_INVALID || (a.causal && kp > q) ||
+           (a.sliding_window > 0 && (long long) q - kp >= a.sliding_window && kp >= a.sink_tokens);
 }
 
 // Whether tile t (size `tile`, positions kb) holds any masked key for queries in qmin..qmax:
-// it runs past n_kv, or (causal) reaches past the earliest query.
-__device__ __forceinline__ bool tile_needs_mask(const AttnArgs & a, int t, int tile, int2 kb, int qmin) {
-    return (t + 1) * tile > a.n_kv || (a.causal && kb.y > qmin);
+// it runs past n_kv, (causal) reaches past the earliest query, or reaches past the sliding window.
+__device__ __forceinline__ bool tile_needs_mask(const AttnArgs & a, int t, int tile, int2 kb, int qmin, int qmax) {
+    return (t + 1) * tile > a.n_kv || (a.causal && kb.y > qmin) ||
+           (a.sliding_window > 0 && (long long) qmax - kb.x >= a.sliding_window && kb.y >= a.sink_tokens);
 }
 
 // ---------------------------------------------------------------- running max and merges

@@ -37,7 +37,7 @@ template <int D_> struct PrefillTraits : PrefillTuning {
     static constexpr size_t SMEM = OFF_THETA + MAX_PAIRS * sizeof(double);
 
     // Staged K/V (kv_staging.cuh) only, after the layout above: [STAGES] raw far keys (CLAMP's
-    // far path reads the cache's keys; LEAKY / GROUP read the rotated f16 workspace) | [STAGES]
+    // far path reads the cache's keys; LEAKY / GROUP / CHUNK read the rotated f16 workspace) | [STAGES]
     // raw values. An f16 half of a staged pair is copied straight into its f16 tiles: no raw room.
     static constexpr size_t OFF_RAW = (SMEM + 15) / 16 * 16;
     __host__ __device__ static size_t raw_key_stage_bytes(const AttnArgs & a) {
@@ -56,7 +56,7 @@ template <int D_> struct PrefillTraits : PrefillTuning {
 // is read once for its whole query group. Each warp streams its own keys straight from
 // global memory (no block barrier in the loop): LPK lanes hold one key (8 dims each,
 // cp.async into the lane's own smem slots), KPW keys per warp step, U steps per iteration.
-// Keys that need rotation (near, or far LEAKY / GROUP) are rotated in registers through a
+// Keys that need rotation (near, or far LEAKY / GROUP / CHUNK) are rotated in registers through a
 // small per-warp scratch. Scores, softmax and P.V run in f32; warps merge at the end.
 template <int D_> struct DecodeF32Traits : DecodeF32Tuning {
     static constexpr int D = D_;
@@ -103,7 +103,7 @@ template <int D_> struct DecodeMmaTraits : DecodeMmaTuning {
 // The same kernel on staged K/V (bf16, q8_0, q4_0; kv_staging.cuh). Each warp's RAW_STAGES-deep
 // cp.async ring holds raw tiles; a tile is converted into one f16 K tile and one f16 V tile, and
 // its keys are rotated from there: near keys into the raw stage just converted (free until the
-// tile after next is issued into it), far LEAKY / GROUP keys in place once the near copy is made.
+// tile after next is issued into it), far LEAKY / GROUP / CHUNK keys in place once the near copy is made.
 // Fixed part first (the raw ring's size depends on the types):
 //   query positions | per warp: K | V (f16) | key positions [RAW_STAGES]
 //   | raw [RAW_STAGES] (K rows | V rows, at least one f16 tile)

@@ -78,6 +78,34 @@ void rerope_merge_partials(const rerope_job * job, int ith, int nth);
 /* x[0 .. n) = H_b of each block of b elements (ggml_rerope.h's Walsh-Hadamard, its own inverse). */
 void rerope_hadamard_row(float * x, int n, int b);
 
+/* 1 if the pair (query at i, key at j) is on the near path (rel = i - j): the contract's rule. */
+static inline int rerope_is_near(const rerope_job * jb, int32_t i, int32_t j) {
+    const int64_t dist = (int64_t) i - j, w = jb->p.window;
+    if (jb->p.far_mode != GGML_REROPE_FAR_CHUNK) return dist < w;
+    const int32_t s = jb->p.chunk_len;
+    if (dist <= w - s) return 1;
+    const int32_t ci = i / s, cj = j / s;
+    return cj == ci || (cj == ci - 1 && i % s + (int64_t) s <= w);
+}
+
+/* Paths a tile needs from its distance range dmin..dmax (i - j): near for every pair, far for
+ * every pair, or both. Conservative: a "both" tile picks per pair with rerope_is_near. */
+static inline void rerope_tile_paths(const rerope_job * jb, int64_t dmin, int64_t dmax, int * near_all, int * far_all) {
+    const int64_t w = jb->p.window;
+    if (jb->p.far_mode == GGML_REROPE_FAR_CHUNK) {
+        *near_all = dmax <= w - jb->p.chunk_len;
+        *far_all = dmin > w;
+    } else {
+        *near_all = dmax < w;
+        *far_all = dmin >= w;
+    }
+}
+
+/* 1 if key j is dropped for a query at i (sliding window, the sinks kept). */
+static inline int rerope_is_dropped(const rerope_job * jb, int32_t i, int32_t j) {
+    return jb->p.sliding_window > 0 && (int64_t) i - j >= jb->p.sliding_window && j >= jb->p.sink_tokens;
+}
+
 /* 1 if a path's scores use the stored keys as they are (no rotation by key position): then, with
  * Hadamard-rotated keys, that path's queries are rotated instead (<q, k> = <H q, H k>). */
 static inline int rerope_path_keeps_keys(const rerope_job * j, int far) {

@@ -190,9 +190,10 @@ static inline double RR_FN(rr_far_q_angle)(const rerope_job * job, int32_t i) {
     }
 }
 
-/* Angle position of the far-path key rotation (LEAKY, GROUP). */
+/* Angle position of the far-path key rotation (LEAKY, GROUP, CHUNK). */
 static inline double RR_FN(rr_far_k_angle)(const rerope_job * job, int32_t j) {
     if (job->p.far_mode == GGML_REROPE_FAR_LEAKY) return (double) j / job->p.leaky_k;
+    if (job->p.far_mode == GGML_REROPE_FAR_CHUNK) return (double) (j % job->p.chunk_len);
     return (double) (j / job->p.group_size);
 }
 
@@ -261,8 +262,11 @@ static void RR_FN(rr_tile_cs)(ST * st, const rerope_job * job, int path, const i
     float * css = st->f + (path == RR_NEAR ? st->L.css : st->L.css2);
     const int half = job->half;
     const int group = path == RR_FAR && job->p.far_mode == GGML_REROPE_FAR_GROUP;
+    const int chunk = path == RR_FAR && job->p.far_mode == GGML_REROPE_FAR_CHUNK;
     int contiguous = 1;
     for (int t = 1; t < nk; t++) contiguous &= kp[t] == kp[0] + t;
+    /* chunk angles j mod s step by one position inside a chunk only */
+    if (chunk) contiguous &= kp[0] % job->p.chunk_len + RR_BK <= job->p.chunk_len;
     if (!contiguous) {
         for (int m = 0; m < half; m++) {
             for (int t = 0; t < RR_BK; t++) {
@@ -277,7 +281,7 @@ static void RR_FN(rr_tile_cs)(ST * st, const rerope_job * job, int path, const i
     const int32_t p0 = kp[0];
     double *ac = st->ac[path], *as = st->as[path];
     if (!(st->anc_ok[path] && st->anc_p0[path] == p0)) {
-        if (st->anc_ok[path] && !group && p0 == st->anc_p0[path] + RR_BK) {
+        if (st->anc_ok[path] && !group && !chunk && p0 == st->anc_p0[path] + RR_BK) {
             for (int m = 0; m < half; m++) {
                 const double x = ac[m] * st->bc[path][m] - as[m] * st->bs[path][m];
                 as[m] = ac[m] * st->bs[path][m] + as[m] * st->bc[path][m];
@@ -633,7 +637,7 @@ static void RR_FN(rr_scores_staged)(ST * st, const rerope_job * job, int hb, int
 static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h0, int nh, int i0, int nt, int k0, int k1) {
     const rerope_ws_layout * L = &st->L;
     const int gq = job->gq, dp = job->dp, d = job->d, rows = nt * gq, rows_pad = L->rows_pad;
-    const int w = job->p.window, causal = job->p.causal;
+    const int causal = job->p.causal, sw = job->p.sliding_window;
     const int clamp = job->p.far_mode == GGML_REROPE_FAR_CLAMP;
     float *S = st->f + L->s, *S2 = st->f + L->s2;
 
@@ -674,12 +678,15 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h0, int nh, int 
             kmax = kp[t] > kmax ? kp[t] : kmax;
         }
         if (causal && kmin > qmax) continue; /* every key of the tile is in the future */
-        /* distance range: NEAR if all i - j < w, FAR if all >= w (as int64: no overflow) */
+        /* distance range (as int64: no overflow) -> the paths the tile needs */
         const int64_t dmax = (int64_t) qmax - kmin, dmin = (int64_t) qmin - kmax;
-        const int near = dmax < w, far = dmin >= w;
+        if (sw > 0 && dmin >= sw && kmin >= job->p.sink_tokens) continue; /* every key dropped */
+        const int drop = sw > 0 && dmax >= sw && kmax >= job->p.sink_tokens;
+        int near, far;
+        rerope_tile_paths(job, dmin, dmax, &near, &far);
         const int use_near = !far, use_far = !near;
         const int rot_near = use_near && job->half, rot_far = use_far && job->half && !clamp;
-        const int mask = nk < RR_BK || (causal && kmax > qmin);
+        const int mask = nk < RR_BK || (causal && kmax > qmin) || drop;
         if (use_near && !st->q_ok[RR_NEAR]) RR_FN(rr_prep_q)(st, job, RR_NEAR, h0, nh, i0, nt);
         if (use_far && !st->q_ok[RR_FAR]) RR_FN(rr_prep_q)(st, job, RR_FAR, h0, nh, i0, nt);
         if (rot_near) RR_FN(rr_tile_cs)(st, job, RR_NEAR, kp, nk);
@@ -712,8 +719,9 @@ static void RR_FN(rr_item)(ST * st, const rerope_job * job, int h0, int nh, int 
                     float * s = S + (size_t) r * RR_BK;
                     const float * s2 = S2 + (size_t) r * RR_BK;
                     for (int t = 0; t < RR_BK; t++) {
-                        if (t >= nk || (causal && kp[t] > pi)) s[t] = -INFINITY;
-                        else if (use_near && use_far && (int64_t) pi - kp[t] >= w) s[t] = s2[t];
+                        if (t >= nk || (causal && kp[t] > pi) || (drop && rerope_is_dropped(job, pi, kp[t])))
+                            s[t] = -INFINITY;
+                        else if (use_near && use_far && !rerope_is_near(job, pi, kp[t])) s[t] = s2[t];
                     }
                 }
             }

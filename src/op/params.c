@@ -17,6 +17,9 @@ ggml_rerope_params ggml_rerope_default_params(int32_t head_dim) {
     p.logn_train_len = 0;
     p.scale = 0.0f;
     p.causal = 1;
+    p.chunk_len = 0;
+    p.sliding_window = 0;
+    p.sink_tokens = 0;
     return p;
 }
 
@@ -45,10 +48,22 @@ ggml_rerope_status ggml_rerope_check_params(const ggml_rerope_params * p) {
             if (p->group_size < 1)
                 return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "group_size must be >= 1, got %d", p->group_size);
             break;
+        case GGML_REROPE_FAR_CHUNK:
+            /* 2s > w keeps every near pair within one chunk boundary (the contract's near rule) */
+            if (p->chunk_len < 1 || p->chunk_len > p->window || 2 * (int64_t) p->chunk_len <= p->window)
+                return rerope_fail(GGML_REROPE_ERR_INVALID_ARG,
+                                   "chunk_len must be in window/2 < chunk_len <= window (window %d), got %d", p->window,
+                                   p->chunk_len);
+            break;
         default:
-            return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "far_mode must be CLAMP, LEAKY or GROUP, got %d",
+            return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "far_mode must be CLAMP, LEAKY, GROUP or CHUNK, got %d",
                                p->far_mode);
     }
+    if (p->sliding_window < 0)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "sliding_window must be >= 0 (0 = off), got %d",
+                           p->sliding_window);
+    if (p->sink_tokens < 0)
+        return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "sink_tokens must be >= 0, got %d", p->sink_tokens);
     if (p->logn_train_len < 0 || p->logn_train_len == 1)
         return rerope_fail(GGML_REROPE_ERR_INVALID_ARG, "logn_train_len must be 0 (off) or >= 2, got %d",
                            p->logn_train_len);

@@ -87,6 +87,9 @@ static ggml_rerope_status scheme_to_params(const ggml_rerope_model * m, const gg
     p->far_mode = s->far_mode;
     p->leaky_k = s->leaky_k;
     p->group_size = s->group_size;
+    p->chunk_len = s->chunk_len;
+    p->sliding_window = s->sliding_window;
+    p->sink_tokens = s->sink_tokens;
     p->logn_train_len = s->logn_train_len;
     p->scale = (s->attn_factor > 0.0f ? s->attn_factor : 1.0f) / sqrtf((float) I->head_dim);
     p->causal = 1;

@@ -99,5 +99,8 @@ ggml_rerope_scheme ggml_rerope_scheme_default(const ggml_rerope_model * m) {
     s.rope_base = 0.0f;
     s.freq_factors = NULL;
     s.attn_factor = 1.0f;
+    s.chunk_len = 0;
+    s.sliding_window = 0;
+    s.sink_tokens = 0;
     return s;
 }
