@@ -35,6 +35,7 @@ only the rest is evaluated again: deepest needles first, each trial evaluates it
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import re
@@ -115,13 +116,18 @@ def filler_sentences(spec: Optional[str] = None) -> list[str]:
     file ("text:PATH", or the path itself)."""
     if spec is None or spec == "grass":
         return [FILLER]
-    path = spec[len("text:"):] if spec.startswith("text:") else spec
+    return list(_file_sentences(spec[len("text:"):] if spec.startswith("text:") else spec))
+
+
+@functools.lru_cache(maxsize=4)
+def _file_sentences(path: str) -> tuple:
+    # cached: the report asks for the same file's sentences once per shard of trials
     with open(path, encoding="utf-8", errors="replace") as f:
         text = " ".join(f.read(2_000_000).split())
     parts = re.findall(r"[^.!?]+[.!?]+\s*", text)
     if not parts:
         raise ValueError(f"{path}: no sentences found for filler")
-    return [" " + p.strip() for p in parts]
+    return tuple(" " + p.strip() for p in parts)
 
 
 def filler_name(spec: Optional[str]) -> str:

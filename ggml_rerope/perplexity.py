@@ -2,6 +2,8 @@
 
     python -m ggml_rerope.perplexity [MODEL] TEXT --ctx 16384 [--chunks 1] [--rope-scaling rerope]
         [--bucket 1024] [--score-last 4096 --end-token 36864] [--engine llama.cpp] [--json]
+    python -m ggml_rerope.perplexity TEXT --ctx 16384 --score-last 4096 --windows 8 --window-spacing 65536 \
+        --save-nll nll.npy
 
 Convention (stated because every tool differs here):
 - The text is tokenized once, with a BOS first when the model's vocabulary asks for one
@@ -15,7 +17,9 @@ Convention (stated because every tool differs here):
   [b*B, (b+1)*B), B = --bucket, so one can see where a scheme breaks.
 - --score-last M --end-token E (the ReRoPE paper's protocol): one window, tokens [E-N, E) with the
   same BOS rule, and only its last M tokens (E-M .. E-1) are scored, so runs at different N score
-  the very same tokens.
+  the very same tokens. Several windows: --end-token E1,E2,... or --windows K (ends S, 2S, .., KS
+  for --window-spacing S, default N: disjoint windows of every N <= S); --save-nll writes the
+  per-token NLL of the scored tokens, one row per window, as float32 .npy (for ggml_rerope.intervals).
 
 The evaluation goes micro-batch by micro-batch with all logits, and the log-softmax is taken per
 micro-batch: memory is O(n_batch * n_vocab), not O(N * n_vocab).
@@ -104,9 +108,10 @@ class PerplexityResult:
     scheme: str = ""
     engine: str = ""
     protocol: dict = field(default_factory=dict)
+    nll: Optional[np.ndarray] = None  # (windows, scored tokens) float32, with keep_nll
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "nll"}  # JSON: the arrays go to .npy
 
 
 def _window(tokens: Sequence[int], start: int, n: int, bos_id: int, add_bos: bool) -> np.ndarray:
@@ -142,11 +147,26 @@ def score_window(ev, window: np.ndarray, first_scored: int, n_batch: int, progre
     return np.concatenate(nll_parts), np.concatenate(pos_parts)
 
 
+def window_ends(n_windows: int, spacing: int, n_tokens: Optional[int] = None) -> list[int]:
+    """Ends (i + 1) * spacing, i < n_windows: windows of up to `spacing` tokens ending there do not
+    overlap, so the paper protocol at any N <= spacing scores n_windows disjoint stretches of the
+    text, the same tokens at every N. n_tokens: the text's length, checked."""
+    if n_windows < 1 or spacing < 2:
+        raise ValueError(f"need >= 1 window and a spacing >= 2, got {n_windows} and {spacing}")
+    ends = [(i + 1) * int(spacing) for i in range(int(n_windows))]
+    if n_tokens is not None and ends[-1] > n_tokens:
+        raise ValueError(f"the text has {n_tokens} tokens: {n_windows} disjoint windows of {spacing} need "
+                         f"{ends[-1]} (at most {n_tokens // spacing} fit)")
+    return ends
+
+
 def perplexity(ev, tokens: Sequence[int], n_ctx: int, *, chunks: Optional[int] = 1, bucket: int = 1024,
-               score_last: Optional[int] = None, end_token: Optional[int] = None, show_progress: bool = True,
-               label: str = "") -> PerplexityResult:
+               score_last: Optional[int] = None, end_token=None, keep_nll: bool = False,
+               show_progress: bool = True, label: str = "") -> PerplexityResult:
     """Mean loss / perplexity of `ev` (an evaluator, see evaluators.py) on `tokens` (see the module
-    docstring for the convention). chunks None = as many whole chunks as the text holds."""
+    docstring for the convention). chunks None = as many whole chunks as the text holds. end_token:
+    one end or a sequence of them (one window each). keep_nll: result.nll holds every scored
+    token's NLL, a row per window."""
     n = int(n_ctx)
     if n < 2:
         raise ValueError(f"n_ctx must be >= 2, got {n_ctx}")
@@ -160,13 +180,19 @@ def perplexity(ev, tokens: Sequence[int], n_ctx: int, *, chunks: Optional[int] =
     if score_last is not None or end_token is not None:
         if score_last is None or end_token is None:
             raise ValueError("--score-last and --end-token go together")
-        m, e = int(score_last), int(end_token)
+        m = int(score_last)
+        single = isinstance(end_token, (int, np.integer))
+        ends = [int(end_token)] if single else [int(e) for e in end_token]
         if not 1 <= m <= n - 1:
             raise ValueError(f"score_last must be in 1 .. n_ctx - 1 = {n - 1}, got {m}")
-        if e < n or e > len(tokens):
-            raise ValueError(f"end_token must be in n_ctx .. {len(tokens)} (the text's tokens), got {e}")
-        windows.append((e - n, n - m))
-        protocol = dict(kind="score-last", score_last=m, end_token=e)
+        if not ends:
+            raise ValueError("end_token: no ends given")
+        for e in ends:
+            if e < n or e > len(tokens):
+                raise ValueError(f"end_token must be in n_ctx .. {len(tokens)} (the text's tokens), got {e}")
+            windows.append((e - n, n - m))
+        protocol = (dict(kind="score-last", score_last=m, end_token=ends[0]) if single
+                    else dict(kind="score-last", score_last=m, end_tokens=ends))
     else:
         available = len(tokens) // n
         k = available if chunks is None else int(chunks)
@@ -181,7 +207,7 @@ def perplexity(ev, tokens: Sequence[int], n_ctx: int, *, chunks: Optional[int] =
     t0 = time.perf_counter()
     n_buckets = (n + bucket - 1) // bucket
     b_sum, b_cnt = np.zeros(n_buckets), np.zeros(n_buckets, dtype=np.int64)
-    chunk_losses, all_sum, all_cnt = [], 0.0, 0
+    chunk_losses, all_sum, all_cnt, kept = [], 0.0, 0, []
     try:
         for w_i, (start, first) in enumerate(windows):
             window = _window(tokens, start, n, ev.bos_id, ev.add_bos)
@@ -189,6 +215,8 @@ def perplexity(ev, tokens: Sequence[int], n_ctx: int, *, chunks: Optional[int] =
             np.add.at(b_sum, pos // bucket, nll)
             np.add.at(b_cnt, pos // bucket, 1)
             chunk_losses.append(float(nll.mean()))
+            if keep_nll:
+                kept.append(nll.astype(np.float32))
             all_sum += float(nll.sum())
             all_cnt += nll.size
     finally:
@@ -199,7 +227,8 @@ def perplexity(ev, tokens: Sequence[int], n_ctx: int, *, chunks: Optional[int] =
                for b in range(n_buckets) if b_cnt[b]]
     return PerplexityResult(loss=loss, ppl=math.exp(loss), n_ctx=n, chunks=len(windows), n_scored=all_cnt,
                             bucket=bucket, buckets=buckets, chunk_losses=chunk_losses, seconds=secs,
-                            tokens_per_s=total / secs if secs > 0 else 0.0, protocol=protocol)
+                            tokens_per_s=total / secs if secs > 0 else 0.0, protocol=protocol,
+                            nll=np.stack(kept) if keep_nll else None)
 
 
 def read_text(path) -> str:
@@ -207,10 +236,10 @@ def read_text(path) -> str:
         return f.read()
 
 
-def tokens_needed(n_ctx: int, chunks: Optional[int], end_token: Optional[int]) -> Optional[int]:
-    """How many tokens of the text the run reads (None: all)."""
+def tokens_needed(n_ctx: int, chunks: Optional[int], end_token) -> Optional[int]:
+    """How many tokens of the text the run reads (None: all). end_token: an end or a list of them."""
     if end_token is not None:
-        return int(end_token)
+        return int(end_token) if isinstance(end_token, (int, np.integer)) else max(int(e) for e in end_token)
     return None if chunks is None else int(chunks) * int(n_ctx)
 
 
@@ -228,6 +257,17 @@ def tokenize_prefix(ev, text: str, n_tokens: Optional[int]) -> list[int]:
     return ev.tokenize(text, add_bos=True)
 
 
+def _ends(text: str):
+    """--end-token: one end (an int, as before) or a comma list of ends."""
+    try:
+        ends = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a token index or a comma list of them, got {text!r}") from None
+    if not ends:
+        raise argparse.ArgumentTypeError("no end given")
+    return ends[0] if len(ends) == 1 else ends
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ggml_rerope.perplexity",
                                 description="Perplexity over the start of a text, loss per position bucket.")
@@ -237,7 +277,11 @@ def main(argv=None) -> int:
     p.add_argument("--chunks", type=int, default=1, help="non-overlapping chunks from the text's start (0: all)")
     p.add_argument("--bucket", type=int, default=1024, help="position bucket width of the per-position loss")
     p.add_argument("--score-last", type=int, help="ReRoPE-paper protocol: score only the last M tokens")
-    p.add_argument("--end-token", type=int, help="ReRoPE-paper protocol: the window ends at this token")
+    p.add_argument("--end-token", type=_ends, help="ReRoPE-paper protocol: the window ends at this token "
+                   "(a comma list: one window per end)")
+    p.add_argument("--windows", type=int, help="ReRoPE-paper protocol on K disjoint windows: ends S, 2S, .., KS")
+    p.add_argument("--window-spacing", type=int, help="S of --windows (default --ctx; the longest context compared)")
+    p.add_argument("--save-nll", metavar="FILE.npy", help="per-token NLL of the scored tokens, a row per window")
     p.add_argument("--engine", choices=("ggml-rerope", "llama.cpp"), default="ggml-rerope",
                    help="llama.cpp: the peer through llama-cpp-python (schemes none, linear, yarn, ntk)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
@@ -256,6 +300,15 @@ def main(argv=None) -> int:
         p.error(str(e))
     if args.chunks < 0:
         p.error(f"--chunks must be >= 0 (0: all), got {args.chunks}")
+    if args.windows is not None:
+        if args.end_token is not None:
+            p.error("--windows and --end-token: give one of them")
+        try:
+            args.end_token = window_ends(args.windows, args.window_spacing or args.ctx)
+        except ValueError as e:
+            p.error(str(e))
+    elif args.window_spacing is not None:
+        p.error("--window-spacing goes with --windows")
     try:
         from .evaluators import run_measurement
     except Exception as e:  # the library itself failed to load
@@ -272,12 +325,18 @@ def main(argv=None) -> int:
     def measure(ev):
         tokens = tokenize_prefix(ev, text, tokens_needed(args.ctx, chunks, args.end_token))
         return perplexity(ev, tokens, args.ctx, chunks=chunks, bucket=args.bucket, score_last=args.score_last,
-                          end_token=args.end_token, show_progress=not args.no_progress,
+                          end_token=args.end_token, keep_nll=bool(args.save_nll), show_progress=not args.no_progress,
                           label=f"{ev.engine} {name} {args.ctx}")
 
     rc, res = run_measurement(args, name, options, measure)
     if rc:
         return rc
+    if args.save_nll:
+        try:
+            np.save(args.save_nll, res.nll)
+        except OSError as e:
+            print(f"error: cannot write {args.save_nll}: {e.strerror or e}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps(res.to_dict()))
     else:
