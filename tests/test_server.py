@@ -196,6 +196,11 @@ def test_per_request_position_scheme(client, default_model_file):
     none = client.completions.create(model="m", prompt=PROMPTS[3], temperature=0, max_tokens=10,
                                      extra_body={**FRESH, "rope_scaling": "none"})
     assert rerope.choices[0].text == none.choices[0].text == plain.choices[0].text
+    # the newer schemes and their fields, a word among them
+    chunked = client.completions.create(model="m", prompt=PROMPTS[3], temperature=0, max_tokens=4,
+                                        extra_body={**FRESH, "rope_scaling": "dual-chunk", "chunk_size": 96,
+                                                    "local_window": 16, "attn_temperature": "yarn"})
+    assert chunked.choices[0].text
 
 
 # -- errors -----------------------------------------------------------------------------------

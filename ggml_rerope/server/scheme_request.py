@@ -82,6 +82,9 @@ class SchemeFields:
                 continue
             if value is None:
                 continue
+            if key == "attn_temperature" and value == "yarn":  # the one word a numeric flag takes
+                argv += [flag, value]
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise APIError(400, f"{key}: must be a number", param=key, code="invalid_value")
             argv += [flag, repr(value)]
