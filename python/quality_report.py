@@ -7,6 +7,11 @@
     python python/quality_report.py --contexts 16384 --schemes rerope,llama.cpp:yarn --measures paper
     python python/quality_report.py --render-only         # tables and plots from the cache
 
+On a GPU host, in calls of at most 10 minutes: `--plan` sizes the work, then
+`-ngl -1 --batch 2048 --time-budget 480 --no-render [--measures ... --schemes ...]` again and again
+until it logs "0 jobs to do" (each call resumes from the cache; bring the cache and its _nll folder
+back), then `--render-only` anywhere.
+
 Measures, on the default model and ../shared/data/war_and_peace.txt unless told otherwise:
 - paper:     the ReRoPE paper's protocol on --paper-windows disjoint windows: the loss of the last
              --score-last tokens ending at E_k given N tokens, E_k = k * S (S = --paper-spacing, the
@@ -637,7 +642,8 @@ def render(args, rows, cache: Cache) -> str:
             _table(out, head, [_fmt_ctx(c) for c in cs], table, note)
 
         if rope is not None:
-            diff_table(f"### Difference from plain RoPE at {_fmt_ctx(base_ctx)} (the trained context), same tokens",
+            trained = " (the trained context)" if base_ctx == hyper.n_ctx_train else ""
+            diff_table(f"### Difference from plain RoPE at {_fmt_ctx(base_ctx)}{trained}, same tokens",
                        lambda c: (rope.key, base_ctx) if (rope.key, base_ctx) in means else None,
                        "Negative: the row at N predicts the scored tokens better than the model at its trained "
                        "context.")
@@ -660,7 +666,7 @@ def render(args, rows, cache: Cache) -> str:
     if "passkey" in args.measures and contexts_of(args, "passkey"):
         _render_passkey(args, rows, res, out, rope, base_ctx)
     if "retrieval" in args.measures and contexts_of(args, "retrieval"):
-        _render_retrieval(args, rows, res, out)
+        _render_retrieval(args, rows, res, out, rope, base_ctx)
     if "loss" in args.measures and contexts_of(args, "loss"):
         cl = contexts_of(args, "loss")
 
@@ -712,19 +718,7 @@ def _render_passkey(args, rows, res: Results, out: list, rope: Optional[Row], ba
            f"Pass rate [Wilson 95 %] and passes/trials over formats {', '.join(fm)}, fillers {', '.join(fl)}, depths "
            f"{', '.join(f'{d:g}' for d in args.passkey_depths)}, {args.passkey_trials} keys each (the keys are shared "
            f"across depths, so the pooled interval is somewhat optimistic).")
-    if rope is not None:
-        k0, n0, *_ = res.counts(rope, "passkey", base_ctx)
-        if n0:
-            table = []
-            for r in rows:
-                cells = []
-                for c in cs:
-                    k, n, *_ = res.counts(r, "passkey", c)
-                    cells.append(_signif(newcombe_difference(k, n, k0, n0)) if n and (r, c) != (rope, base_ctx)
-                                 else "")
-                table.append((_name(r), cells))
-            _table(out, f"### Pass-rate difference from plain RoPE at {_fmt_ctx(base_ctx)}", cols, table,
-                   "Newcombe's interval for two independent proportions (other prompts: other lengths).")
+    _rate_differences(out, rows, cs, lambda r, c: res.counts(r, "passkey", c)[:2], rope, base_ctx, "Pass-rate")
     for f in fm:
         for filler in fl:
             _table(out, f"### Passkey, format `{f}`, filler `{filler}` (all depths)", cols,
@@ -743,7 +737,44 @@ def _render_passkey(args, rows, res: Results, out: list, rope: Optional[Row], ba
                                                   "the question.")
 
 
-def _render_retrieval(args, rows, res: Results, out: list) -> None:
+def _rate_differences(out: list, rows, cs, counts, rope: Optional[Row], base_ctx: int, what: str) -> None:
+    """Pass-rate differences with Newcombe's interval: from plain RoPE at the base context, from the
+    best llama.cpp row and from Self-Extend at the same N. The same prompts at the same N make a
+    paired comparison, for which Newcombe's independent-samples interval is conservative."""
+    cols = [_fmt_ctx(c) for c in cs]
+
+    def table(head, ref_of, note):
+        rows_cells = []
+        for r in rows:
+            cells = []
+            for c in cs:
+                ref = ref_of(c)
+                k, n = counts(r, c)
+                k0, n0 = counts(*ref) if ref is not None else (0, 0)
+                cells.append(_signif(newcombe_difference(k, n, k0, n0)) if n and n0 and ref != (r, c) else "")
+            rows_cells.append((_name(r), cells))
+        _table(out, head, cols, rows_cells, note)
+
+    if rope is not None:
+        table(f"### {what} difference from plain RoPE at {_fmt_ctx(base_ctx)}", lambda c: (rope, base_ctx),
+              "Newcombe's interval for two independent proportions (other lengths: other prompts).")
+    best = {}
+    for c in cs:
+        rated = [(k / n, r) for r in rows if r.engine == "llama.cpp" for k, n in [counts(r, c)] if n]
+        if rated:
+            best[c] = max(rated, key=lambda x: x[0])[1]
+    if best:
+        table(f"### {what} difference from the best llama.cpp scheme at the same N", lambda c: (best[c], c)
+              if c in best else None, "Best (highest rate) at each N: " + ", ".join(
+                  f"{_fmt_ctx(c)}: {best[c].label}" for c in sorted(best)) + "; Newcombe's interval (conservative "
+                                                                              "for the same prompts).")
+    se = next((r for r in rows if r.engine == "ggml-rerope" and r.scheme == "self-extend"), None)
+    if se is not None:
+        table(f"### {what} difference from Self-Extend at the same N", lambda c: (se, c),
+              "Newcombe's interval (conservative for the same prompts).")
+
+
+def _render_retrieval(args, rows, res: Results, out: list, rope: Optional[Row], base_ctx: int) -> None:
     cs = contexts_of(args, "retrieval")
     cols = [_fmt_ctx(c) for c in cs]
     for task in args.retrieval_tasks:
@@ -764,6 +795,8 @@ def _render_retrieval(args, rows, res: Results, out: list) -> None:
             note = (f"Variable tracking: {o['chains']} chains of {o['hops']} hops, {args.retrieval_trials} haystacks "
                     f"per filler. Pass: every variable of the asked chain named.")
         _table(out, f"## Retrieval: {task}", cols, [(_name(r), [cell(r, c) for c in cs]) for r in rows], note)
+        _rate_differences(out, rows, cs, lambda r, c, task=task: res.counts(r, "retrieval", c, task=task)[:2], rope,
+                          base_ctx, f"{task.capitalize()} pass-rate")
         if task == "multikey":
             for c in cs:
                 table = []
@@ -940,8 +973,9 @@ def parse_args(argv=None):
     p.add_argument("--text", default=str(ROOT.parent / "shared" / "data" / "war_and_peace.txt"))
     p.add_argument("--measures", default="paper,passkey,retrieval", help=f"comma list of {', '.join(MEASURES)}")
     p.add_argument("--schemes", default="", help="rows: labels, scheme names or llama.cpp:NAME (default: all)")
-    p.add_argument("--contexts", help="contexts of every measure (default 8192,16384,32768,65536; 131072 runs "
-                                      "with --paper-windows 5, the text's 765k tokens hold 5 windows of 128k)")
+    p.add_argument("--contexts", help="contexts of every measure (default 8192,16384,32768,65536; with 131072, "
+                                      "keep --paper-contexts at most 65536 for 8 windows, or --paper-windows 5: "
+                                      "the text's 765k tokens hold 5 disjoint windows of 128k)")
     for m in MEASURES:
         p.add_argument(f"--{m}-contexts", help=f"contexts of {m} (default --contexts)")
     p.add_argument("--quick", action="store_true",
@@ -1046,6 +1080,9 @@ def main(argv=None) -> int:
     if args.no_render:
         return 0
     out = Path(args.out)
+    if not cache.items:  # an empty cache must not replace a page rendered from another one
+        log(f"{cache.path} has no records: {out} left as it is")
+        return 0
     known = all_rows() + [r for r in rows if r not in all_rows()]
     md = render(args, known, cache)
     made, why = plots(args, known, cache, out.parent / out.stem)

@@ -161,6 +161,28 @@ def test_paper_windows_score_the_same_tokens_and_keep_the_nll():
         assert "nll" not in res.to_dict()
 
 
+def test_perplexity_cli_windows_and_saved_nll(tmp_path, shared_text):
+    out = subprocess.run([sys.executable, "-m", "ggml_rerope.perplexity", str(shared_text), "--ctx", "64",
+                          "--score-last", "16", "--windows", "3", "--save-nll", str(tmp_path / "n.npy"), "--json",
+                          "--no-progress", "--threads", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    nll = np.load(tmp_path / "n.npy")
+    assert d["protocol"]["end_tokens"] == [64, 128, 192] and d["n_scored"] == 48 and nll.shape == (3, 16)
+    assert d["loss"] == pytest.approx(float(nll.astype(np.float64).mean()), rel=1e-5)
+    assert d["chunk_losses"] == pytest.approx(nll.astype(np.float64).mean(axis=1), rel=1e-5)
+
+
+def test_an_empty_cache_leaves_the_page_alone(tmp_path):
+    page = tmp_path / "quality.md"
+    page.write_text("rendered from another cache\n")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "python", "quality_report.py"), "--render-only",
+                          "--cache", str(tmp_path / "none.jsonl"), "--out", str(page)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "has no records" in out.stderr, out.stderr
+    assert page.read_text() == "rendered from another cache\n"
+
+
 def test_bad_configurations_are_refused(tmp_path):
     base = ["--cache", str(tmp_path / "c.jsonl"), "--plan"]
     for extra, message in ((["--passkey-formats", "nope"], "--passkey-formats"),
