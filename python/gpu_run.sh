@@ -87,7 +87,7 @@ decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark o
     GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" \
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/$3" || rc=1
 }
-case "$MODE" in lcp-cuda|kernels|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*|diag-seq) ;; *) build_lib ;; esac
+case "$MODE" in lcp-cuda|kernels|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*|diag-seq|quality) ;; *) build_lib ;; esac
 case "$MODE" in
     smoke)
         python3 -m pytest -x -q -rs tests/test_cuda.py \
@@ -236,6 +236,18 @@ case "$MODE" in
         lcp_cuda_start; lcp_cuda_wait; build_lib
         python3 python/diag_sequences_gpu.py 2>&1 | grep -v warmup || rc=1
         GGML_REROPE_ATTN_ROT_DISABLE=1 python3 python/diag_sequences_gpu.py --types q8_0 2>&1 | grep -v warmup || rc=1
+        ;;
+    quality)  # the long-context quality report on the GPU (-ngl -1), one resumable slice: QUALITY_ARGS picks the
+        # measures / schemes / contexts, QUALITY_BUDGET the seconds after which no new job starts. The cache
+        # (docs/quality/cache_v2.jsonl and its _nll folder) travels with the tree and comes back as one tarball:
+        # unpack it into the checkout before the next call (tar xzf quality_cache.tgz).
+        lcp_cuda_start; lcp_cuda_wait; build_lib
+        python3 -m pytest -q tests/test_cuda.py -k "chunk or sliding" 2>&1 | tail -3 || rc=1
+        # shellcheck disable=SC2086  # QUALITY_ARGS is a list of flags
+        python3 python/quality_report.py --model "$GGML_REROPE_TEST_MODEL" --text "$GGML_REROPE_TEST_TEXT" -ngl -1 \
+            --batch 2048 --time-budget "${QUALITY_BUDGET:-400}" --no-render --no-progress ${QUALITY_ARGS:-} 2>&1 \
+            | grep -v warmup | tail -25 || rc=1
+        tar czf "$OUT/quality_cache.tgz" docs/quality/cache_v2.jsonl docs/quality/cache_v2_nll 2>/dev/null || true
         ;;
     gpu-server)  # the server benchmark on the GPU (-ngl -1): SERVER_MODEL (default: the 8B-shaped random model)
         [ -f /tmp/dev/build_lcp_cuda.sh ] && lcp_cuda_wait

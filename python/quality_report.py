@@ -105,6 +105,12 @@ def all_rows(n_ctx_train: int = 8192):
         Row(f"leaky w={L // 4} k=auto", "ggml-rerope", "leaky-rerope", dict(window=L // 4, logn=False)),
         Row(f"leaky w={L // 4} k=16 log-n", "ggml-rerope", "leaky-rerope",
             dict(window=L // 4, leaky_k=16.0, logn=True)),
+        Row(f"rerope w={L // 2} log-n T=yarn", "ggml-rerope", "rerope",
+            dict(window=L // 2, logn=True, temperature="yarn")),
+        Row("dual-chunk log-n", "ggml-rerope", "dual-chunk", dict(logn=True)),
+        Row("dual-chunk", "ggml-rerope", "dual-chunk", dict(logn=False)),
+        Row("lm-infinite", "ggml-rerope", "lm-infinite"),
+        Row("ntk-mixed log-n", "ggml-rerope", "ntk-mixed"),
     ]
     peers = [Row(f"llama.cpp {s}", "llama.cpp", s) for s in ("none", "linear", "yarn", "ntk")]
     return ours + peers
@@ -135,7 +141,8 @@ def computation(row: Row, ctx: int, hyper):
     """What a row computes at context ctx, as a hashable key. Rows with equal keys run the same
     computation, so one measurement serves them all: every scaling scheme is plain RoPE at
     N <= the trained context (factor 1), a ReRoPE window >= N is no window, log-n scales
-    nothing below the trained length, and Leaky ReRoPE with k = 1 is RoPE."""
+    nothing below the trained length, Leaky ReRoPE with k = 1 is RoPE, Dual Chunk with every
+    distance <= w - s is RoPE, and a sliding window of N or more drops nothing."""
     if row.engine == "llama.cpp":
         p = llama_cpp_params(row.scheme, hyper, ctx)
         plain = p.get("rope_freq_scale", 1.0) == 1.0 and p.get("rope_freq_base", hyper.rope_base) == hyper.rope_base
@@ -145,12 +152,14 @@ def computation(row: Row, ctx: int, hyper):
     except ValueError:
         return ("ggml-rerope", row.key)  # cannot run here (longrope without factors): its own key
     s = scheme.resolve(ctx)
-    window, far, k, group = s.window, s.far_mode, s.leaky_k, s.group_size
-    if window >= ctx or (far == schemes.FAR_LEAKY and k == 1.0):
-        window, far, k, group = None, None, None, None
+    window, far, k, group, chunk = s.window, s.far_mode, s.leaky_k, s.group_size, s.chunk_len
+    all_near = window - chunk >= ctx - 1 if far == schemes.FAR_CHUNK else window >= ctx
+    if all_near or (far == schemes.FAR_LEAKY and k == 1.0):
+        window, far, k, group, chunk = None, None, None, None, None
+    dropping = (s.sliding_window, s.sink_tokens) if 0 < s.sliding_window < ctx else None
     logn = s.logn_train_len if s.logn_train_len and ctx > s.logn_train_len else 0
     factors = tuple(np.round(s.factors(hyper), 9))
-    key = ("ggml-rerope", window, far, k, group, logn, s.base(hyper), factors, s.attn_factor)
+    key = ("ggml-rerope", window, far, k, group, chunk, dropping, logn, s.base(hyper), factors, s.attn_factor)
     if scheme.dynamic and key != computation(Row("", "ggml-rerope", "none"), ctx, hyper):
         return ("ggml-rerope", row.key)  # recomputed as the sequence grows: like no other row
     return key
