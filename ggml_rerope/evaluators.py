@@ -21,8 +21,8 @@ import numpy as np
 
 from . import schemes as _schemes
 from .llama_cpp_engine import LlamaCppEngine
+from .measure_flags import ENGINES
 
-ENGINES = ("ggml-rerope", "llama.cpp")
 # Schemes llama.cpp itself can run (its --rope-scaling none/linear/yarn, and NTK via --rope-freq-base).
 LLAMA_CPP_SCHEMES = ("none", "linear", "yarn", "ntk")
 # What llama_cpp.Llama passes for the YaRN settings it is not given, so that the peer computes what

@@ -47,10 +47,8 @@ from typing import Optional
 
 import numpy as np
 
-from .cache_flags import add_cache_type_arguments
 from .intervals import wilson
-from .placement_flags import add_placement_flags
-from .scheme_flags import add_scheme_arguments, scheme_options_from_args
+from .measure_flags import add_measurement_arguments, parse_measurement_args
 
 # Every piece after the instruction starts with a space (or the question's newline) and ends
 # without one, so pieces tokenized apart join as the whole text would tokenize (BPE attaches the
@@ -370,21 +368,8 @@ def main(argv=None) -> int:
     p.add_argument("--format", choices=tuple(FORMATS), default=DEFAULT_FORMAT,
                    help="prompt format: landmark (the standard), ruler (RULER's needle), vault (another phrasing)")
     p.add_argument("--filler", help="grass (the standard sentences, default), text:FILE or FILE (its sentences)")
-    p.add_argument("--engine", choices=("ggml-rerope", "llama.cpp"), default="ggml-rerope")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
-                   help="layers on the GPU, llama.cpp's count (the output head is the first); -1: all (CUDA builds)")
-    add_placement_flags(p)
-    add_cache_type_arguments(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-progress", action="store_true")
-    add_scheme_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        name, options = scheme_options_from_args(args)
-    except ValueError as e:
-        p.error(str(e))
+    add_measurement_arguments(p)
+    args, name, options = parse_measurement_args(p, argv)
     try:
         from .evaluators import run_measurement
     except Exception as e:  # the library itself failed to load

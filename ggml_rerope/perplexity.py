@@ -38,9 +38,7 @@ from typing import Optional
 
 import numpy as np
 
-from .cache_flags import add_cache_type_arguments
-from .placement_flags import add_placement_flags
-from .scheme_flags import add_scheme_arguments, scheme_options_from_args
+from .measure_flags import add_measurement_arguments, parse_measurement_args
 
 
 class Progress:
@@ -282,22 +280,8 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, help="ReRoPE-paper protocol on K disjoint windows: ends S, 2S, .., KS")
     p.add_argument("--window-spacing", type=int, help="S of --windows (default --ctx; the longest context compared)")
     p.add_argument("--save-nll", metavar="FILE.npy", help="per-token NLL of the scored tokens, a row per window")
-    p.add_argument("--engine", choices=("ggml-rerope", "llama.cpp"), default="ggml-rerope",
-                   help="llama.cpp: the peer through llama-cpp-python (schemes none, linear, yarn, ntk)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
-    p.add_argument("--batch", type=int, default=512, help="micro-batch size")
-    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
-                   help="layers on the GPU, llama.cpp's count (the output head is the first); -1: all (CUDA builds)")
-    add_placement_flags(p)
-    add_cache_type_arguments(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-progress", action="store_true")
-    add_scheme_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        name, options = scheme_options_from_args(args)
-    except ValueError as e:
-        p.error(str(e))
+    add_measurement_arguments(p)
+    args, name, options = parse_measurement_args(p, argv)
     if args.chunks < 0:
         p.error(f"--chunks must be >= 0 (0: all), got {args.chunks}")
     if args.windows is not None:

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .cache_flags import add_cache_type_arguments
+from .measure_flags import add_measurement_arguments, parse_measurement_args
 from .passkey import (
     ADJECTIVES,
     DEFAULT_DEPTHS,
@@ -50,8 +50,6 @@ from .passkey import (
     greedy,
     proportion,
 )
-from .placement_flags import add_placement_flags
-from .scheme_flags import add_scheme_arguments, scheme_options_from_args
 
 TASKS = ("multikey", "vt")
 MULTIKEY = FORMATS["ruler"]  # RULER's multi-key task uses its single-needle wording
@@ -254,21 +252,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gen-tokens", type=int, help="tokens decoded per answer (default: multikey 10, vt 6 per name)")
     p.add_argument("--filler", help="grass (the standard sentences, default), text:FILE or FILE (its sentences)")
-    p.add_argument("--engine", choices=("ggml-rerope", "llama.cpp"), default="ggml-rerope")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
-                   help="layers on the GPU, llama.cpp's count (the output head is the first); -1: all (CUDA builds)")
-    add_placement_flags(p)
-    add_cache_type_arguments(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-progress", action="store_true")
-    add_scheme_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        name, options = scheme_options_from_args(args)
-    except ValueError as e:
-        p.error(str(e))
+    add_measurement_arguments(p)
+    args, name, options = parse_measurement_args(p, argv)
     if args.task == "multikey" and (args.hops is not None or args.chains is not None):
         p.error("--hops and --chains apply to --task vt")
     if args.task == "vt" and args.depths is not None:
