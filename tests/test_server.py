@@ -270,9 +270,13 @@ def test_api_key_is_required(server):
 # -- disconnects, metrics, load ---------------------------------------------------------------
 
 
-def test_disconnect_frees_the_slot(server):
+def test_disconnect_frees_the_slot(server, local):
     before = metrics(server)
-    body = {"prompt": PROMPTS[2], "max_tokens": 400, "temperature": 0.7, "stream": True}
+    # every end-of-generation token banned: the 400 tokens take far longer than the client waits,
+    # whatever the sampler draws
+    tok = local._model.tokenizer
+    no_end = {str(t): -100.0 for t in range(tok.n_vocab) if tok.is_eog(t)}
+    body = {"prompt": PROMPTS[2], "max_tokens": 400, "temperature": 0.7, "stream": True, "logit_bias": no_end}
     with httpx.stream("POST", server.url + "/v1/completions", headers=AUTH, json=body, timeout=30) as r:
         lines = r.iter_lines()
         got = [next(lines) for _ in range(4)]
