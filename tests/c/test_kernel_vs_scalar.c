@@ -14,6 +14,7 @@
 typedef struct {
     int n_q, n_kv, h, h_kv, d, n_rot, window, far_mode, group, logn, mode, causal, k_type, v_type, positions;
     float leaky;
+    int chunk, sliding, sinks; /* FAR_CHUNK s; sliding window and sinks (0: off) */
 } test_case;
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -110,10 +111,17 @@ static void naive(const test_case * c, const ggml_rerope_params * p, const float
                 s[j] = -INFINITY;
                 if (c->causal && kp[j] > qp[i]) continue;
                 const double dist = (double) qp[i] - kp[j];
+                if (c->sliding > 0 && dist >= c->sliding && kp[j] >= c->sinks) continue;
+                int near = dist < c->window;
+                if (c->far_mode == 3) { /* Dual Chunk: same chunk, or the one before while it fits in w */
+                    const int cs = c->chunk, ci = qp[i] / cs, cj = kp[j] / cs;
+                    near = dist <= c->window - cs || cj == ci || (cj == ci - 1 && qp[i] % cs + cs <= c->window);
+                }
                 double rel = dist;
-                if (dist >= c->window) {
+                if (!near) {
                     if (c->far_mode == 0) rel = c->window;
                     else if (c->far_mode == 1) rel = c->window + (dist - c->window) / c->leaky;
+                    else if (c->far_mode == 3) rel = c->window - kp[j] % c->chunk;
                     else
                         rel = floor((double) qp[i] / c->group) - floor((double) kp[j] / c->group) + c->window -
                               floor((double) c->window / c->group);
@@ -199,6 +207,9 @@ static int run_case(int idx, const test_case * c) {
     p.group_size = c->group;
     p.logn_train_len = c->logn;
     p.causal = c->causal;
+    p.chunk_len = c->chunk;
+    p.sliding_window = c->sliding;
+    p.sink_tokens = c->sinks;
     int fails = 0;
 
     ggml_rerope_set_simd(GGML_REROPE_SIMD_SCALAR);
@@ -271,6 +282,15 @@ int main(void) {
         {1, 2100, 8, 2, 128, 128, 300, 0, 1, 0, 0, 1, Q8, Q40, 0, 1.0f},
         {1, 1500, 12, 3, 96, 96, 200, 0, 1, 0, 2, 1, Q8, Q8, 0, 1.0f},
         {1, 1500, 4, 1, 64, 64, 200, 0, 1, 0, 0, 1, T32, T16, 0, 1.0f},
+        /* Dual Chunk (chunks at tile edges), the sliding window with sinks, both; prefill and split-K */
+        {200, 200, 4, 2, 64, 64, 127, 3, 1, 0, 0, 1, T16, T16, 0, 1.0f, 64, 0, 0},
+        {130, 130, 9, 3, 64, 64, 90, 3, 1, 64, 2, 1, Q8, Q8, 0, 1.0f, 61, 0, 0},
+        {40, 200, 4, 2, 64, 64, 70, 3, 1, 0, 0, 0, T32, T32, 1, 1.0f, 50, 0, 0},
+        {3, 1200, 8, 2, 128, 128, 300, 3, 1, 0, 2, 1, T16, T16, 0, 1.0f, 200, 0, 0},
+        {300, 300, 4, 2, 64, 64, 70, 0, 1, 0, 0, 1, T16, T16, 0, 1.0f, 0, 75, 5},
+        {2, 2100, 8, 2, 128, 128, 512, 0, 1, 0, 0, 1, T16, T16, 0, 1.0f, 0, 512, 10},
+        {2, 1500, 4, 1, 64, 64, 300, 1, 1, 0, 0, 1, Q40, Q40, 0, 4.0f, 0, 400, 64},
+        {1, 1100, 4, 1, 64, 64, 300, 3, 1, 0, 0, 1, T32, T32, 1, 1.0f, 200, 600, 3},
     };
     int fails = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) fails += run_case((int) i, &cases[i]);
