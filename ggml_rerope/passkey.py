@@ -297,18 +297,31 @@ def proportion(correct: int, trials: int) -> dict:
     return dict(accuracy=correct / trials, correct=correct, trials=trials, lo=w.lo, hi=w.hi)
 
 
-def passkey(ev, n_ctx: int, *, trials: int = 5, depths: Sequence[float] = DEFAULT_DEPTHS, seed: int = 0,
-            gen_tokens: Optional[int] = None, filler: Optional[str] = None, fmt=DEFAULT_FORMAT, first_trial: int = 0,
-            reset: bool = True, show_progress: bool = True) -> PasskeyResult:
-    """Passkey accuracy per depth of `ev` (an evaluator) with prompts of n_ctx tokens: trials
-    first_trial .. first_trial+trials-1 at every depth. reset=False keeps what the evaluator holds
-    (its prefix is reused when it matches). gen_tokens None: the key's digits + 3 (8 for landmark)."""
+def check_trials(ev, n_ctx: int, trials: int, first_trial: int) -> None:
+    """The arguments every trial-running tool (passkey, retrieval) takes, checked alike."""
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
     if first_trial < 0:
         raise ValueError(f"first_trial must be >= 0, got {first_trial}")
     if n_ctx > ev.n_ctx:
         raise ValueError(f"n_ctx {n_ctx} is larger than the evaluator's context {ev.n_ctx}")
+
+
+def report_progress(show: bool, label: str, done: int, total: int, unit: str, t0: float, note: str) -> None:
+    """One progress line on stderr: done/total units, what the last one gave, elapsed and ETA."""
+    if show:
+        el = time.perf_counter() - t0
+        sys.stderr.write(f"{label}: {done}/{total} {unit}, {note}  elapsed {el:.0f} s, "
+                         f"ETA {el / done * (total - done):.0f} s\n")
+
+
+def passkey(ev, n_ctx: int, *, trials: int = 5, depths: Sequence[float] = DEFAULT_DEPTHS, seed: int = 0,
+            gen_tokens: Optional[int] = None, filler: Optional[str] = None, fmt=DEFAULT_FORMAT, first_trial: int = 0,
+            reset: bool = True, show_progress: bool = True) -> PasskeyResult:
+    """Passkey accuracy per depth of `ev` (an evaluator) with prompts of n_ctx tokens: trials
+    first_trial .. first_trial+trials-1 at every depth. reset=False keeps what the evaluator holds
+    (its prefix is reused when it matches). gen_tokens None: the key's digits + 3 (8 for landmark)."""
+    check_trials(ev, n_ctx, trials, first_trial)
     depths = [float(d) for d in depths]
     if not depths or any(not 0.0 <= d <= 1.0 for d in depths):
         raise ValueError(f"depths must lie in [0, 1], got {depths}")
@@ -336,11 +349,8 @@ def passkey(ev, n_ctx: int, *, trials: int = 5, depths: Sequence[float] = DEFAUL
             samples.append(dict(depth=depth, key=key, word=word, answer=answer, correct=hit,
                                 prompt_tokens=len(pr.tokens), needle_token=pr.needle_token))
             done += 1
-            if show_progress:
-                el = time.perf_counter() - t0
-                sys.stderr.write(f"passkey {f.name} {n_ctx}: {done}/{total} trials, depth {depth:g} key {key} -> "
-                                 f"{answer.strip()[:24]!r} {'ok' if hit else 'WRONG'}  elapsed {el:.0f} s, "
-                                 f"ETA {el / done * (total - done):.0f} s\n")
+            report_progress(show_progress, f"passkey {f.name} {n_ctx}", done, total, "trials", t0,
+                            f"depth {depth:g} key {key} -> {answer.strip()[:24]!r} {'ok' if hit else 'WRONG'}")
         per_depth[depth] = dict(depth=depth, **proportion(ok, trials))
     per_depth = [per_depth[d] for d in sorted(per_depth)]
     acc = sum(d["correct"] for d in per_depth) / sum(d["trials"] for d in per_depth)

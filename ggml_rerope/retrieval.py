@@ -44,11 +44,14 @@ from .passkey import (
     PasskeyFormat,
     PromptBuilder,
     _depths,
+    answer_tokens,
+    check_trials,
     filler_name,
     filler_sentences,
     first_number,
     greedy,
     proportion,
+    report_progress,
 )
 
 TASKS = ("multikey", "vt")
@@ -113,36 +116,23 @@ def named_variables(answer: str) -> list[str]:
     return re.findall(r"\b[A-Z]{5}\b", answer)
 
 
-def default_gen_tokens(task: str, hops: int) -> int:
-    # multikey: 7 digits and room for a space or a full stop; vt: ~4 tokens and a comma per name
-    return MULTIKEY.digits + 3 if task == "multikey" else 6 * (hops + 1)
-
-
-def _check(ev, n_ctx: int, trials: int, first_trial: int) -> None:
-    if trials < 1:
-        raise ValueError(f"trials must be >= 1, got {trials}")
-    if first_trial < 0:
-        raise ValueError(f"first_trial must be >= 0, got {first_trial}")
-    if n_ctx > ev.n_ctx:
-        raise ValueError(f"n_ctx {n_ctx} is larger than the evaluator's context {ev.n_ctx}")
-
-
-def _progress(show: bool, label: str, done: int, total: int, t0: float, note: str) -> None:
-    if show:
-        el = time.perf_counter() - t0
-        sys.stderr.write(f"{label}: {done}/{total} questions, {note}  elapsed {el:.0f} s, "
-                         f"ETA {el / done * (total - done):.0f} s\n")
+def default_gen_tokens(task: str, hops: int, gen_tokens: Optional[int] = None) -> int:
+    """Tokens decoded per answer: gen_tokens when given (>= 1), else multikey the number's digits
+    and room for a space or a full stop (passkey's rule), vt ~4 tokens and a comma per name."""
+    if gen_tokens is not None or task == "multikey":
+        return answer_tokens(MULTIKEY, gen_tokens)
+    return 6 * (hops + 1)
 
 
 def multikey(ev, n_ctx: int, *, trials: int = 5, depths: Sequence[float] = DEFAULT_DEPTHS, seed: int = 0,
              gen_tokens: Optional[int] = None, filler: Optional[str] = None, first_trial: int = 0,
              reset: bool = True, show_progress: bool = True) -> RetrievalResult:
     """Multi-key needles: one needle per depth, every one asked for, `trials` haystacks."""
-    _check(ev, n_ctx, trials, first_trial)
+    check_trials(ev, n_ctx, trials, first_trial)
     depths = [float(d) for d in depths]
     if len(depths) < 2 or any(not 0.0 <= d <= 1.0 for d in depths):
         raise ValueError(f"multikey needs >= 2 depths in [0, 1] (one needle each), got {depths}")
-    gen = default_gen_tokens("multikey", 0) if gen_tokens is None else int(gen_tokens)
+    gen = default_gen_tokens("multikey", 0, gen_tokens)
     builder = PromptBuilder(ev.tokenize, filler_sentences(filler), MULTIKEY)
     budget = n_ctx - gen
     ok = [0] * len(depths)
@@ -166,8 +156,8 @@ def multikey(ev, n_ctx: int, *, trials: int = 5, depths: Sequence[float] = DEFAU
             ok[j] += hit
             samples.append(dict(trial=trial, depth=depths[j], word=words[j], key=numbers[j], answer=answer,
                                 correct=hit, needle_token=starts[j]))
-            _progress(show_progress, f"multikey {n_ctx}", len(samples), total, t0,
-                      f"depth {depths[j]:g} {words[j]} -> {answer.strip()[:20]!r} {'ok' if hit else 'WRONG'}")
+            report_progress(show_progress, f"multikey {n_ctx}", len(samples), total, "questions", t0,
+                            f"depth {depths[j]:g} {words[j]} -> {answer.strip()[:20]!r} {'ok' if hit else 'WRONG'}")
     per_depth = sorted((dict(depth=d, **proportion(k, trials)) for d, k in zip(depths, ok)), key=lambda x: x["depth"])
     p = proportion(sum(ok), total)
     return RetrievalResult(task="multikey", n_ctx=n_ctx, trials=trials, accuracy=p["accuracy"], correct=p["correct"],
@@ -180,10 +170,10 @@ def variable_tracking(ev, n_ctx: int, *, trials: int = 5, hops: int = 4, chains:
                       gen_tokens: Optional[int] = None, filler: Optional[str] = None, first_trial: int = 0,
                       reset: bool = True, show_progress: bool = True) -> RetrievalResult:
     """Variable tracking: which variables hold the first chain's value, `trials` haystacks."""
-    _check(ev, n_ctx, trials, first_trial)
+    check_trials(ev, n_ctx, trials, first_trial)
     if hops < 1 or chains < 1:
         raise ValueError(f"hops and chains must be >= 1, got hops={hops}, chains={chains}")
-    gen = default_gen_tokens("vt", hops) if gen_tokens is None else int(gen_tokens)
+    gen = default_gen_tokens("vt", hops, gen_tokens)
     builder = PromptBuilder(ev.tokenize, filler_sentences(filler), VT)
     budget = n_ctx - gen
     samples = []
@@ -213,8 +203,8 @@ def variable_tracking(ev, n_ctx: int, *, trials: int = 5, hops: int = 4, chains:
         samples.append(dict(trial=trial, value=values[0], variables=chain_vars[0], answer=answer,
                             correct=len(found) == len(chain_vars[0]), recall=len(found) / len(chain_vars[0]),
                             distractors=others))
-        _progress(show_progress, f"vt {n_ctx}", len(samples), trials, t0,
-                  f"recall {samples[-1]['recall']:.2f} {'ok' if samples[-1]['correct'] else 'WRONG'}")
+        report_progress(show_progress, f"vt {n_ctx}", len(samples), trials, "questions", t0,
+                        f"recall {samples[-1]['recall']:.2f} {'ok' if samples[-1]['correct'] else 'WRONG'}")
     p = proportion(sum(s["correct"] for s in samples), trials)
     return RetrievalResult(task="vt", n_ctx=n_ctx, trials=trials, accuracy=p["accuracy"], correct=p["correct"],
                            questions=trials, lo=p["lo"], hi=p["hi"],

@@ -126,6 +126,9 @@ def test_argument_errors(runtime):
         variable_tracking(runtime, 60, hops=4, show_progress=False)
     with pytest.raises(ValueError, match="task"):
         retrieval(runtime, 300, "needle")
+    for task in ("multikey", "vt"):
+        with pytest.raises(ValueError, match="gen_tokens must be >= 1"):
+            retrieval(runtime, 300, task, gen_tokens=0, show_progress=False)
 
 
 def test_default_model_answers_with_a_needle_inside_its_trained_context(runtime):
