@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from ggml_rerope.passkey import (
@@ -22,6 +21,7 @@ from ggml_rerope.passkey import (
     passkey,
     trial_keys,
 )
+from oracle_evaluator import OracleEvaluator
 
 
 @pytest.fixture(scope="module")
@@ -93,45 +93,22 @@ def test_first_number_and_keys():
     assert all(re.fullmatch(r"[1-9]\d{4}", k) for k in keys)
 
 
-class OracleEvaluator:
+class KeyOracle(OracleEvaluator):
     """Answers by reading the key out of the prompt (or a wrong one): checks the scoring."""
 
     def __init__(self, runtime, wrong=False):
-        self.rt, self.wrong = runtime, wrong
-        self.n_ctx, self.n_vocab = runtime.n_ctx, runtime.n_vocab
-        self.tokenize, self.detokenize = runtime.tokenize, runtime.detokenize
-        self.answer = []
-        self.n_past = 0
+        super().__init__(runtime)
+        self.wrong = wrong
 
-    def reset(self):
-        self.n_past = 0
-
-    def is_eog(self, t):
-        return False
-
-    def _next(self):
-        logits = np.zeros(self.n_vocab, dtype=np.float32)
-        if self.answer:
-            logits[self.answer.pop(0)] = 1.0
-        return logits
-
-    def prefill(self, tokens):
-        key = re.search(r"(?:pass key is|numbers for [a-z-]+ is:|vault is) (\d+)", self.detokenize(tokens)).group(1)
-        if self.wrong:
-            key = str(int(key) + 1)
-        self.answer = self.tokenize(" " + key + ".", add_bos=False)
-        self.n_past = len(tokens)
-        return self._next()
-
-    def eval(self, tokens, logits_all=False):
-        self.n_past += len(tokens)
-        return self._next()
+    def reply(self, text):
+        key = re.search(r"(?:pass key is|numbers for [a-z-]+ is:|vault is) (\d+)", text).group(1)
+        return " " + (str(int(key) + 1) if self.wrong else key) + "."
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("wrong", [False, True])
 def test_scoring_on_an_oracle(runtime, wrong, fmt):
-    res = passkey(OracleEvaluator(runtime, wrong), 300, trials=3, depths=[0, 0.5, 1], fmt=fmt, show_progress=False)
+    res = passkey(KeyOracle(runtime, wrong), 300, trials=3, depths=[0, 0.5, 1], fmt=fmt, show_progress=False)
     want = 0.0 if wrong else 1.0
     assert res.accuracy == want and res.format == fmt and res.filler == "grass"
     assert [d["accuracy"] for d in res.per_depth] == [want] * 3
@@ -143,8 +120,8 @@ def test_scoring_on_an_oracle(runtime, wrong, fmt):
 
 
 def test_trials_in_pieces_are_the_trials_at_once(runtime):
-    whole = passkey(OracleEvaluator(runtime), 300, trials=4, depths=[0.5], fmt="ruler", show_progress=False)
-    part = passkey(OracleEvaluator(runtime), 300, trials=2, depths=[0.5], fmt="ruler", first_trial=2,
+    whole = passkey(KeyOracle(runtime), 300, trials=4, depths=[0.5], fmt="ruler", show_progress=False)
+    part = passkey(KeyOracle(runtime), 300, trials=2, depths=[0.5], fmt="ruler", first_trial=2,
                    show_progress=False)
     assert [s["key"] for s in part.samples] == [s["key"] for s in whole.samples[2:]]
     assert part.first_trial == 2 and part.trials == 2

@@ -9,10 +9,10 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from ggml_rerope.retrieval import multikey, named_variables, retrieval, variable_tracking
+from oracle_evaluator import OracleEvaluator
 
 
 @pytest.fixture(scope="module")
@@ -24,29 +24,15 @@ def runtime():
     ev.close()
 
 
-class Oracle:
+class Oracle(OracleEvaluator):
     """Answers from the prompt: multikey, the number filed under the asked word; vt, the chain of
     the asked value (`drop` names fewer, `wrong` answers another number / no names)."""
 
     def __init__(self, runtime, wrong=False, drop=0):
-        self.rt, self.wrong, self.drop = runtime, wrong, drop
-        self.n_ctx, self.n_vocab = runtime.n_ctx, runtime.n_vocab
-        self.tokenize, self.detokenize = runtime.tokenize, runtime.detokenize
-        self.answer, self.n_past, self.prompts = [], 0, []
+        super().__init__(runtime)
+        self.wrong, self.drop = wrong, drop
 
-    def reset(self):
-        self.n_past = 0
-
-    def is_eog(self, t):
-        return False
-
-    def _next(self):
-        logits = np.zeros(self.n_vocab, dtype=np.float32)
-        if self.answer:
-            logits[self.answer.pop(0)] = 1.0
-        return logits
-
-    def _reply(self, text):
+    def reply(self, text):
         asked = re.search(r"magic number for ([a-z-]+) mentioned", text)
         if asked:
             number = re.search(rf"numbers for {asked.group(1)} is: (\d+)", text).group(1)
@@ -60,17 +46,6 @@ class Oracle:
             chain.append(nxt.group(1))
         names = [] if self.wrong else chain[:len(chain) - self.drop]
         return " " + ", ".join(names)
-
-    def prefill(self, tokens):
-        text = self.detokenize(tokens)
-        self.prompts.append(list(tokens))
-        self.answer = self.tokenize(self._reply(text), add_bos=False)
-        self.n_past = len(tokens)
-        return self._next()
-
-    def eval(self, tokens, logits_all=False):
-        self.n_past += len(tokens)
-        return self._next()
 
 
 def test_multikey_prompts_and_scoring(runtime):
