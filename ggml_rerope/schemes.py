@@ -537,10 +537,10 @@ def _temperature(hyper, n_ctx, temperature) -> float:
     return _finite("temperature", temperature, positive=True)
 
 
-def _dropping(sliding_window, sink_tokens, default_window=0, default_sinks=0) -> dict:
-    """The sliding-window fields: keys at distance >= sliding_window dropped (0: none), the first
-    sink_tokens positions kept."""
-    sw = default_window if sliding_window is None else int(sliding_window)
+def _dropping(sliding_window, sink_tokens, default_sinks=0) -> dict:
+    """The sliding-window fields: keys at distance >= sliding_window dropped (None or 0: none), the
+    first sink_tokens positions kept."""
+    sw = 0 if sliding_window is None else int(sliding_window)
     sinks = default_sinks if sink_tokens is None else int(sink_tokens)
     if sw < 0:
         raise ValueError(f"sliding_window must be >= 0 (0 = off), got {sliding_window}")
