@@ -87,7 +87,8 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """-log softmax(logits)[target] per row, in float64 (logits: (n, n_vocab) float32)."""
     x = np.asarray(logits, dtype=np.float32)
     mx = x.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(x - mx, dtype=np.float64).sum(axis=1)) + mx[:, 0].astype(np.float64)
+    # exp in float32 (each term to an ulp, 2-3x faster than in float64), the sum in float64
+    lse = np.log(np.exp(x - mx).sum(axis=1, dtype=np.float64)) + mx[:, 0].astype(np.float64)
     return lse - x[np.arange(len(targets)), targets].astype(np.float64)
 
 

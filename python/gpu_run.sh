@@ -71,6 +71,9 @@ lcp_cuda_wait() { lcp_wait cuda; }
 
 build_lib() {  # the library (CUDA=ON, sm_90, unless CUDA=OFF) in $BUILD against the chosen ggml
     echo "== build ($BUILD)"
+    if [ "${REUSE_BUILD:-0}" = 1 ] && [ -f "$BUILD/src/libggml_rerope.so" ]; then  # a warm machine, the same commit
+        export GGML_REROPE_LIBRARY="$BUILD/src/libggml_rerope.so"; echo "reusing $GGML_REROPE_LIBRARY"; return 0
+    fi
     [ -f /tmp/dev/build_lcp_cuda.sh ] && [ ${#GGML_DIR_ARG[@]} -eq 0 ] && lcp_cuda_wait
     cmake -S . -B "$BUILD" -G Ninja -DGGML_REROPE_CUDA="${CUDA:-ON}" -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_REROPE_BUILD_TESTS=OFF \
         "${GGML_DIR_ARG[@]}" >"$OUT/cmake_configure.log" 2>&1 || { tail -30 "$OUT/cmake_configure.log"; exit 1; }
@@ -87,7 +90,7 @@ decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark o
     GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" \
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/$3" || rc=1
 }
-case "$MODE" in lcp-cuda|kernels|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*|diag-seq|quality) ;; *) build_lib ;; esac
+case "$MODE" in lcp-cuda|kernels|kernels-diag|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*|diag-seq|quality) ;; *) build_lib ;; esac
 case "$MODE" in
     smoke)
         python3 -m pytest -x -q -rs tests/test_cuda.py \
@@ -232,6 +235,17 @@ case "$MODE" in
             --engines ours --json "$OUT/bench_model_32k_q8_0_unrotated.json" 2>&1 | grep -v warmup | tail -3 || rc=1
         timeout 300 python3 python/fit_check.py $M8 --gib 24,8 --json "$OUT/fit_check_8b.json" | tee "$OUT/fit_check_8b.jsonl" || rc=1
         ;;
+    kernels-diag)  # one fresh call: every CUDA kernel test against .dev/ggml while ggml-cuda builds, then diag-seq
+        lcp_cuda_start
+        [ -d .dev/m1 ] && mkdir -p /tmp/m && cp .dev/m1/* /tmp/m/  # the default model's first half, for the next call
+        BUILD=/tmp/build-kernels build_lib
+        timeout 60 python3 -m pytest -q tests/test_cuda.py -k "chunk or sliding" 2>&1 | tail -4 || rc=1
+        timeout 240 python3 -m pytest -q tests/test_cuda.py tests/test_cuda_quant.py tests/test_cuda_hadamard.py 2>&1 \
+            | grep -E "passed|failed|FAILED|Error" | tail -25 || rc=1
+        lcp_cuda_wait; build_lib
+        timeout 120 python3 python/diag_sequences_gpu.py 2>&1 | grep -v warmup || rc=1
+        GGML_REROPE_ATTN_ROT_DISABLE=1 timeout 60 python3 python/diag_sequences_gpu.py --types q8_0 2>&1 | grep -v warmup || rc=1
+        ;;
     diag-seq)  # sequences together vs alone, teacher-forced logits, rotated caches and not (one fresh call, ~6 min)
         lcp_cuda_start; lcp_cuda_wait; build_lib
         python3 python/diag_sequences_gpu.py 2>&1 | grep -v warmup || rc=1
@@ -242,12 +256,17 @@ case "$MODE" in
         # (docs/quality/cache_v2.jsonl and its _nll folder) travels with the tree and comes back as one tarball:
         # unpack it into the checkout before the next call (tar xzf quality_cache.tgz).
         lcp_cuda_start; lcp_cuda_wait; build_lib
-        python3 -m pytest -q tests/test_cuda.py -k "chunk or sliding" 2>&1 | tail -3 || rc=1
+        [ -f /tmp/quality_cache.tgz ] && tar xzf /tmp/quality_cache.tgz  # a warm machine's cache is the newest
+        if [ "${QUALITY_TESTS:-1}" = 1 ]; then
+            python3 -m pytest -q tests/test_cuda.py -k "chunk or sliding" 2>&1 | tail -3 || rc=1
+        fi
         # shellcheck disable=SC2086  # QUALITY_ARGS is a list of flags
         python3 python/quality_report.py --model "$GGML_REROPE_TEST_MODEL" --text "$GGML_REROPE_TEST_TEXT" -ngl -1 \
-            --batch 2048 --time-budget "${QUALITY_BUDGET:-400}" --no-render --no-progress ${QUALITY_ARGS:-} 2>&1 \
+            --batch 2048 --time-budget "${QUALITY_BUDGET:-400}" --no-render --no-progress ${QUALITY_ARGS:-} \
+            ${QUALITY_SCHEMES:+--schemes "$QUALITY_SCHEMES"} 2>&1 \
             | grep -v warmup | tail -25 || rc=1
-        tar czf "$OUT/quality_cache.tgz" docs/quality/cache_v2.jsonl docs/quality/cache_v2_nll 2>/dev/null || true
+        tar czf /tmp/quality_cache.tgz docs/quality/cache_v2.jsonl docs/quality/cache_v2_nll 2>/dev/null \
+            && cp /tmp/quality_cache.tgz "$OUT/"
         ;;
     gpu-server)  # the server benchmark on the GPU (-ngl -1): SERVER_MODEL (default: the 8B-shaped random model)
         [ -f /tmp/dev/build_lcp_cuda.sh ] && lcp_cuda_wait

@@ -15,7 +15,7 @@ back), then `--render-only` anywhere.
 Measures, on the default model and ../shared/data/war_and_peace.txt unless told otherwise:
 - paper:     the ReRoPE paper's protocol on --paper-windows disjoint windows: the loss of the last
              --score-last tokens ending at E_k given N tokens, E_k = k * S (S = --paper-spacing, the
-             longest paper context by default), so every N scores the very same tokens and the
+             longest default context by default, also in a slice), so every N scores the very same tokens and the
              longest context's windows do not overlap. Per-token NLL is kept per window (.npy beside
              the cache); tables show the mean with a bootstrap 95 % interval and paired differences.
 - passkey:   ggml_rerope.passkey for every format x filler x depth, --passkey-trials keys each,
@@ -293,7 +293,7 @@ class Cache:
         if nll is not None:  # the array first: a record never points at a missing file
             self.nll_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.nll_dir / f"{record['id']}.tmp.npy"
-            np.save(tmp, np.asarray(nll, dtype=np.float32))
+            np.save(tmp, np.asarray(nll, dtype=np.float16))  # ~1e-3 nats: far below any interval, half the bytes
             os.replace(tmp, self.nll_dir / f"{record['id']}.npy")
             record["nll_file"] = f"{record['id']}.npy"
         self.items[record["id"]] = record
@@ -303,7 +303,7 @@ class Cache:
 
     def nll(self, record: dict) -> Optional[np.ndarray]:
         p = self.nll_dir / record.get("nll_file", "-")
-        return np.load(p) if p.is_file() else None
+        return np.load(p).astype(np.float64) if p.is_file() else None
 
 
 # ------------------------------------------------------------------ planning
@@ -994,7 +994,8 @@ def parse_args(argv=None):
     p.add_argument("--score-last", type=int, help="paper: scored tokens M of each window (default 4096)")
     p.add_argument("--paper-windows", type=int, help="paper: disjoint windows K (default 8)")
     p.add_argument("--paper-spacing", type=int, help="paper: window ends S, 2S, .., KS (default: the longest "
-                                                     "paper context)")
+                                                     "default context when --paper-contexts are among them, else the "
+                                                     "longest paper context)")
     p.add_argument("--passkey-trials", type=int, help="keys per format, filler and depth (default 20)")
     p.add_argument("--passkey-depths", help="default 0,0.25,0.5,0.75,1")
     p.add_argument("--passkey-formats", help=f"comma list of {', '.join(FORMATS)} (default: all)")
@@ -1055,8 +1056,10 @@ def parse_args(argv=None):
         p.error("depths must lie in [0, 1]")
     if args.shard_trials < 1 or args.passkey_trials < 1 or args.retrieval_trials < 1:
         p.error("--shard-trials, --passkey-trials and --retrieval-trials must be >= 1")
-    if args.paper_spacing is None:
-        args.paper_spacing = max(args.paper_contexts, default=args.score_last + 1)
+    if args.paper_spacing is None:  # a slice of the default contexts (--contexts 32768) scores the report's windows
+        preset = _ints((QUICK if args.quick else FULL)["contexts"])
+        slice_of_report = set(args.paper_contexts) <= set(preset)
+        args.paper_spacing = max(preset if slice_of_report else args.paper_contexts, default=args.score_last + 1)
     try:
         paper_ends(args)
     except ValueError as e:

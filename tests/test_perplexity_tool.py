@@ -58,7 +58,8 @@ def test_token_nll_is_log_softmax():
     t = rng.integers(0, 11, 5)
     xd = x.astype(np.float64)
     want = [math.log(np.exp(xd[i] - xd[i].max()).sum()) + xd[i].max() - xd[i, t[i]] for i in range(5)]
-    np.testing.assert_allclose(token_nll(x, t), want, rtol=1e-12)
+    # float32 exponentials: 1e-7 of the float32 logits' own precision, not a loss digit anyone reads
+    np.testing.assert_allclose(token_nll(x, t), want, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("add_bos", [True, False])
@@ -75,15 +76,15 @@ def test_chunks_bos_rule_and_buckets(add_bos):
         nll.append(direct_nll(w))
     all_nll = np.concatenate(nll)
     assert res.n_scored == 3 * 49 and res.chunks == 3 and res.n_ctx == 50
-    assert res.loss == pytest.approx(all_nll.mean(), rel=1e-9)
-    assert res.ppl == pytest.approx(math.exp(all_nll.mean()), rel=1e-9)
-    assert res.chunk_losses == pytest.approx([x.mean() for x in nll], rel=1e-9)
+    assert res.loss == pytest.approx(all_nll.mean(), abs=1e-6)  # float32 exponentials
+    assert res.ppl == pytest.approx(math.exp(all_nll.mean()), abs=1e-6)  # float32 exponentials
+    assert res.chunk_losses == pytest.approx([x.mean() for x in nll], abs=1e-6)  # float32 exponentials
     # buckets by target position 1..49 in the chunk: [0,16) has 15 targets per chunk
     by_target = np.stack(nll)  # (3, 49): column p = target p+1
     for b in res.buckets:
         cols = [p - 1 for p in range(max(1, b["start"]), b["end"])]
         assert b["n"] == 3 * len(cols)
-        assert b["loss"] == pytest.approx(by_target[:, cols].mean(), rel=1e-9)
+        assert b["loss"] == pytest.approx(by_target[:, cols].mean(), abs=1e-6)  # float32 exponentials
     assert [b["start"] for b in res.buckets] == [0, 16, 32, 48]
     assert max(n for n, _ in ev.calls) == 8
 
@@ -98,7 +99,7 @@ def test_score_last_protocol_scores_the_same_tokens_at_every_context():
         w = list(tokens[E - n:E])
         w[0] = 1
         assert res.n_scored == M
-        assert res.loss == pytest.approx(direct_nll(w)[-M:].mean(), rel=1e-9)
+        assert res.loss == pytest.approx(direct_nll(w)[-M:].mean(), abs=1e-6)  # float32 exponentials
         assert res.protocol == {"kind": "score-last", "score_last": M, "end_token": E}
         # only the micro-batches that hold scored positions asked for all logits
         assert sum(n_tok for n_tok, full in ev.calls if full) <= M + 8

@@ -52,7 +52,8 @@ def test_report_plans_runs_resumes_and_renders(tmp_path, shared_text):
     assert sorted({r["label"] for r in recs if r.get("error")}) == ["longrope"]
     for r in (r for r in ok if r["measure"] == "paper"):
         nll = np.load(tmp_path / "cache_nll" / r["nll_file"])
-        assert nll.dtype == np.float32 and nll.shape == (32,) and r["loss"] == pytest.approx(nll.mean(), rel=1e-5)
+        assert nll.dtype == np.float16 and nll.shape == (32,)  # half precision: 1e-3 nats, far below any interval
+        assert r["loss"] == pytest.approx(nll.astype(np.float64).mean(), abs=2e-3)
     # the same 32 tokens at both contexts: close, not equal
     rope = {(r["ctx"], r["shard"]["end"]): np.load(tmp_path / "cache_nll" / r["nll_file"]) for r in ok
             if r["measure"] == "paper" and r["label"] == "none (RoPE)"}
@@ -134,7 +135,8 @@ def test_cache_skips_cut_lines_and_other_versions(tmp_path):
     c = qr.Cache(p)
     assert list(c.items) == ["a"] and c.skipped == 2
     c.put(dict(id="d", v=2), np.arange(4, dtype=np.float64))
-    assert c.nll(c.get("d")).dtype == np.float32 and list(c.nll(c.get("d"))) == [0, 1, 2, 3]
+    assert np.load(c.nll_dir / "d.npy").dtype == np.float16  # stored in half precision, read as float64
+    assert c.nll(c.get("d")).dtype == np.float64 and list(c.nll(c.get("d"))) == [0, 1, 2, 3]
     assert sorted(qr.Cache(p).items) == ["a", "d"]
 
 
@@ -215,3 +217,12 @@ def test_rows_of_the_same_computation_share_one_measurement():
     assert len(set(at_16k)) == len(at_16k), "two different schemes share a key at 16k"
     assert key("llama.cpp linear", 8192) == key("llama.cpp none", 8192) != key("llama.cpp linear", 16384)
     assert key("llama.cpp none", 4096) != key("none (RoPE)", 4096)  # other engine: measured apart
+
+
+@pytest.mark.parametrize("flags, spacing", [([], 65536), (["--contexts", "16384,32768"], 65536),
+                                            (["--paper-contexts", "8192"], 65536), (["--contexts", "128,192"], 192),
+                                            (["--quick"], 8192), (["--quick", "--contexts", "4096"], 8192),
+                                            (["--paper-spacing", "1000", "--contexts", "512"], 1000)])
+def test_paper_windows_of_a_slice_are_the_reports(flags, spacing):
+    """A run of some of the default contexts scores the same windows as the whole report."""
+    assert qr.parse_args(["--model", "m.gguf", *flags]).paper_spacing == spacing
