@@ -97,21 +97,63 @@ def test_rotated_cache_sequences_together_in_graph(synthetic_model):
             assert greedy_together(ctx, prompts, STEPS, rng) == alone
 
 
-ROTATED_GPU_MISMATCH = pytest.mark.xfail(
-    strict=True, reason="known bug: with a rotated q8_0 cache on the GPU one greedy token of one sequence differs "
-    "together from alone (BENCHMARKS.md, Quantized KV cache)")
+def forced_alone(model, prompt, forced, n_ctx, n_batch, t) -> np.ndarray:
+    """Logits after the prompt and after each forced token, one sequence in its own context."""
+    with RuntimeContext(model, n_ctx=n_ctx, n_batch=n_batch, n_threads=2, type_k=t, type_v=t) as ctx:
+        rows = [ctx.decode(prompt, np.zeros(prompt.size))[-1]]
+        rows += [ctx.decode(np.array([tok]), np.zeros(1))[-1] for tok in forced]
+        return np.array(rows)
+
+
+def forced_together(model, prompts, forced, n_ctx, t, rng) -> list[np.ndarray]:
+    """The same logits for every sequence, all in one context: prompts interleaved, then each step of all."""
+    n = len(prompts)
+    with RuntimeContext(model, n_ctx=n * n_ctx, n_batch=32, n_threads=2, n_seq_max=n, type_k=t, type_v=t) as ctx:
+        rows = [[r] for r in prefill_together(ctx, prompts, rng)]
+        for k in range(len(forced[0])):
+            out = ctx.decode(np.array([f[k] for f in forced]), np.arange(n))
+            for s in range(n):
+                rows[s].append(out[s])
+        return [np.array(r) for r in rows]
+
+
+def together_vs_alone_gaps(model, type_kv, seed=2):
+    """Teacher-forced, so a near-tie cannot fork the sequences: (largest |logit| difference together vs
+    alone, the same between two batchings of the alone run, the largest |logit|). The second is the
+    engine's own rounding noise (its matrix products are not batch-invariant on the GPU: a 7-token
+    batch and a 512-token one take different kernels); a wrong value (a sequence seeing another's rows)
+    is a difference of the logits' own size."""
+    t = KV_TYPES[type_kv]
+    rng = np.random.default_rng(seed)
+    prompts = prompts_for(model, rng, (37, 5, 80, 13))
+    forced = [rng.integers(0, model.n_vocab, size=STEPS - 1) for _ in prompts]
+    alone = [forced_alone(model, p, f, 128, 512, t) for p, f in zip(prompts, forced)]
+    rebatched = [forced_alone(model, p, f, 128, 7, t) for p, f in zip(prompts, forced)]
+    together = forced_together(model, prompts, forced, 128, t, rng)
+    gap = max(np.abs(g - a).max() for g, a in zip(together, alone))
+    noise = max(np.abs(r - a).max() for r, a in zip(rebatched, alone))
+    return gap, noise, max(np.abs(a).max() for a in alone)
+
+
+def assert_within_own_noise(gap, noise, scale):
+    msg = f"together vs alone {gap:.4g}, own noise {noise:.4g}, |logit| {scale:.3g}"
+    assert gap <= max(4 * noise, 1e-3 * scale), msg
+
+
+@pytest.mark.parametrize("type_kv", ["f16", "q8_0"])  # q8_0: rows Hadamard-rotated in the graph
+def test_sequences_together_within_own_noise(synthetic_model, type_kv):
+    """The check the GPU test makes, on the CPU (where both gaps are near zero)."""
+    with RuntimeModel(synthetic_model("llama", "Q8_0", n_ctx_train=64)) as m:
+        assert_within_own_noise(*together_vs_alone_gaps(m, type_kv))
 
 
 @pytest.mark.needs_cuda_runtime
-@pytest.mark.parametrize("type_kv", ["f16", pytest.param("q8_0", marks=ROTATED_GPU_MISMATCH)])
+@pytest.mark.parametrize("type_kv", ["f16", "q8_0"])
 def test_sequences_together_on_the_gpu(synthetic_model, type_kv):
+    """Greedy tokens are no test here: on the GPU the random model's near-ties (top-2 margins of 0.005)
+    flip under rounding. Logits, teacher-forced, within the GPU's own batching noise."""
     with RuntimeModel(synthetic_model("llama", "Q8_0", n_ctx_train=64), n_gpu_layers=-1) as m:
-        rng = np.random.default_rng(2)
-        prompts = prompts_for(m, rng, (37, 5, 80, 13))
-        t = KV_TYPES[type_kv]
-        alone = [greedy_alone(m, p, STEPS, n_ctx=128, type_k=t, type_v=t) for p in prompts]
-        with RuntimeContext(m, n_ctx=4 * 128, n_batch=32, n_threads=2, n_seq_max=4, type_k=t, type_v=t) as ctx:
-            assert greedy_together(ctx, prompts, STEPS, rng) == alone
+        assert_within_own_noise(*together_vs_alone_gaps(m, type_kv))
 
 
 def test_logits_do_not_depend_on_the_other_sequences(synthetic_model):
