@@ -90,7 +90,7 @@ decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark o
     GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" \
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/$3" || rc=1
 }
-case "$MODE" in lcp-cuda|kernels|kernels-diag|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*|diag-seq|quality) ;; *) build_lib ;; esac
+case "$MODE" in lcp-cuda|kernels|first-call|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*|diag-seq|quality) ;; *) build_lib ;; esac
 case "$MODE" in
     smoke)
         python3 -m pytest -x -q -rs tests/test_cuda.py \
@@ -235,16 +235,16 @@ case "$MODE" in
             --engines ours --json "$OUT/bench_model_32k_q8_0_unrotated.json" 2>&1 | grep -v warmup | tail -3 || rc=1
         timeout 300 python3 python/fit_check.py $M8 --gib 24,8 --json "$OUT/fit_check_8b.json" | tee "$OUT/fit_check_8b.jsonl" || rc=1
         ;;
-    kernels-diag)  # one fresh call: every CUDA kernel test against .dev/ggml while ggml-cuda builds, then diag-seq
+    first-call)  # a fresh machine's first call: every CUDA kernel test against .dev/ggml while ggml-cuda builds, the
+        # default model's first half kept for the next call, then the GPU runtime tests of several sequences and diag-seq
         lcp_cuda_start
-        [ -d .dev/m1 ] && mkdir -p /tmp/m && cp .dev/m1/* /tmp/m/  # the default model's first half, for the next call
+        [ -d .dev/m1 ] && mkdir -p /tmp/m && cp .dev/m1/* /tmp/m/
         BUILD=/tmp/build-kernels build_lib
-        timeout 60 python3 -m pytest -q tests/test_cuda.py -k "chunk or sliding" 2>&1 | tail -4 || rc=1
         timeout 240 python3 -m pytest -q tests/test_cuda.py tests/test_cuda_quant.py tests/test_cuda_hadamard.py 2>&1 \
             | grep -E "passed|failed|FAILED|Error" | tail -25 || rc=1
         lcp_cuda_wait; build_lib
+        timeout 120 python3 -m pytest -q -rs tests/test_multi_sequence.py -k gpu 2>&1 | tail -8 || rc=1
         timeout 120 python3 python/diag_sequences_gpu.py 2>&1 | grep -v warmup || rc=1
-        GGML_REROPE_ATTN_ROT_DISABLE=1 timeout 60 python3 python/diag_sequences_gpu.py --types q8_0 2>&1 | grep -v warmup || rc=1
         ;;
     diag-seq)  # sequences together vs alone, teacher-forced logits, rotated caches and not (one fresh call, ~6 min)
         lcp_cuda_start; lcp_cuda_wait; build_lib

@@ -969,7 +969,7 @@ def _names(text) -> list[str]:
 QUICK = dict(contexts="4096,8192", passkey_contexts="4096", retrieval_contexts="4096", score_last=1024,
              paper_windows=2, passkey_trials=2, passkey_depths="0,0.5,1", passkey_formats="landmark,ruler",
              passkey_fillers="grass", retrieval_trials=2, retrieval_depths="0,0.5,1", shard_trials=2)
-FULL = dict(contexts="8192,16384,32768,65536", score_last=4096, paper_windows=8, passkey_trials=20,
+FULL = dict(contexts="8192,16384,32768,65536", score_last=4096, paper_windows=8, passkey_trials=4,
             passkey_depths="0,0.25,0.5,0.75,1", passkey_formats=",".join(FORMATS), passkey_fillers=",".join(FILLERS),
             retrieval_trials=20, shard_trials=5)
 
@@ -996,7 +996,8 @@ def parse_args(argv=None):
     p.add_argument("--paper-spacing", type=int, help="paper: window ends S, 2S, .., KS (default: the longest "
                                                      "default context when --paper-contexts are among them, else the "
                                                      "longest paper context)")
-    p.add_argument("--passkey-trials", type=int, help="keys per format, filler and depth (default 20)")
+    p.add_argument("--passkey-trials", type=int,
+                   help="keys per format, filler and depth (default 4: 24 keys per depth, 120 per context)")
     p.add_argument("--passkey-depths", help="default 0,0.25,0.5,0.75,1")
     p.add_argument("--passkey-formats", help=f"comma list of {', '.join(FORMATS)} (default: all)")
     p.add_argument("--passkey-fillers", help="comma list of grass (the standard sentences) and text (sentences of "
