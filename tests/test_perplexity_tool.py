@@ -52,12 +52,13 @@ def direct_nll(window):
     return np.array(out)
 
 
-def test_token_nll_is_log_softmax():
+@pytest.mark.parametrize("n", [5, 701])  # 701: rows split over threads, uneven parts
+def test_token_nll_is_log_softmax(n):
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal((5, 11)) * 30).astype(np.float32)  # large logits: needs the max shift
-    t = rng.integers(0, 11, 5)
+    x = (rng.standard_normal((n, 11)) * 30).astype(np.float32)  # large logits: needs the max shift
+    t = rng.integers(0, 11, n)
     xd = x.astype(np.float64)
-    want = [math.log(np.exp(xd[i] - xd[i].max()).sum()) + xd[i].max() - xd[i, t[i]] for i in range(5)]
+    want = [math.log(np.exp(xd[i] - xd[i].max()).sum()) + xd[i].max() - xd[i, t[i]] for i in range(n)]
     # float32 exponentials: 1e-7 of the float32 logits' own precision, not a loss digit anyone reads
     np.testing.assert_allclose(token_nll(x, t), want, rtol=0, atol=1e-6)
 
