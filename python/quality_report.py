@@ -591,6 +591,43 @@ def _signif(ci) -> str:
     return ci.fmt(signed=True) + (" *" if ci.lo > 0 or ci.hi < 0 else "")
 
 
+def _references(rows, cs, base_ctx: int, score, lower_is_better: bool) -> tuple[dict, dict]:
+    """What the difference tables compare with, by name: "rope" (plain RoPE at the base context), "best"
+    (the best llama.cpp row at each N) and "self-extend" (at each N), each a function of N giving
+    (row, context) or None; and the best llama.cpp row by N. score(row, ctx) is the row's value there,
+    None where it has none."""
+    refs = {}
+    rope = next((r for r in rows if r.label == "none (RoPE)"), None)
+    if rope is not None and score(rope, base_ctx) is not None:
+        refs["rope"] = lambda c: (rope, base_ctx)
+    pick = min if lower_is_better else max
+    best = {}
+    for c in cs:
+        scored = [(v, r) for r in rows if r.engine == "llama.cpp" and (v := score(r, c)) is not None]
+        if scored:
+            best[c] = pick(scored, key=lambda x: x[0])[1]
+    if best:
+        refs["best"] = lambda c: (best[c], c) if c in best else None
+    se = next((r for r in rows if r.label == "self-extend"), None)
+    if se is not None:
+        refs["self-extend"] = lambda c: (se, c) if score(se, c) is not None else None
+    return refs, best
+
+
+def _diff_table(out: list, head: str, rows, cs, ref_of, diff, note: str) -> None:
+    """One row per scheme, one column per N: diff(row, ctx, ref_row, ref_ctx) -> cell, blank where the
+    reference is missing or is the cell itself."""
+    table = []
+    for r in rows:
+        cells = []
+        for c in cs:
+            ref = ref_of(c)
+            same = ref is not None and (ref[0].key, ref[1]) == (r.key, c)
+            cells.append("" if ref is None or same else diff(r, c, *ref))
+        table.append((_name(r), cells))
+    _table(out, head, [_fmt_ctx(c) for c in cs], table, note)
+
+
 def render(args, rows, cache: Cache) -> str:
     hyper = schemes.hyper_from(args.model)
     res = Results(args, rows, cache, hyper)
@@ -615,7 +652,6 @@ def render(args, rows, cache: Cache) -> str:
             f"excludes 0. Pass rates: Wilson score intervals."]
 
     base_ctx = args.base_context or hyper.n_ctx_train
-    rope = next((r for r in rows if r.engine == "ggml-rerope" and r.scheme == "none"), None)
     cs = contexts_of(args, "paper")
     if "paper" in args.measures and cs:
         ends = paper_ends(args)
@@ -637,47 +673,31 @@ def render(args, rows, cache: Cache) -> str:
                f"Windows end at tokens {', '.join(str(e) for e in ends)} of the text; at every N the same "
                f"{len(ends) * args.score_last} tokens are scored.")
 
-        def diff_table(head, ref_of, note):
-            table = []
-            for r in rows:
-                row_cells = []
-                for c in cs:
-                    ref = ref_of(c)
-                    a = cells[(r.key, c)][0]
-                    b = cells[ref][0] if ref is not None else None
-                    if a is None or b is None or ref == (r.key, c):
-                        row_cells.append("")
-                        continue
-                    row_cells.append(_signif(paired_difference(a, b, **boot)))
-                table.append((_name(r), row_cells))
-            _table(out, head, [_fmt_ctx(c) for c in cs], table, note)
+        def diff(r, c, r0, c0):
+            a, b = cells[(r.key, c)][0], cells[(r0.key, c0)][0]
+            return "" if a is None or b is None else _signif(paired_difference(a, b, **boot))
 
-        if rope is not None:
+        def diff_table(head, ref_of, note):
+            _diff_table(out, head, rows, cs, ref_of, diff, note)
+
+        refs, best = _references(rows, cs, base_ctx, lambda r, c: m.value if (m := means.get((r.key, c))) else None,
+                                 lower_is_better=True)
+        if "rope" in refs:
             trained = " (the trained context)" if base_ctx == hyper.n_ctx_train else ""
-            diff_table(f"### Difference from plain RoPE at {_fmt_ctx(base_ctx)}{trained}, same tokens",
-                       lambda c: (rope.key, base_ctx) if (rope.key, base_ctx) in means else None,
+            diff_table(f"### Difference from plain RoPE at {_fmt_ctx(base_ctx)}{trained}, same tokens", refs["rope"],
                        "Negative: the row at N predicts the scored tokens better than the model at its trained "
                        "context.")
-        peers = [r for r in rows if r.engine == "llama.cpp"]
-        best = {}
-        for c in cs:
-            scored = [(means[(r.key, c)].value, r) for r in peers if (r.key, c) in means]
-            if scored:
-                best[c] = min(scored, key=lambda x: x[0])[1]
-        if best:
-            diff_table("### Difference from the best llama.cpp scheme at the same N, same tokens",
-                       lambda c: (best[c].key, c) if c in best else None,
+        if "best" in refs:
+            diff_table("### Difference from the best llama.cpp scheme at the same N, same tokens", refs["best"],
                        "Best (lowest loss) at each N: " + ", ".join(f"{_fmt_ctx(c)}: {best[c].label}"
                                                                    for c in sorted(best)) + ".")
-        se = next((r for r in rows if r.engine == "ggml-rerope" and r.scheme == "self-extend"), None)
-        if se is not None:
-            diff_table("### Difference from Self-Extend at the same N, same tokens",
-                       lambda c: (se.key, c) if (se.key, c) in means else None, "")
+        if "self-extend" in refs:
+            diff_table("### Difference from Self-Extend at the same N, same tokens", refs["self-extend"], "")
 
     if "passkey" in args.measures and contexts_of(args, "passkey"):
-        _render_passkey(args, rows, res, out, rope, base_ctx)
+        _render_passkey(args, rows, res, out, base_ctx)
     if "retrieval" in args.measures and contexts_of(args, "retrieval"):
-        _render_retrieval(args, rows, res, out, rope, base_ctx)
+        _render_retrieval(args, rows, res, out, base_ctx)
     if "loss" in args.measures and contexts_of(args, "loss"):
         cl = contexts_of(args, "loss")
 
@@ -712,7 +732,7 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
-def _render_passkey(args, rows, res: Results, out: list, rope: Optional[Row], base_ctx: int) -> None:
+def _render_passkey(args, rows, res: Results, out: list, base_ctx: int) -> None:
     cs = contexts_of(args, "passkey")
     cols = [_fmt_ctx(c) for c in cs]
 
@@ -729,7 +749,7 @@ def _render_passkey(args, rows, res: Results, out: list, rope: Optional[Row], ba
            f"Pass rate [Wilson 95 %] and passes/trials over formats {', '.join(fm)}, fillers {', '.join(fl)}, depths "
            f"{', '.join(f'{d:g}' for d in args.passkey_depths)}, {args.passkey_trials} keys each (the keys are shared "
            f"across depths, so the pooled interval is somewhat optimistic).")
-    _rate_differences(out, rows, cs, lambda r, c: res.counts(r, "passkey", c)[:2], rope, base_ctx, "Pass-rate")
+    _rate_differences(out, rows, cs, lambda r, c: res.counts(r, "passkey", c)[:2], base_ctx, "Pass-rate")
     for f in fm:
         for filler in fl:
             _table(out, f"### Passkey, format `{f}`, filler `{filler}` (all depths)", cols,
@@ -748,44 +768,35 @@ def _render_passkey(args, rows, res: Results, out: list, rope: Optional[Row], ba
                                                   "the question.")
 
 
-def _rate_differences(out: list, rows, cs, counts, rope: Optional[Row], base_ctx: int, what: str) -> None:
+def _rate_differences(out: list, rows, cs, counts, base_ctx: int, what: str) -> None:
     """Pass-rate differences with Newcombe's interval: from plain RoPE at the base context, from the
     best llama.cpp row and from Self-Extend at the same N. The same prompts at the same N make a
     paired comparison, for which Newcombe's independent-samples interval is conservative."""
-    cols = [_fmt_ctx(c) for c in cs]
+    def diff(r, c, r0, c0):
+        (k, n), (k0, n0) = counts(r, c), counts(r0, c0)
+        return _signif(newcombe_difference(k, n, k0, n0)) if n and n0 else ""
 
     def table(head, ref_of, note):
-        rows_cells = []
-        for r in rows:
-            cells = []
-            for c in cs:
-                ref = ref_of(c)
-                k, n = counts(r, c)
-                k0, n0 = counts(*ref) if ref is not None else (0, 0)
-                cells.append(_signif(newcombe_difference(k, n, k0, n0)) if n and n0 and ref != (r, c) else "")
-            rows_cells.append((_name(r), cells))
-        _table(out, head, cols, rows_cells, note)
+        _diff_table(out, head, rows, cs, ref_of, diff, note)
 
-    if rope is not None:
-        table(f"### {what} difference from plain RoPE at {_fmt_ctx(base_ctx)}", lambda c: (rope, base_ctx),
+    def rate(r, c):
+        k, n = counts(r, c)
+        return k / n if n else None
+
+    refs, best = _references(rows, cs, base_ctx, rate, lower_is_better=False)
+    if "rope" in refs:
+        table(f"### {what} difference from plain RoPE at {_fmt_ctx(base_ctx)}", refs["rope"],
               "Newcombe's interval for two independent proportions (other lengths: other prompts).")
-    best = {}
-    for c in cs:
-        rated = [(k / n, r) for r in rows if r.engine == "llama.cpp" for k, n in [counts(r, c)] if n]
-        if rated:
-            best[c] = max(rated, key=lambda x: x[0])[1]
-    if best:
-        table(f"### {what} difference from the best llama.cpp scheme at the same N", lambda c: (best[c], c)
-              if c in best else None, "Best (highest rate) at each N: " + ", ".join(
-                  f"{_fmt_ctx(c)}: {best[c].label}" for c in sorted(best)) + "; Newcombe's interval (conservative "
-                                                                              "for the same prompts).")
-    se = next((r for r in rows if r.engine == "ggml-rerope" and r.scheme == "self-extend"), None)
-    if se is not None:
-        table(f"### {what} difference from Self-Extend at the same N", lambda c: (se, c),
+    if "best" in refs:
+        table(f"### {what} difference from the best llama.cpp scheme at the same N", refs["best"],
+              "Best (highest rate) at each N: " + ", ".join(f"{_fmt_ctx(c)}: {best[c].label}" for c in sorted(best))
+              + "; Newcombe's interval (conservative for the same prompts).")
+    if "self-extend" in refs:
+        table(f"### {what} difference from Self-Extend at the same N", refs["self-extend"],
               "Newcombe's interval (conservative for the same prompts).")
 
 
-def _render_retrieval(args, rows, res: Results, out: list, rope: Optional[Row], base_ctx: int) -> None:
+def _render_retrieval(args, rows, res: Results, out: list, base_ctx: int) -> None:
     cs = contexts_of(args, "retrieval")
     cols = [_fmt_ctx(c) for c in cs]
     for task in args.retrieval_tasks:
@@ -806,7 +817,7 @@ def _render_retrieval(args, rows, res: Results, out: list, rope: Optional[Row], 
             note = (f"Variable tracking: {o['chains']} chains of {o['hops']} hops, {args.retrieval_trials} haystacks "
                     f"per filler. Pass: every variable of the asked chain named.")
         _table(out, f"## Retrieval: {task}", cols, [(_name(r), [cell(r, c) for c in cs]) for r in rows], note)
-        _rate_differences(out, rows, cs, lambda r, c, task=task: res.counts(r, "retrieval", c, task=task)[:2], rope,
+        _rate_differences(out, rows, cs, lambda r, c, task=task: res.counts(r, "retrieval", c, task=task)[:2],
                           base_ctx, f"{task.capitalize()} pass-rate")
         if task == "multikey":
             for c in cs:
