@@ -252,7 +252,7 @@ case "$MODE" in
         GGML_REROPE_ATTN_ROT_DISABLE=1 python3 python/diag_sequences_gpu.py --types q8_0 2>&1 | grep -v warmup || rc=1
         ;;
     quality)  # the long-context quality report on the GPU (-ngl -1), one resumable slice: QUALITY_ARGS picks the
-        # measures / schemes / contexts, QUALITY_BUDGET the seconds after which no new job starts. The cache
+        # measures / schemes / contexts, QUALITY_BUDGET the seconds after which no new job starts, QUALITY_BATCH the batch. The cache
         # (docs/quality/cache_v2.jsonl and its _nll folder) travels with the tree and comes back as one tarball:
         # unpack it into the checkout before the next call (tar xzf quality_cache.tgz).
         lcp_cuda_start; lcp_cuda_wait; build_lib
@@ -262,7 +262,7 @@ case "$MODE" in
         fi
         # shellcheck disable=SC2086  # QUALITY_ARGS is a list of flags
         python3 python/quality_report.py --model "$GGML_REROPE_TEST_MODEL" --text "$GGML_REROPE_TEST_TEXT" -ngl -1 \
-            --batch 2048 --time-budget "${QUALITY_BUDGET:-400}" --no-render --no-progress ${QUALITY_ARGS:-} \
+            --batch "${QUALITY_BATCH:-2048}" --time-budget "${QUALITY_BUDGET:-400}" --no-render --no-progress ${QUALITY_ARGS:-} \
             ${QUALITY_SCHEMES:+--schemes "$QUALITY_SCHEMES"} 2>&1 \
             | grep -v warmup | tail -25 || rc=1
         tar czf /tmp/quality_cache.tgz docs/quality/cache_v2.jsonl docs/quality/cache_v2_nll 2>/dev/null \
