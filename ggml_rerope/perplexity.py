@@ -97,7 +97,8 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     over the host's cores (NumPy releases the GIL in its loops): a 4096 x 49152 block is ~1 s on one."""
     x = np.asarray(logits, dtype=np.float32)
     targets = np.asarray(targets)
-    n_parts = min(os.cpu_count() or 1, max(1, len(x) // 128))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n_parts = min(cores, max(1, len(x) // 128))
     if n_parts == 1:
         return _rows_nll(x, targets)
     cuts = np.linspace(0, len(x), n_parts + 1).astype(int)

@@ -604,12 +604,12 @@ def dual_chunk(hyper, n_ctx, *, chunk_size=None, local_window=None, logn=True, l
     sliding_window, sink_tokens as for `rerope`."""
     _unexpected("dual-chunk", options)
     L = hyper.n_ctx_train
-    c = int(chunk_size) if chunk_size is not None else max(2, 3 * L // 4)
-    lw = int(local_window) if local_window is not None else max(1, L // 16)
-    if c < 2:
-        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
+    c = int(chunk_size) if chunk_size is not None else max(3, 3 * L // 4)
+    if c < 3:  # the smallest chunk with a local window: s = c - lw must exceed c / 2
+        raise ValueError(f"chunk_size must be >= 3, got {chunk_size}")
+    lw = int(local_window) if local_window is not None else min(max(1, L // 16), (c - 1) // 2)
     if not 1 <= lw or not 2 * (c - lw) > c:
-        raise ValueError(f"local_window must be in 1..chunk_size/2 (chunk_size {c}), got {lw}")
+        raise ValueError(f"local_window must satisfy 1 <= local_window < chunk_size / 2 (chunk_size {c}), got {lw}")
     return Scheme("dual-chunk", window=c, far_mode=FAR_CHUNK, chunk_len=c - lw,
                   logn_train_len=_logn_len(hyper, logn, logn_len), attn_factor=_temperature(hyper, n_ctx, temperature),
                   **_dropping(sliding_window, sink_tokens))

@@ -303,6 +303,10 @@ class Cache:
             f.write(("\n" if self._cut else "") + json.dumps(record) + "\n")
         self._cut = False
 
+    def complete(self, record: dict) -> bool:
+        """False for a record whose per-token losses did not come along (a cache copied without its folder)."""
+        return "nll_file" not in record or (self.nll_dir / record["nll_file"]).is_file()
+
     def nll(self, record: dict) -> Optional[np.ndarray]:
         p = self.nll_dir / record.get("nll_file", "-")
         return np.load(p).astype(np.float64) if p.is_file() else None
@@ -325,7 +329,7 @@ def plan_jobs(args, rows, cache: Cache, hyper) -> list[Job]:
             for r in all_rows() + list(rows):
                 for s in sh:
                     rec = cache.get(Cache.ident(r, m, ctx, s, setup))
-                    if rec is not None and (not rec.get("error") or not args.retry_errors):
+                    if rec is not None and cache.complete(rec) and (not rec.get("error") or not args.retry_errors):
                         covered.add((keys[r.key], s))
             for row in order_rows(rows):
                 failed = cache.get(Cache.ident(row, m, ctx, _shard(error="open"), setup))

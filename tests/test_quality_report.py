@@ -226,3 +226,21 @@ def test_rows_of_the_same_computation_share_one_measurement():
 def test_paper_windows_of_a_slice_are_the_reports(flags, spacing):
     """A run of some of the default contexts scores the same windows as the whole report."""
     assert qr.parse_args(["--model", "m.gguf", *flags]).paper_spacing == spacing
+
+
+def test_a_window_whose_losses_did_not_come_back_is_planned_again(tmp_path, default_model_file):
+    """A cache copied without (part of) its _nll folder: the record alone does not make the window done."""
+    args = qr.parse_args(["--model", str(default_model_file), "--text", "war_and_peace.txt", "--measures", "paper",
+                          "--contexts", "128", "--score-last", "32", "--paper-windows", "2", "--schemes", "none (RoPE)",
+                          "--cache", str(tmp_path / "c.jsonl")])
+    cache = qr.Cache(tmp_path / "c.jsonl")
+    setup = qr.setup_of(args)
+    for shard in qr.shards(args, "paper"):
+        _put(cache, args, "none (RoPE)", "paper", 128, shard, setup, nll=np.ones(32), loss=1.0)
+    rows = qr.select_rows(qr.all_rows(), args.schemes)
+    hyper = qr.schemes.hyper_from(args.model)
+    assert qr.plan_jobs(args, rows, qr.Cache(tmp_path / "c.jsonl"), hyper) == []
+    lost = next(iter(cache.items.values()))
+    (cache.nll_dir / lost["nll_file"]).unlink()
+    (job,) = qr.plan_jobs(args, rows, qr.Cache(tmp_path / "c.jsonl"), hyper)
+    assert job.spec["end"] == lost["shard"]["end"]

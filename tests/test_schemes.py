@@ -434,6 +434,16 @@ def test_dual_chunk_defaults_are_chunkllamas():
     assert (sch.window, sch.chunk_len, sch.logn_train_len) == (36, 36 - 3, L_TRAIN)
     with pytest.raises(ValueError, match="local_window"):
         make_scheme("dual-chunk", HYPER, N, chunk_size=12, local_window=6)
+    with pytest.raises(ValueError, match="chunk_size must be >= 3"):
+        make_scheme("dual-chunk", HYPER, N, chunk_size=2)
+
+
+@pytest.mark.parametrize("n_ctx_train", [2, 3, 4, 5, 8, 17])
+def test_dual_chunk_defaults_hold_for_tiny_models(n_ctx_train):
+    """The defaults always give a valid chunk (s > C / 2), however short the trained context."""
+    hyper = ModelHyper(n_rot=D, rope_base=10000.0, n_ctx_train=n_ctx_train, head_dim=D)
+    sch = make_scheme("dual-chunk", hyper, 4 * n_ctx_train)
+    assert sch.window >= 3 and sch.window / 2 < sch.chunk_len < sch.window
 
 
 def test_lm_infinite_sees_the_window_and_the_sinks_only():
