@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, std::is_same<KV, 
     for (int nb = 0; nb < D / 8; ++nb) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.f;
     float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
 
-    // This warp's tiles: every t_step-th one, skipping tiles wholly in the causal future.
+    // This warp's tiles: every t_step-th one, skipping those no query sees (causal future, dropped).
     const int t_end = (a.n_kv + KEYS - 1) / KEYS;
     const int t_step = gridDim.x * W;
     auto next_tile = [&](int t) { return next_visible_tile(a, t, t_step, t_end, KEYS, qmin, qmax); };
@@ -137,11 +137,7 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, std::is_same<KV, 
         }
     };
 
-    int kt = split * W + warp;
-    if (kt < t_end) {
-        const int2 b = key_tile_bounds(a, kt, KEYS);
-        if (a.causal && b.x > qmax) kt = next_tile(kt);
-    }
+    int kt = next_tile(split * W + warp - t_step);  // this warp's first tile that some query may see
     int t_issue = kt;
 #pragma unroll
     for (int st = 0; st < ST - 1; ++st) {
