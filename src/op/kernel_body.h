@@ -741,11 +741,11 @@ void RR_CAT(rerope_kernel, RR_ISA)(const rerope_job * job, int ith, int nth, voi
     const int rp = st.L.rows_pad;
 
     if (job->n_split > 0) {
-        /* split-K: items are key chunks holding every KV head (the cache is read in order);
-         * contiguous chunks per thread so the rotated queries are prepared once per thread */
+        /* split-K: items are key chunks holding every KV head (each chunk's cache rows read in
+         * order), dealt round-robin so a sliding window's few visible chunks spread over the threads;
+         * every item has the same queries, so each thread prepares them once */
         const int n_rows = job->n_q * job->n_head;
-        const int s0 = (int) ((long) job->n_split * ith / nth), s1 = (int) ((long) job->n_split * (ith + 1) / nth);
-        for (int s = s0; s < s1; s++) {
+        for (int s = ith; s < job->n_split; s += nth) {
             const int k0 = s * job->split_keys;
             const int k1 = k0 + job->split_keys < job->n_kv ? k0 + job->split_keys : job->n_kv;
             RR_FN(rr_item)(&st, job, 0, job->n_head_kv, 0, job->n_q, k0, k1);
