@@ -33,8 +33,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 nvcc --version | tail -1
 python3 --version
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+# .whl: every wheel the GPU modes use (the server's stack too); .whl-core: cffi, gguf and their needs only,
+# for the calls whose carry is full (the default model's halves)
+wheels=$(ls .whl/*.whl .whl-core/*.whl 2>/dev/null | awk -F/ '!seen[$NF]++')  # a wheel in both: once
+if [ -n "$wheels" ]; then
+    # shellcheck disable=SC2086  # one path per word
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels
 fi
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}  # installed by an earlier call too
 
