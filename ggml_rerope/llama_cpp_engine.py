@@ -14,11 +14,12 @@ libggml_rerope either, so a process measuring llama.cpp alone holds only llama.c
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
+
+from .host import usable_cores
 
 _ALL_LAYERS = 0x7FFFFFFF  # llama_cpp.Llama's n_gpu_layers for -1: every layer
 # ggml type -> (bytes, elements) of one block: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, BF16
@@ -29,10 +30,6 @@ _TYPE_BLOCK = {0: (4, 1), 1: (2, 1), 2: (18, 32), 3: (20, 32), 6: (22, 32), 7: (
 def _type_bytes(ggml_type: int, n: int) -> int:
     size, per = _TYPE_BLOCK[ggml_type]
     return size * n // per
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class LlamaCppEngine:
@@ -56,7 +53,7 @@ class LlamaCppEngine:
         self._lc = llama_cpp
         self._quiet = lambda: suppress_stdout_stderr(disable=verbose)  # llama.cpp's load and free logs
         self._model = self._ctx = self._batch = None
-        n_threads = n_threads or default_threads()
+        n_threads = n_threads or usable_cores()
         n_batch = min(int(n_ctx), int(n_batch))  # what llama.cpp makes of a batch above the context
         with self._quiet():
             llama_cpp.llama_backend_init()

@@ -29,6 +29,7 @@ from ._closing import Closing
 from ._internals import INT32_MAX, KV_TYPES, RuntimeContext, RuntimeModel
 from .default_model import default_model_path
 from .errors import ContextFullError, InvalidArgumentError, ModelLoadError
+from .host import usable_cores
 from .sampling import Sampler
 from .saved_state import ModelState, check_compatible, model_identity
 from .saved_state import mapped_file as mapped_state_file
@@ -274,7 +275,7 @@ class Model(Closing):
         self.verbose = bool(verbose)
         self._n_batch = n_batch
         if n_threads is None:
-            n_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            n_threads = usable_cores()
         self._n_threads = n_threads
         self._seed_rng = np.random.default_rng(seed)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from typing import Optional
 
 import numpy as np
 
+from .host import usable_cores
 from .measure_flags import add_measurement_arguments, parse_measurement_args
 
 
@@ -97,8 +97,7 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     over the host's cores (NumPy releases the GIL in its loops): a 4096 x 49152 block is ~1 s on one."""
     x = np.asarray(logits, dtype=np.float32)
     targets = np.asarray(targets)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n_parts = min(cores, max(1, len(x) // 128))
+    n_parts = min(usable_cores(), max(1, len(x) // 128))
     if n_parts == 1:
         return _rows_nll(x, targets)
     cuts = np.linspace(0, len(x), n_parts + 1).astype(int)

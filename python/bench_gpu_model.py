@@ -195,7 +195,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.n_ubatch is None:
         args.n_ubatch = args.n_batch
     if args.threads is None:
-        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from ggml_rerope.host import usable_cores
+
+        args.threads = usable_cores()
     try:
         result = run(args)
     except (OSError, ValueError) as e:

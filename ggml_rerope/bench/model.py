@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from ..cache_flags import add_cache_type_arguments, cache_types
+from ..host import usable_cores
 
 
 def default_text() -> Optional[pathlib.Path]:
@@ -240,7 +241,7 @@ def run(args) -> dict:
     if text is None or not text.is_file():
         raise FileNotFoundError("no text: pass --text PATH (default ../shared/data/war_and_peace.txt)")
     if args.threads is None:
-        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        args.threads = usable_cores()
     for name in ("batch", "repeats", "decode", "window", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1")

@@ -19,6 +19,7 @@ import sys
 import threading
 from typing import Optional
 
+from ..host import usable_cores
 from .machine import cpu_name
 from .server_load import run_round, summarize
 from .server_procs import ServerSpec, ours_spec, peer_missing_modules, peer_spec, running
@@ -151,7 +152,7 @@ def run(args) -> dict:
     model = args.model or default_model_path()
     if not os.path.isfile(model):
         raise FileNotFoundError(f"model file not found: {model}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     threads = args.threads or cores
     parallel = args.parallel or max(args.clients)
     missing = peer_missing_modules()

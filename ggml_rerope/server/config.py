@@ -7,11 +7,11 @@ flags every ggml_rerope CLI shares (scheme_flags.add_scheme_arguments).
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 from ..cache_flags import add_cache_type_arguments, cache_types
+from ..host import usable_cores
 from ..llama_args import LLAMA_DEFAULT_SEED
 from ..placement_flags import add_placement_flags, placement_kwargs
 from ..scheme_flags import add_scheme_arguments
@@ -43,7 +43,7 @@ class ServerConfig:
     def threads(self) -> int:
         if self.n_threads:
             return self.n_threads
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return usable_cores()
 
 
 def _positive(text: str) -> int:
