@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import gguf_factory  # noqa: E402
 from ggml_rerope._internals import KV_TYPES, RuntimeModel  # noqa: E402
-from test_multi_sequence import STEPS, forced_alone, forced_together  # noqa: E402
+from test_multi_sequence import STEPS, forced_alone, forced_together, greedy_alone  # noqa: E402
 
 
 def main() -> int:
@@ -38,12 +38,8 @@ def main() -> int:
                 t = KV_TYPES[name]
                 rng = np.random.default_rng(2)
                 prompts = [rng.integers(0, m.n_vocab, size=n) for n in (37, 5, 80, 13)]
-                forced = []
-                for pr in prompts:  # each sequence's own greedy tokens, generated alone
-                    toks: list[int] = []
-                    for _ in range(STEPS - 1):
-                        toks.append(int(np.argmax(forced_alone(m, pr, toks, 128, 512, t)[-1])))
-                    forced.append(toks)
+                # each sequence's own greedy tokens, generated alone
+                forced = [greedy_alone(m, pr, STEPS - 1, n_ctx=128, type_k=t, type_v=t) for pr in prompts]
                 alone = [forced_alone(m, pr, f, 128, 512, t) for pr, f in zip(prompts, forced)]
                 rebatched = [forced_alone(m, pr, f, 128, 7, t) for pr, f in zip(prompts, forced)]
                 together = forced_together(m, prompts, forced, 128, t, rng)

@@ -14,9 +14,9 @@ back), then `--render-only` anywhere.
 
 Measures, on the default model and ../shared/data/war_and_peace.txt unless told otherwise:
 - paper:     the ReRoPE paper's protocol on --paper-windows disjoint windows: the loss of the last
-             --score-last tokens ending at E_k given N tokens, E_k = k * S (S = --paper-spacing, the
-             longest default context by default, also in a slice), so every N scores the very same tokens and the
-             longest context's windows do not overlap. Per-token NLL is kept per window (.npy beside
+             --score-last tokens ending at E_k given N tokens, E_k = k * S (S = --paper-spacing, by
+             default the longest default context, also in a slice of them), so every N scores the very
+             same tokens and the longest context's windows do not overlap. Per-token NLL is kept per window (.npy beside
              the cache); tables show the mean with a bootstrap 95 % interval and paired differences.
 - passkey:   ggml_rerope.passkey for every format x filler x depth, --passkey-trials keys each,
              passes / trials with Wilson 95 % intervals.
