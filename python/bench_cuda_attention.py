@@ -87,8 +87,9 @@ def quantize(x, kv_type):
     return blocks.reshape(*x.shape[:-1], -1).contiguous()
 
 
-def ours(params, q, k, v, out, kv_type="f16"):
-    """ggml_rerope_attn_cuda on torch device tensors (K/V rows of kv_type), on torch's current stream."""
+def ours(params, q, k, v, out, kv_type="f16", k_hadamard=0):
+    """ggml_rerope_attn_cuda on torch device tensors (K/V rows of kv_type; k_hadamard: keys stored
+    rotated, as the runtime stores quantized caches), on torch's current stream."""
     n_q, n_head, _ = q.shape
     n_kv, n_head_kv, _ = k.shape
     call = ffi.new("ggml_rerope_attn_call *")
@@ -99,6 +100,7 @@ def ours(params, q, k, v, out, kv_type="f16"):
     call.out = ffi.cast("float *", out.data_ptr())
     call.n_q, call.n_head, call.n_kv, call.n_head_kv = n_q, n_head, n_kv, n_head_kv
     call.k_type = call.v_type = KV_TYPE_IDS[kv_type]
+    call.k_hadamard = k_hadamard
     st = lib.ggml_rerope_attn_cuda(call, ffi.cast("void *", torch.cuda.current_stream().cuda_stream))
     if st != 0:
         raise RuntimeError(_binding.last_error())
@@ -201,7 +203,7 @@ def row_bytes(kv_type, d=D):
     return {"f16": 2 * d, "bf16": 2 * d, "q8_0": d // 32 * 34, "q4_0": d // 32 * 18}[kv_type]
 
 
-def bench_decode(n_kv, copies, kv_type="f16"):
+def bench_decode(n_kv, copies, kv_type="f16", k_hadamard=0):
     g = torch.Generator(device="cuda").manual_seed(n_kv)
     sets = []
     for _ in range(copies):
@@ -210,14 +212,14 @@ def bench_decode(n_kv, copies, kv_type="f16"):
                      quantize(torch.randn(n_kv, H_KV_DECODE, D, device="cuda", generator=g), kv_type)))
     out = torch.empty(1, H, D, device="cuda")
     kv_bytes = 2 * n_kv * H_KV_DECODE * row_bytes(kv_type)
-    res = {"n_kv": n_kv, "kv_type": kv_type, "kv_bytes": kv_bytes, "copies": copies}
+    res = {"n_kv": n_kv, "kv_type": kv_type, "k_hadamard": k_hadamard, "kv_bytes": kv_bytes, "copies": copies}
     p = params_for(1024)
     it = [0]
 
     def run_ours():
         q, k, v = sets[it[0] % copies]
         it[0] += 1
-        ours(p, q, k, v, out, kv_type)
+        ours(p, q, k, v, out, kv_type, k_hadamard)
 
     ms, _ = time_ms(run_ours, warmup=10, reps=50)
     res["ours_w1024"] = {"ms": ms, "gbs": kv_bytes / ms / 1e6}
@@ -278,6 +280,9 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", action="store_true", help="also profile decode calls (kernel and host times)")
     ap.add_argument("--kv-type", default="f16", help="cache types of our rows, comma-separated: f16,bf16,q8_0,q4_0")
+    ap.add_argument("--k-hadamard", type=int, default=0,
+                    help="decode: keys of the quantized types stored Hadamard-rotated in blocks of B dims, as the "
+                         "runtime stores them (0: not rotated; the runtime uses 128 at d = 128)")
     args = ap.parse_args()
     kv_types = [t for t in args.kv_type.split(",") if t]
     for t in kv_types:
@@ -294,7 +299,7 @@ def main():
         for kv_type in kv_types:
             # enough copies that one call's K/V is not still in L2 from the call before
             copies = max(1, min(8, (256 << 20) // (2 * n * H_KV_DECODE * row_bytes(kv_type)) + 1))
-            r = bench_decode(n, copies, kv_type)
+            r = bench_decode(n, copies, kv_type, args.k_hadamard if kv_type in ("q8_0", "q4_0") else 0)
             torch.cuda.empty_cache()
             res["decode"].append(r)
             print(json.dumps(r), flush=True)

@@ -239,16 +239,32 @@ case "$MODE" in
             --engines ours --json "$OUT/bench_model_32k_q8_0_unrotated.json" 2>&1 | grep -v warmup | tail -3 || rc=1
         timeout 300 python3 python/fit_check.py $M8 --gib 24,8 --json "$OUT/fit_check_8b.json" | tee "$OUT/fit_check_8b.jsonl" || rc=1
         ;;
-    first-call)  # a fresh machine's first call: every CUDA kernel test against .dev/ggml while ggml-cuda builds, the
-        # default model's first half kept for the next call, then the GPU runtime tests of several sequences and diag-seq
+    first-call)  # a fresh machine's first call: every CUDA kernel test against .dev/ggml while ggml-cuda builds and the
+        # 8B-shaped model is written, the default model's first half kept for the next call, the decode kernels per cache
+        # type (keys rotated as the runtime stores them), then the GPU runtime tests of several sequences (diag-seq if
+        # they fail) and the 8B-shaped model at 32k with q8_0 (both engines) and f16 caches, while time lasts
         lcp_cuda_start
         [ -d .dev/m1 ] && mkdir -p /tmp/m && cp .dev/m1/* /tmp/m/
+        M8=/tmp/llama3-8b-random-q4_0.gguf
+        (python3 -c "from ggml_rerope.bench.random_llama_gguf import ensure_model as e; e('$M8')" \
+            > "$OUT/model_write.log" 2>&1; echo "written rc=$?" >> "$OUT/model_write.log") &
+        writer=$!
         BUILD=/tmp/build-kernels build_lib
         timeout 240 python3 -m pytest -q tests/test_cuda.py tests/test_cuda_quant.py tests/test_cuda_hadamard.py 2>&1 \
             | grep -E "passed|failed|FAILED|Error" | tail -25 || rc=1
+        timeout 60 python3 python/bench_cuda_attention.py --prefill "" --decode 32768 --kv-type f16,q8_0,q4_0 \
+            --k-hadamard 128 2>&1 | tail -6 || rc=1
         lcp_cuda_wait; build_lib
-        timeout 120 python3 -m pytest -q -rs tests/test_multi_sequence.py -k gpu 2>&1 | tail -8 || rc=1
-        timeout 120 python3 python/diag_sequences_gpu.py 2>&1 | grep -v warmup || rc=1
+        if ! timeout 120 python3 -m pytest -q -rs tests/test_multi_sequence.py -k gpu 2>&1 | tail -8; then
+            rc=1; timeout 120 python3 python/diag_sequences_gpu.py 2>&1 | grep -v warmup
+        fi
+        wait "$writer"; cat "$OUT/model_write.log"
+        for t in q8_0 f16; do
+            [ "$SECONDS" -lt 470 ] || { echo "skipped: 8B at 32k with $t (time)"; continue; }
+            engines=ours,llama.cpp; [ $t = f16 ] && engines=ours
+            timeout $((580 - SECONDS)) python3 python/bench_gpu_model.py --out $M8 --contexts 32768 -ctk $t -ctv $t \
+                --engines $engines --json "$OUT/bench_model_32k_$t.json" 2>&1 | grep -v warmup | tail -4 || rc=1
+        done
         ;;
     diag-seq)  # sequences together vs alone, teacher-forced logits, rotated caches and not (one fresh call, ~6 min)
         lcp_cuda_start; lcp_cuda_wait; build_lib

@@ -17,6 +17,7 @@
 
 #include "decode_split.cuh"
 #include "dispatch.cuh"
+#include "hadamard.cuh"
 #include "kv_staging.cuh"
 #include "launch.cuh"
 #include "mma.cuh"
@@ -98,6 +99,18 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, std::is_same<KV, 
         },
         s_qpos, s_qfac, s_theta, sQn, sQf, tid, Tr::THREADS);
     __syncthreads();
+    // Staged keys stored Hadamard-rotated (k_hadamard = B): far CLAMP scores read them as stored,
+    // against Q q_far; a tile whose keys are needed themselves is undone as it is converted.
+    const float h_scale = STAGED && a.k_hadamard ? rsqrtf((float) a.k_hadamard) : 1.f;
+    if constexpr (STAGED) {
+        if (a.k_hadamard && !far_rotates_keys(a)) {
+            constexpr int QR = (ROWS + W - 1) / W;  // query rows a warp
+            const int rq = warp * QR;
+            if (rq < ROWS) hadamard_rows<D>(sQf + rq * SD, SD, sQf + rq * SD, SD, min(QR, ROWS - rq), a.k_hadamard,
+                                            h_scale, lane);
+            __syncthreads();
+        }
+    }
     uint32_t qn[D / 16][4], qf[D / 16][4];
     load_query_fragments<D, SD>(qn, sQn, lane);
     load_query_fragments<D, SD>(qf, sQf, lane);
@@ -161,7 +174,7 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, std::is_same<KV, 
         const TileClass tc = classify(a, qmin, qmax, kb.x, kb.y);
         const bool need_mask = tile_needs_mask(a, kt, KEYS, kb, qmin, qmax);
         const int * kp_s = s_kpos + pb * KEYS;
-        half * k_raw;  // this tile's raw (unrotated) keys, f16
+        half * k_raw;  // this tile's keys as stored (raw: unrotated by RoPE), in f16
         const half * sV;
         if constexpr (STAGED) {
             const unsigned char * raw = raw0 + pb * raw_stage;
@@ -173,9 +186,18 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, std::is_same<KV, 
         } else {
             k_raw = sK0 + pb * TH, sV = sV0 + pb * TH;
         }
+        const half * k_keys = k_raw;  // the keys themselves: near keys rotate from here
+        if constexpr (STAGED) {
+            if (a.k_hadamard && (far_rotates_keys(a) || !tc.far_all)) {
+                half * dst = far_rotates_keys(a) ? k_raw : sKr;  // CLAMP: far scores keep the stored keys
+                hadamard_rows<D>(k_raw, SD, dst, SD, KEYS, a.k_hadamard, h_scale, lane);
+                __syncwarp();
+                k_keys = dst;
+            }
+        }
         if (!tc.far_all)
             rotate_rows<D>(
-                k_raw, SD, sKr, SD, KEYS, [&](int r) { return (double) kp_s[r]; }, s_theta, a.n_rot, a.rope_mode, lane,
+                k_keys, SD, sKr, SD, KEYS, [&](int r) { return (double) kp_s[r]; }, s_theta, a.n_rot, a.rope_mode, lane,
                 32);
         // Far LEAKY / GROUP / CHUNK keys; staged: in place, once the near copy is made (each lane rewrites
         // the very pairs it read, so the rotation needs no other order).

@@ -54,20 +54,21 @@ ggml_rerope_status run_attention(AttnArgs a, int head_dim, cudaStream_t stream) 
     const ggml_rerope_status pool_st = keep_pool_memory(device);
     if (pool_st != GGML_REROPE_OK) return pool_st;
 
-    // Hadamard-rotated keys are undone once a call, into f16 rows (f32 for f32 keys) of the
-    // workspace that the kernels then read as an f16 (f32) cache: their tile loads convert types
-    // but never mix dims, and the pass is O(n_kv d log B), small next to attention (undoing it in
-    // the tile loads is a later optimisation). From here `a` describes those rows, `stored` the call's.
+    // Hadamard-rotated keys: the staged tensor-core decode undoes them in its tile loads, only for
+    // the tiles that need the keys themselves (far CLAMP tiles score the stored keys against rotated
+    // queries). The other kernels read f16 rows (f32 for f32 keys) of the workspace, unrotated by a
+    // pre-pass, O(n_kv d log B). From here `a` describes the keys the kernels read, `stored` the call's.
     const AttnArgs stored = a;
+    const bool decode = runs_decode(a.n_q);
+    const bool unrotate_in_tiles = decode && kv_path(a.k_type, a.v_type) == KvPath::STAGED;
     size_t unrotated_bytes = 0;
-    if (a.k_hadamard) {
+    if (a.k_hadamard && !unrotate_in_tiles) {
         a.k_type = a.k_type == GGML_REROPE_KV_F32 ? GGML_REROPE_KV_F32 : GGML_REROPE_KV_F16;
         a.k_row_bytes = kv_row_bytes(a.k_type, head_dim);
         a.k_hadamard = 0;
         unrotated_bytes = (size_t) a.n_kv * a.n_head_kv * a.k_row_bytes;
     }
 
-    const bool decode = runs_decode(a.n_q);
     const bool decode_mma = decode && decode_on_tensor_cores(a.k_type, a.v_type);
     // The tensor-core kernels classify whole key tiles by position range; with explicit key
     // positions those ranges come from a pre-pass (the f32 decode tests each key instead).

@@ -1,13 +1,12 @@
-// Keys stored Hadamard-rotated (ggml_rerope_attn_call.k_hadamard = B): every block of B dims of
-// a stored row is H_B k, and H_B is its own inverse, so applying it again gives the key. This
-// pre-pass dequantizes each stored row (any type the kernels read), applies H_B per block (a fast
-// Walsh-Hadamard transform: log2(B) butterfly stages, then 1/sqrt(B)) and writes the unrotated
-// rows into the call's workspace: f16, or f32 for f32 keys (which keep f32 precision and the f32
-// decode). One warp a row; lane l holds elements E l .. E l + E - 1 (E = d / 32), so butterflies
-// of stride < E stay in registers and the longer ones are warp shuffles.
+// Keys stored Hadamard-rotated (hadamard.cuh), for the kernels that do not undo it in their tile
+// loads (prefill, the f32 decode, unstaged f16 keys): this pre-pass dequantizes each stored row
+// (any type the kernels read), applies Q per block and writes the unrotated rows into the call's
+// workspace: f16, or f32 for f32 keys (which keep f32 precision and the f32 decode). One warp a
+// row, E = d / 32 elements a lane.
 #include <type_traits>
 
 #include "dispatch.cuh"
+#include "hadamard.cuh"
 #include "heuristics.cuh"
 #include "kv_types.cuh"
 #include "launch.cuh"
@@ -36,26 +35,7 @@ __global__ void unrotate_keys_kernel(const unsigned char * k, int row_bytes, lon
     float x[E];
 #pragma unroll
     for (int i = 0; i < E; ++i) x[i] = dequant1<KEY_TYPE>(src, E * lane + i);
-    // Stage s pairs element e (bit s clear) with e + s: (a, b) -> (a + b, a - b).
-#pragma unroll
-    for (int s = 1; s < E; s <<= 1) {
-        if (s >= block) break;
-#pragma unroll
-        for (int i = 0; i < E; ++i) {
-            if (i & s) continue;
-            const float a = x[i], b = x[i + s];
-            x[i] = a + b, x[i + s] = a - b;
-        }
-    }
-    for (int s = E; s < block; s <<= 1) {
-        const int lane_bit = s / E;
-        const bool upper = (lane & lane_bit) != 0;
-#pragma unroll
-        for (int i = 0; i < E; ++i) {
-            const float other = __shfl_xor_sync(0xffffffffu, x[i], lane_bit);
-            x[i] = upper ? other - x[i] : x[i] + other;
-        }
-    }
+    hadamard_lane<E>(x, block, lane);
 #pragma unroll
     for (int i = 0; i < E; ++i) x[i] *= scale;
     store_row_part(out + row * D + E * lane, x, E);
