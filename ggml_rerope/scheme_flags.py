@@ -16,6 +16,7 @@ _FLAG_OPTIONS = {
     "rope_scale": ("scale", {"linear", "ntk", "yarn", "power", "ntk-mixed"}),
     "rerope_window": ("window", {"rerope", "leaky-rerope"}),
     "rerope_leaky_k": ("leaky_k", {"leaky-rerope"}),
+    "fit_len": ("fit_len", {"leaky-rerope", "self-extend"}),
     "grp_attn_n": ("group", {"self-extend"}),
     "grp_attn_w": ("window", {"self-extend"}),
     "yarn_beta_fast": ("beta_fast", {"yarn"}),
@@ -47,6 +48,9 @@ def add_scheme_arguments(parser, default: str = "rerope"):
     g.add_argument("--rerope-window", type=int, help="ReRoPE window w (default: trained context / 2; leaky: / 4)")
     g.add_argument("--rerope-leaky-k", type=float,
                    help="Leaky ReRoPE slope divisor k (default: fits n_ctx into the trained context)")
+    g.add_argument("--fit-len", type=int,
+                   help="leaky, self-extend: the fitted k or G keeps every distance below this length "
+                        "(default: trained context)")
     g.add_argument("--no-logn", dest="logn", action="store_false", default=True,
                    help="ReRoPE without log-n query scaling")
     g.add_argument("--grp-attn-n", type=int, help="self-extend group size G (default: smallest that fits)")

@@ -483,26 +483,38 @@ def truncate(hyper, n_ctx, *, wavelength=None, low_div=16.0, cut_div=8.0, **opti
     return Scheme("truncate", freq_factors=new / base_theta)
 
 
-def self_extend_group(hyper: ModelHyper, n_ctx: int, window: int) -> int:
+def _fit_len(hyper, fit_len, window: int) -> int:
+    """The length the far distances of a fitted slope or group are kept inside: the trained context,
+    or a shorter one (a model may use less of its trained context than it was trained on)."""
+    if fit_len is None:
+        return hyper.n_ctx_train
+    n = int(fit_len)
+    if not window + 2 <= n:
+        raise ValueError(f"fit_len must be at least window + 2 ({window + 2}), got {fit_len}")
+    return n
+
+
+def self_extend_group(hyper: ModelHyper, n_ctx: int, window: int, fit_len: Optional[int] = None) -> int:
     """Smallest group size G >= 2 whose largest relative position, fl((n-1)/G) + w - fl(w/G),
-    stays inside the trained context."""
+    stays below fit_len (default: the trained context)."""
+    limit = _fit_len(hyper, fit_len, window)
     for g in range(2, max(3, n_ctx + 1)):
-        if (n_ctx - 1) // g + window - window // g <= hyper.n_ctx_train - 1:
+        if (n_ctx - 1) // g + window - window // g <= limit - 1:
             return g
-    raise ValueError(f"no group size keeps self-extend with window {window} inside the trained context")
+    raise ValueError(f"no group size keeps self-extend with window {window} inside {limit} positions")
 
 
-def self_extend(hyper, n_ctx, *, group=None, window=None, **options) -> Scheme:
+def self_extend(hyper, n_ctx, *, group=None, window=None, fit_len=None, **options) -> Scheme:
     """Self-Extend (Jin et al. 2024, "LLM Maybe LongLM", arXiv:2401.01325), llama.cpp's group
     attention (--grp-attn-n G, --grp-attn-w W): neighbour window W keeps exact distances; beyond
     it rel = fl(i/G) - fl(j/G) + W - fl(W/G). Defaults: W = n_ctx_train / 4, G = the smallest
-    that keeps every relative position inside the trained context."""
+    that keeps every relative position below fit_len (default: the trained context)."""
     _unexpected("self-extend", options)
     n_ctx = _check_n_ctx(n_ctx)
     w = int(window) if window is not None else max(1, hyper.n_ctx_train // 4)
     if w < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    g = int(group) if group is not None else self_extend_group(hyper, n_ctx, w)
+    g = int(group) if group is not None else self_extend_group(hyper, n_ctx, w, fit_len)
     if g < 1:
         raise ValueError(f"group must be >= 1, got {group}")
     return Scheme("self-extend", window=w, far_mode=FAR_GROUP, group_size=g)
@@ -566,25 +578,25 @@ def rerope(hyper, n_ctx, *, window=None, logn=True, logn_len=None, temperature=N
                   attn_factor=_temperature(hyper, n_ctx, temperature), **_dropping(sliding_window, sink_tokens))
 
 
-def leaky_k_default(hyper: ModelHyper, n_ctx: int, window: int) -> float:
-    """k that maps the longest distance n_ctx - 1 onto the trained context's last position:
-    w + (n - 1 - w) / k = L_train - 1 (never below 1)."""
-    room = hyper.n_ctx_train - 1 - window
+def leaky_k_default(hyper: ModelHyper, n_ctx: int, window: int, fit_len: Optional[int] = None) -> float:
+    """k that maps the longest distance n_ctx - 1 onto position fit_len - 1 (default: the trained
+    context's last): w + (n - 1 - w) / k = fit_len - 1 (never below 1)."""
+    room = _fit_len(hyper, fit_len, window) - 1 - window
     if room <= 0:
         raise ValueError(f"window {window} leaves no room below the trained context {hyper.n_ctx_train}")
     return max(1.0, (n_ctx - 1 - window) / room)
 
 
-def leaky_rerope(hyper, n_ctx, *, window=None, leaky_k=None, logn=True, logn_len=None, temperature=None,
-                 sliding_window=None, sink_tokens=None, **options) -> Scheme:
+def leaky_rerope(hyper, n_ctx, *, window=None, leaky_k=None, fit_len=None, logn=True, logn_len=None,
+                 temperature=None, sliding_window=None, sink_tokens=None, **options) -> Scheme:
     """Leaky ReRoPE (J. Su 2023): beyond the window distances grow with slope 1/k,
     rel = w + (i - j - w)/k; optional log-n. Defaults: w = n_ctx_train / 4, k = the slope that
-    maps the longest distance of n_ctx onto the end of the trained context (`leaky_k_default`).
-    logn_len, temperature, sliding_window, sink_tokens: as for `rerope`."""
+    maps the longest distance of n_ctx onto position fit_len - 1 (default: the end of the trained
+    context; `leaky_k_default`). logn_len, temperature, sliding_window, sink_tokens: as for `rerope`."""
     _unexpected("leaky-rerope", options)
     n_ctx = _check_n_ctx(n_ctx)
     w = int(window) if window is not None else max(1, hyper.n_ctx_train // 4)
-    k = float(leaky_k) if leaky_k is not None else leaky_k_default(hyper, n_ctx, w)
+    k = float(leaky_k) if leaky_k is not None else leaky_k_default(hyper, n_ctx, w, fit_len)
     if not k >= 1 or not math.isfinite(k):
         raise ValueError(f"leaky_k must be a finite number >= 1, got {leaky_k}")
     return Scheme("leaky-rerope", window=w, far_mode=FAR_LEAKY, leaky_k=k,

@@ -375,6 +375,27 @@ def test_self_extend_default_group_fits_the_trained_context():
             assert i // (G - 1) + W - W // (G - 1) > L_TRAIN - 1
 
 
+def test_fit_len_keeps_the_far_distances_below_it():
+    """fit_len moves the fitted slope / group's target below the trained context; every distance of
+    n_ctx then lands below fit_len, and the smallest such group is chosen."""
+    fit = L_TRAIN // 2
+    for n_ctx in (2 * L_TRAIN, 9 * L_TRAIN):
+        i = n_ctx - 1
+        sch = make_scheme("self-extend", HYPER, n_ctx, fit_len=fit)
+        G, W = sch.group_size, sch.window
+        assert i // G + W - W // G <= fit - 1 < i // (G - 1) + W - W // (G - 1)
+        assert G > make_scheme("self-extend", HYPER, n_ctx).group_size
+        sch = make_scheme("leaky-rerope", HYPER, n_ctx, fit_len=fit)
+        assert sch.window + (i - sch.window) / sch.leaky_k == pytest.approx(fit - 1)
+
+
+@pytest.mark.parametrize("name", ["self-extend", "leaky-rerope"])
+@pytest.mark.parametrize("fit_len", [0, -5, "x"])
+def test_bad_fit_len_is_a_clear_error(name, fit_len):
+    with pytest.raises(ValueError, match="fit_len|invalid literal"):
+        make_scheme(name, HYPER, 4 * L_TRAIN, fit_len=fit_len)
+
+
 @pytest.mark.parametrize("logn", [True, False])
 def test_rerope_clamp_map(logn):
     w = 20
