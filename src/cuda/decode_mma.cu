@@ -106,8 +106,8 @@ __global__ void __launch_bounds__(DecodeMmaTraits<D>::THREADS, std::is_same<KV, 
         if (a.k_hadamard && !far_rotates_keys(a)) {
             constexpr int QR = (ROWS + W - 1) / W;  // query rows a warp
             const int rq = warp * QR;
-            if (rq < ROWS) hadamard_rows<D>(sQf + rq * SD, SD, sQf + rq * SD, SD, min(QR, ROWS - rq), a.k_hadamard,
-                                            h_scale, lane);
+            if (rq < ROWS)
+                hadamard_rows<D>(sQf + rq * SD, SD, sQf + rq * SD, SD, min(QR, ROWS - rq), a.k_hadamard, h_scale, lane);
             __syncthreads();
         }
     }
