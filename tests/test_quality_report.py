@@ -15,7 +15,12 @@ import pytest
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, os.path.join(ROOT, "python"))
 
+import quality_jobs as qj  # noqa: E402
+import quality_render  # noqa: E402
 import quality_report as qr  # noqa: E402
+import quality_rows  # noqa: E402
+
+from ggml_rerope import schemes  # noqa: E402
 
 SCHEMES = "none (RoPE),power (Giraffe k=0.5),longrope,llama.cpp:none"
 
@@ -87,9 +92,9 @@ def test_report_plans_runs_resumes_and_renders(tmp_path, shared_text):
 
 
 def _put(cache, args, label, measure, ctx, shard, setup, **fields):
-    row = next(r for r in qr.all_rows() if r.label == label)
+    row = next(r for r in quality_rows.all_rows() if r.label == label)
     nll = fields.pop("nll", None)
-    cache.put(dict(id=qr.Cache.ident(row, measure, ctx, shard, setup), v=2, row=row.key, label=row.label,
+    cache.put(dict(id=qj.Cache.ident(row, measure, ctx, shard, setup), v=2, row=row.key, label=row.label,
                    engine=row.engine, measure=measure, ctx=ctx, shard=dict(shard), **fields), nll)
 
 
@@ -101,18 +106,18 @@ def test_render_intervals_and_paired_differences_on_known_records(tmp_path, defa
                           "--passkey-trials", "20", "--shard-trials", "20", "--passkey-depths", "0.5",
                           "--passkey-formats", "ruler", "--passkey-fillers", "text", "--base-context", "128",
                           "--cache", str(tmp_path / "c.jsonl")])
-    cache = qr.Cache(tmp_path / "c.jsonl")
-    setup = qr.setup_of(args)
+    cache = qj.Cache(tmp_path / "c.jsonl")
+    setup = qj.setup_of(args)
     rng = np.random.default_rng(0)
-    for shard in qr.shards(args, "paper"):
+    for shard in qj.shards(args, "paper"):
         base = rng.gamma(3.0, 1.0, 32)
         for label, ctx, nll in (("none (RoPE)", 128, base), ("power (Giraffe k=0.5)", 192, base - 0.05),
                                 ("llama.cpp none", 192, base + 0.02), ("none (RoPE)", 192, base + 0.01)):
             _put(cache, args, label, "paper", ctx, shard, setup, nll=nll, loss=float(nll.mean()))
-    (shard,) = qr.shards(args, "passkey")
+    (shard,) = qj.shards(args, "passkey")
     _put(cache, args, "none (RoPE)", "passkey", 128, shard, setup, correct=20, trials=20)
     _put(cache, args, "none (RoPE)", "passkey", 192, shard, setup, correct=10, trials=20)
-    md = qr.render(args, qr.all_rows(), qr.Cache(tmp_path / "c.jsonl"))
+    md = quality_render.render(args, quality_rows.all_rows(), qj.Cache(tmp_path / "c.jsonl"))
     vs_rope = md.split("Difference from plain RoPE at 128")[1].split("###")[0]
     assert "| power (Giraffe k=0.5) |  | -0.050 [-0.050, -0.050] * |" in vs_rope
     assert "| *llama.cpp none* |  | +0.020 [+0.020, +0.020] * |" in vs_rope
@@ -132,12 +137,12 @@ def test_cache_skips_cut_lines_and_other_versions(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_text(json.dumps(dict(id="a", v=2, x=1)) + "\n" + json.dumps(dict(id="b", measure="loss")) + "\n"
                  + '{"id": "c", "v": 2, "x"')  # a run killed mid-write
-    c = qr.Cache(p)
+    c = qj.Cache(p)
     assert list(c.items) == ["a"] and c.skipped == 2
     c.put(dict(id="d", v=2), np.arange(4, dtype=np.float64))
     assert np.load(c.nll_dir / "d.npy").dtype == np.float16  # stored in half precision, read as float64
     assert c.nll(c.get("d")).dtype == np.float64 and list(c.nll(c.get("d"))) == [0, 1, 2, 3]
-    assert sorted(qr.Cache(p).items) == ["a", "d"]
+    assert sorted(qj.Cache(p).items) == ["a", "d"]
 
 
 def test_paper_windows_score_the_same_tokens_and_keep_the_nll():
@@ -201,10 +206,10 @@ def test_rows_of_the_same_computation_share_one_measurement():
     from ggml_rerope import schemes
 
     hyper = schemes.hyper_from(dict(n_rot=64, rope_base=10000.0, n_ctx_train=8192, head_dim=64))
-    rows = {r.label: r for r in qr.all_rows(8192)}
+    rows = {r.label: r for r in quality_rows.all_rows(8192)}
 
     def key(label, ctx):
-        return qr.computation(rows[label], ctx, hyper)
+        return quality_rows.computation(rows[label], ctx, hyper)
 
     plain = ("linear", "ntk", "dynamic-ntk", "yarn", "rerope w=4096 log-n", "rerope w=4096",
              "leaky w=2048 k=auto log-n", "leaky w=2048 k=auto")
@@ -233,14 +238,14 @@ def test_a_window_whose_losses_did_not_come_back_is_planned_again(tmp_path, defa
     args = qr.parse_args(["--model", str(default_model_file), "--text", "war_and_peace.txt", "--measures", "paper",
                           "--contexts", "128", "--score-last", "32", "--paper-windows", "2", "--schemes", "none (RoPE)",
                           "--cache", str(tmp_path / "c.jsonl")])
-    cache = qr.Cache(tmp_path / "c.jsonl")
-    setup = qr.setup_of(args)
-    for shard in qr.shards(args, "paper"):
+    cache = qj.Cache(tmp_path / "c.jsonl")
+    setup = qj.setup_of(args)
+    for shard in qj.shards(args, "paper"):
         _put(cache, args, "none (RoPE)", "paper", 128, shard, setup, nll=np.ones(32), loss=1.0)
-    rows = qr.select_rows(qr.all_rows(), args.schemes)
-    hyper = qr.schemes.hyper_from(args.model)
-    assert qr.plan_jobs(args, rows, qr.Cache(tmp_path / "c.jsonl"), hyper) == []
+    rows = quality_rows.select_rows(quality_rows.all_rows(), args.schemes)
+    hyper = schemes.hyper_from(args.model)
+    assert qj.plan_jobs(args, rows, qj.Cache(tmp_path / "c.jsonl"), hyper) == []
     lost = next(iter(cache.items.values()))
     (cache.nll_dir / lost["nll_file"]).unlink()
-    (job,) = qr.plan_jobs(args, rows, qr.Cache(tmp_path / "c.jsonl"), hyper)
+    (job,) = qj.plan_jobs(args, rows, qj.Cache(tmp_path / "c.jsonl"), hyper)
     assert job.spec["end"] == lost["shard"]["end"]
