@@ -16,6 +16,16 @@ from ggml_rerope.intervals import bootstrap_mean, paired_difference, wilson
 # ------------------------------------------------------------------ plots
 
 
+def finish(ax, ylabel: str, ylim: tuple) -> None:
+    """The axes every plot against the context shares: N on a log2 scale, a legend, a grid."""
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context N (tokens)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(*ylim)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+
+
 def plots(args, rows, cache: Cache, out_dir: Path):
     """PNG plots; returns their file names, or a reason when none were made."""
     try:
@@ -59,14 +69,10 @@ def plots(args, rows, cache: Cache, out_dir: Path):
                 ax.errorbar([c * dodge(i) for c, _ in pts], [ci.value for _, ci in pts],
                             yerr=[[ci.value - ci.lo for _, ci in pts], [ci.hi - ci.value for _, ci in pts]],
                             label=r.label, **style[r.key])
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("context N (tokens)")
-        ax.set_ylabel(f"loss of the last {args.score_last} tokens of {args.paper_windows} windows (95 % CI)")
         ax.axvline(hyper.n_ctx_train, color="grey", lw=0.8)
         lo = min(ci.lo for pts in series.values() for _, ci in pts)
-        ax.set_ylim(lo - 0.05, min(lo + 1.0, max(ci.hi for pts in series.values() for _, ci in pts) + 0.05))
-        ax.legend(fontsize=7, ncol=2)
-        ax.grid(alpha=0.3)
+        finish(ax, f"loss of the last {args.score_last} tokens of {args.paper_windows} windows (95 % CI)",
+               (lo - 0.05, min(lo + 1.0, max(ci.hi for pts in series.values() for _, ci in pts) + 0.05)))
         save(fig, "paper_vs_context.png")
     base_ctx = args.base_context or hyper.n_ctx_train
     rope = next((r for r in rows if r.engine == "ggml-rerope" and r.scheme == "none"), None)
@@ -81,12 +87,7 @@ def plots(args, rows, cache: Cache, out_dir: Path):
                             yerr=[[ci.value - ci.lo for _, ci in pts], [ci.hi - ci.value for _, ci in pts]],
                             label=r.label, **style[r.key])
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("context N (tokens)")
-        ax.set_ylabel(f"loss difference from RoPE at {fmt_ctx(base_ctx)}, same tokens (paired 95 % CI)")
-        ax.set_ylim(-0.3, 0.5)
-        ax.legend(fontsize=7, ncol=2)
-        ax.grid(alpha=0.3)
+        finish(ax, f"loss difference from RoPE at {fmt_ctx(base_ctx)}, same tokens (paired 95 % CI)", (-0.3, 0.5))
         save(fig, "paper_difference.png")
 
     pcs = contexts_of(args, "passkey") if "passkey" in args.measures else []
@@ -138,11 +139,6 @@ def plots(args, rows, cache: Cache, out_dir: Path):
         if not any_pts:
             plt.close(fig)
             continue
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("context N (tokens)")
-        ax.set_ylabel(f"{task} pass rate % (Wilson 95 %)")
-        ax.set_ylim(-2, 102)
-        ax.legend(fontsize=7, ncol=2)
-        ax.grid(alpha=0.3)
+        finish(ax, f"{task} pass rate % (Wilson 95 %)", (-2, 102))
         save(fig, f"retrieval_{task}.png")
     return made, ""
