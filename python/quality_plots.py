@@ -39,9 +39,10 @@ def plots(args, rows, cache: Cache, out_dir: Path):
     res = Results(args, rows, cache, hyper)
     boot = dict(block=args.block, resamples=args.resamples, seed=args.seed)
     palette = plt.get_cmap("tab20").colors
+    markers = ("o", "s", "^", "D")  # more rows than colours: the marker tells rows of one colour apart
     style = {r.key: dict(color=palette[i % len(palette)], linestyle="--" if r.engine == "llama.cpp" else "-",
-                         marker="o", capsize=3) for i, r in enumerate(all_rows() + [r for r in rows
-                                                                                      if r not in all_rows()])}
+                         marker=markers[i // len(palette) % len(markers)], capsize=3)
+             for i, r in enumerate(all_rows() + [r for r in rows if r not in all_rows()])}
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
 
