@@ -203,8 +203,6 @@ def test_bad_configurations_are_refused(tmp_path):
 def test_rows_of_the_same_computation_share_one_measurement():
     """The report runs one measurement for rows that compute the same thing at a context (and
     shows it for both, marked '='); rows that differ must never share."""
-    from ggml_rerope import schemes
-
     hyper = schemes.hyper_from(dict(n_rot=64, rope_base=10000.0, n_ctx_train=8192, head_dim=64))
     rows = {r.label: r for r in quality_rows.all_rows(8192)}
 

@@ -390,10 +390,25 @@ def test_fit_len_keeps_the_far_distances_below_it():
 
 
 @pytest.mark.parametrize("name", ["self-extend", "leaky-rerope"])
-@pytest.mark.parametrize("fit_len", [0, -5, "x"])
-def test_bad_fit_len_is_a_clear_error(name, fit_len):
-    with pytest.raises(ValueError, match="fit_len|invalid literal"):
+@pytest.mark.parametrize("fit_len, message", [
+    (0, "in \\[window"), (-5, "in \\[window"), (L_TRAIN // 4 + 1, "in \\[window"), (L_TRAIN + 1, "in \\[window"),
+    ("x", "an integer"), (4.5, "an integer"), (True, "an integer")])
+def test_bad_fit_len_is_a_clear_error(name, fit_len, message):
+    with pytest.raises(ValueError, match=f"fit_len must be {message}"):
         make_scheme(name, HYPER, 4 * L_TRAIN, fit_len=fit_len)
+
+
+def test_fit_len_bounds_are_inclusive():
+    w = L_TRAIN // 4  # both schemes' default window
+    for name in ("self-extend", "leaky-rerope"):
+        for fit in (w + 2, L_TRAIN):
+            make_scheme(name, HYPER, 4 * L_TRAIN, fit_len=fit)
+
+
+@pytest.mark.parametrize("name, fixed", [("self-extend", dict(group=4)), ("leaky-rerope", dict(leaky_k=3.0))])
+def test_fit_len_beside_the_option_it_fits_is_an_error(name, fixed):
+    with pytest.raises(ValueError, match="give one of them"):
+        make_scheme(name, HYPER, 4 * L_TRAIN, fit_len=L_TRAIN // 2, **fixed)
 
 
 @pytest.mark.parametrize("logn", [True, False])

@@ -30,7 +30,7 @@ struct AttnArgs {
     int k_type, v_type;                       // ggml_rerope_kv_type of each
     int k_row_bytes, v_row_bytes;             // bytes of one row of d elements
     int k_chunks, v_chunks;                   // 16-byte granules of a staged row (kv_staging.cuh)
-    int k_hadamard;  // 0, or B: k rows hold Q k per B dims (hadamard.cuh); only the staged decode sees B
+    int k_hadamard;  // 0, or B: k rows hold H_B k per B dims (hadamard.cuh); only the staged decode sees B
     int n_rot;
     int rope_mode;  // ggml_rerope_rope_mode
     int far_mode;   // ggml_rerope_far_mode

@@ -6,10 +6,12 @@
 // is read once for its whole group. Key tiles are dealt round-robin to every warp of the
 // grid (warp w of split s takes tiles s*WARPS + w + k*n_split*WARPS; heuristics.cuh says
 // why). Each warp loads its tiles with cp.async into its own ring, rotates a tile in shared
-// memory only when a key is near (or the far path is leaky / group), and runs the same
-// near / far / mixed scoring and online softmax as the prefill kernel. Warps merge at the
-// end (decode_split.cuh); decode_reduce.cu merges the splits. Staged K/V: the ring holds raw
-// tiles (fewer bytes a key: q8_0 8.5 bits, q4_0 4.5), converted to f16 tiles as each is used.
+// memory only when a key is near (or the far mode rotates keys: leaky / group / chunk), and
+// runs the same near / far / mixed scoring and online softmax as the prefill kernel. Warps
+// merge at the end (decode_split.cuh); decode_reduce.cu merges the splits. Staged K/V: the ring
+// holds raw tiles (fewer bytes a key: q8_0 8.5 bits, q4_0 4.5), converted to f16 tiles as each
+// is used; keys stored Hadamard-rotated are undone there too, for the tiles that need the keys
+// themselves (hadamard.cuh).
 #include <math.h>
 #include <stdint.h>
 

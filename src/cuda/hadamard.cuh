@@ -1,6 +1,7 @@
 // The Walsh-Hadamard transform of Hadamard-rotated keys (ggml_rerope_attn_call.k_hadamard = B):
-// a stored row holds Q k per block of B dims, Q = H_B / sqrt(B). Q is orthogonal and its own
-// inverse, so applying it again gives the key, and (Q x) . (Q k) = x . k.
+// a stored row holds Q k per block of B dims, Q the orthonormal Walsh-Hadamard matrix (ggml_rerope.h
+// calls it H_B). Q is its own inverse, so applying it again gives the key, and (Q x) . (Q k) = x . k.
+// The butterflies below compute sqrt(B) Q (entries +-1); callers scale by 1 / sqrt(B).
 //
 // A row is spread over the lanes of a lane group, E consecutive elements a lane: butterflies of
 // stride < E stay in registers, longer ones are shuffles inside the group.
@@ -10,8 +11,8 @@
 
 namespace rerope_cuda {
 
-// x: elements E g .. E g + E - 1 of a row (g = lane % group size). Applies H_B per block of B dims
-// (unnormalized). Every lane of the warp calls it with the same B.
+// x: elements E g .. E g + E - 1 of a row (g = lane % group size). Applies sqrt(B) Q per block of B
+// dims. Every lane of the warp calls it with the same B.
 template <int E> __device__ __forceinline__ void hadamard_lane(float (&x)[E], int block, int lane) {
     static_assert(E >= 2 && (E & (E - 1)) == 0, "elements a lane: a power of two >= 2");
     // Stage s pairs element e (bit s clear) with e + s: (a, b) -> (a + b, a - b).
