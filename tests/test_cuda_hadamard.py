@@ -31,7 +31,8 @@ TOL_DECODE = 2e-3
 
 # (k_type, v_type): f32 K only goes with f32 V on CUDA; f16 / f16 is the pre-pass's all-f16 decode,
 # the others the staged decode (q4_0 K beside f16 V: a mixed pair).
-PAIRS = [("f32", "f32"), ("f16", "f16"), ("bf16", "bf16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q4_0", "f16")]
+PAIRS = [("f32", "f32"), ("f16", "f16"), ("bf16", "bf16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q4_0", "f16"),
+         ("f16", "q8_0")]
 PAIR_IDS = [f"{k}-{v}" for k, v in PAIRS]
 # (head_dim, B): a block of the whole head, and 64 of 128.
 BLOCKS = [(64, 64), (128, 64), (128, 128)]
@@ -119,6 +120,24 @@ def test_windows_and_far_modes(window, far, n_q, k_type):
     rotated. A sliding window drops most tiles."""
     q, k, v, rng, seed = random_qkv(n_q, 2999 if n_q <= 4 else n_q, 9, 3, 128, np.float32)
     check(q, k, v, k_type, k_type, 64, seed, rows=sample_rows(rng, n_q), window=window, **far)
+
+
+@needs_gpu
+@pytest.mark.parametrize("d, b", [(64, 64), (128, 128)], ids=["d64-B64", "d128-B128"])
+@pytest.mark.parametrize("far", [{}, dict(leaky=3.0), dict(group=4), dict(chunk=64)],
+                         ids=["clamp", "leaky", "group", "chunk"])
+def test_decode_far_modes_per_head_size(far, d, b):
+    """The staged decode's in-tile undo at both head sizes, the block the whole head."""
+    q, k, v, _, seed = random_qkv(3, 2500, 8, 2, d, np.float32)
+    check(q, k, v, "q8_0", "q4_0", b, seed, window=96, **far)
+
+
+@needs_gpu
+@pytest.mark.parametrize("k_type", ["q8_0", "q4_0"])
+def test_decode_of_several_row_chunks(k_type):
+    """3 queries x a group of 8 heads = 24 rows: two chunks of 16 rows, the query transform in both."""
+    q, k, v, _, seed = random_qkv(3, 2100, 32, 4, 128, np.float32)
+    check(q, k, v, k_type, k_type, 128, seed, window=200)
 
 
 @needs_gpu
