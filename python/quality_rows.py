@@ -56,6 +56,7 @@ def all_rows(n_ctx_train: int = 8192):
             dict(window=L // 2, logn=True, temperature="yarn")),
         Row("dual-chunk log-n", "ggml-rerope", "dual-chunk", dict(logn=True)),
         Row("dual-chunk", "ggml-rerope", "dual-chunk", dict(logn=False)),
+        Row(f"dual-chunk C={L // 2} log-n", "ggml-rerope", "dual-chunk", dict(chunk_size=L // 2, logn=True)),
         Row("lm-infinite", "ggml-rerope", "lm-infinite"),
         Row("ntk-mixed log-n", "ggml-rerope", "ntk-mixed"),
     ]
