@@ -483,14 +483,11 @@ def truncate(hyper, n_ctx, *, wavelength=None, low_div=16.0, cut_div=8.0, **opti
     return Scheme("truncate", freq_factors=new / base_theta)
 
 
-def _fit_len(hyper, fit_len, window: int, fixed: Optional[str] = None) -> int:
+def _fit_len(hyper, fit_len, window: int) -> int:
     """The length the far distances of a fitted slope or group are kept inside: the trained context,
-    or a shorter one (a model may use less of its trained context than it was trained on). `fixed`:
-    the option that was given instead of being fitted (then fit_len has nothing to fit)."""
+    or a shorter one (a model may use less of its trained context than it was trained on)."""
     if fit_len is None:
         return hyper.n_ctx_train
-    if fixed is not None:
-        raise ValueError(f"fit_len fits {fixed}; give one of them, not both")
     if isinstance(fit_len, bool) or not isinstance(fit_len, (int, np.integer)):
         raise ValueError(f"fit_len must be an integer, got {fit_len!r}")
     if not window + 2 <= fit_len <= hyper.n_ctx_train:
@@ -519,8 +516,8 @@ def self_extend(hyper, n_ctx, *, group=None, window=None, fit_len=None, **option
     w = int(window) if window is not None else max(1, hyper.n_ctx_train // 4)
     if w < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    if group is not None:
-        _fit_len(hyper, fit_len, w, fixed="group")
+    if group is not None and fit_len is not None:
+        raise ValueError("fit_len fits group; give one of them, not both")
     g = int(group) if group is not None else self_extend_group(hyper, n_ctx, w, fit_len)
     if g < 1:
         raise ValueError(f"group must be >= 1, got {group}")
@@ -603,8 +600,8 @@ def leaky_rerope(hyper, n_ctx, *, window=None, leaky_k=None, fit_len=None, logn=
     _unexpected("leaky-rerope", options)
     n_ctx = _check_n_ctx(n_ctx)
     w = int(window) if window is not None else max(1, hyper.n_ctx_train // 4)
-    if leaky_k is not None:
-        _fit_len(hyper, fit_len, w, fixed="leaky_k")
+    if leaky_k is not None and fit_len is not None:
+        raise ValueError("fit_len fits leaky_k; give one of them, not both")
     k = float(leaky_k) if leaky_k is not None else leaky_k_default(hyper, n_ctx, w, fit_len)
     if not k >= 1 or not math.isfinite(k):
         raise ValueError(f"leaky_k must be a finite number >= 1, got {leaky_k}")
