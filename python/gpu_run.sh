@@ -93,7 +93,7 @@ decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark o
     GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" \
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/$3" || rc=1
 }
-case "$MODE" in lcp-cuda|kernels|first-call|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*|diag-seq|quality) ;; *) build_lib ;; esac
+case "$MODE" in lcp-cuda|kernels|first-call|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*|diag-seq|quality|longrope) ;; *) build_lib ;; esac
 case "$MODE" in
     smoke)
         python3 -m pytest -x -q -rs tests/test_cuda.py \
@@ -256,6 +256,7 @@ case "$MODE" in
                 --k-hadamard $h 2>&1 | tail -5 || rc=1
         done
         lcp_cuda_wait; build_lib
+        [ "${MODEL_BENCH:-1}" = 1 ] || { wait "$writer"; echo "== done rc=$rc (MODEL_BENCH=0: no sequences / 8B run)"; exit $rc; }
         if ! timeout 120 python3 -m pytest -q -rs tests/test_multi_sequence.py -k gpu 2>&1 | tail -8; then
             rc=1; timeout 120 python3 python/diag_sequences_gpu.py 2>&1 | grep -v warmup
         fi
@@ -288,6 +289,20 @@ case "$MODE" in
             | grep -v warmup | tail -25 || rc=1
         tar czf /tmp/quality_cache.tgz docs/quality/cache_v2.jsonl docs/quality/cache_v2_nll 2>/dev/null \
             && cp /tmp/quality_cache.tgz "$OUT/"
+        ;;
+    longrope)  # LongRoPE's search for the default model on the GPU, one resumable slice of at most LR_SECONDS
+        # (default 480). The state lives in /tmp/longrope on a warm machine, else starts from docs/quality/longrope
+        # (the committed state of an earlier slice); the factors, log and state come back in $OUT.
+        lcp_cuda_start; lcp_cuda_wait; build_lib
+        LR=/tmp/longrope; mkdir -p $LR
+        [ -f $LR/longrope_64k.state.json ] || cp docs/quality/longrope/longrope_64k.* $LR/ 2>/dev/null
+        # shellcheck disable=SC2086  # LR_ARGS is a list of flags
+        timeout -s INT "${LR_SECONDS:-480}" python3 -m ggml_rerope.longrope_search "$GGML_REROPE_TEST_MODEL" \
+            "$GGML_REROPE_TEST_TEXT" --target-ctx 65536 -ngl -1 --batch 2048 --calib-windows 1 --score-last 4096 \
+            --population 24 --parents 12 --generations "${LR_GENERATIONS:-16}" --seed 0 --no-progress ${LR_ARGS:-} \
+            --out $LR/longrope_64k.json 2>&1 | grep -v warmup | tail -5
+        grep '"event": "generation"' $LR/longrope_64k.jsonl | cut -c1-200 | tail -20
+        cp $LR/longrope_64k.* "$OUT/"
         ;;
     gpu-server)  # the server benchmark on the GPU (-ngl -1): SERVER_MODEL (default: the 8B-shaped random model)
         [ -f /tmp/dev/build_lcp_cuda.sh ] && lcp_cuda_wait

@@ -3,12 +3,18 @@ runtime, or llama.cpp as the peer), and which rows compute the same thing at a c
 
 from __future__ import annotations
 
+import pathlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ggml_rerope import schemes
 from ggml_rerope.evaluators import llama_cpp_params
+from ggml_rerope.longrope_factors import read_factors_file
+
+# The factors python/gpu_run.sh longrope searched for the default model at 64k (calibrated on the
+# text's last window; the report's windows come from its start).
+SEARCHED_LONGROPE = pathlib.Path(__file__).resolve().parent.parent / "docs/quality/longrope/longrope_64k.json"
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ def all_rows(n_ctx_train: int = 8192):
         Row("yarn", "ggml-rerope", "yarn"),
         Row("longrope", "ggml-rerope", "longrope",
             note="needs per-dimension factors: the default model's GGUF has no rope_freqs tensor"),
+        *searched_longrope_rows(),
         Row("power (Giraffe k=0.5)", "ggml-rerope", "power"),
         Row("truncate (Giraffe)", "ggml-rerope", "truncate"),
         Row("self-extend", "ggml-rerope", "self-extend"),
@@ -62,6 +69,14 @@ def all_rows(n_ctx_train: int = 8192):
     ]
     peers = [Row(f"llama.cpp {s}", "llama.cpp", s) for s in ("none", "linear", "yarn", "ntk")]
     return ours + peers
+
+
+def searched_longrope_rows():
+    """The row of the searched factors, once a search has written them."""
+    if not SEARCHED_LONGROPE.exists():
+        return []
+    return [Row("longrope searched 64k", "ggml-rerope", "longrope",
+                read_factors_file(SEARCHED_LONGROPE).scheme_options())]
 
 
 QUICK_ROWS = ("none (RoPE)", "yarn", "ntk", "self-extend", "rerope w=4096 log-n", "rerope w=4096",

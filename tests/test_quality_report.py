@@ -222,6 +222,23 @@ def test_rows_of_the_same_computation_share_one_measurement():
     assert key("llama.cpp none", 4096) != key("none (RoPE)", 4096)  # other engine: measured apart
 
 
+def test_searched_longrope_factors_become_a_row(tmp_path, monkeypatch):
+    """A factors file that the search wrote is a row of its own: plain RoPE inside the trained
+    context (short set of ones), the searched long set past it."""
+    hyper = schemes.hyper_from(dict(n_rot=8, rope_base=10000.0, n_ctx_train=64, head_dim=8))
+    monkeypatch.setattr(quality_rows, "SEARCHED_LONGROPE", tmp_path / "missing.json")
+    assert not [r for r in quality_rows.all_rows(64) if r.label == "longrope searched 64k"]
+    path = tmp_path / "longrope_64k.json"
+    path.write_text(json.dumps({"long_factor": [1.0, 1.5, 2.0, 3.0], "short_factor": [1.0] * 4}))
+    monkeypatch.setattr(quality_rows, "SEARCHED_LONGROPE", path)
+    (row,) = [r for r in quality_rows.all_rows(64) if r.label == "longrope searched 64k"]
+    assert row.options == {"factors": [1.0, 1.5, 2.0, 3.0], "short_factors": [1.0] * 4}
+    long = schemes.make_scheme(row.scheme, hyper, 256, **row.options).resolve(256)
+    assert np.allclose(long.factors(hyper), [1.0, 1 / 1.5, 0.5, 1 / 3.0])
+    assert quality_rows.computation(row, 256, hyper) != quality_rows.computation(
+        quality_rows.Row("", "ggml-rerope", "none"), 256, hyper)
+
+
 @pytest.mark.parametrize("flags, spacing", [([], 65536), (["--contexts", "16384,32768"], 65536),
                                             (["--paper-contexts", "8192"], 65536), (["--contexts", "128,192"], 192),
                                             (["--quick"], 8192), (["--quick", "--contexts", "4096"], 8192),
