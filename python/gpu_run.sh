@@ -7,6 +7,7 @@
 #
 #   python/gpu_run.sh lcp-cuda   (returns at once), then   python/gpu_run.sh runtime
 #   kv-quality | gpu-server | cpu-server: cache-type losses, the server benchmark on the GPU / 2 pinned cores
+#   quality | longrope: a slice of the quality report / of LongRoPE's search on the GPU (resumable)
 #
 # model: end to end (python/bench_gpu_model.py), ours vs llama.cpp CUDA with flash attention on a
 # random-weight Llama-3-8B-shaped Q4_0 GGUF written on the machine (/tmp, about 4.5 GB), prefill and
@@ -290,19 +291,19 @@ case "$MODE" in
         tar czf /tmp/quality_cache.tgz docs/quality/cache_v2.jsonl docs/quality/cache_v2_nll 2>/dev/null \
             && cp /tmp/quality_cache.tgz "$OUT/"
         ;;
-    longrope)  # LongRoPE's search for the default model on the GPU, one resumable slice of at most LR_SECONDS
-        # (default 480). The state lives in /tmp/longrope on a warm machine, else starts from docs/quality/longrope
-        # (the committed state of an earlier slice); the factors, log and state come back in $OUT.
+    longrope)  # LongRoPE's search for the default model on the GPU at LR_CTX tokens (default 65536), one resumable
+        # slice of at most LR_SECONDS (default 480). The state lives in /tmp/longrope on a warm machine, else starts from
+        # docs/quality/longrope (the committed state of an earlier slice); the factors, log and state come back in $OUT.
         lcp_cuda_start; lcp_cuda_wait; build_lib
-        LR=/tmp/longrope; mkdir -p $LR
-        [ -f $LR/longrope_64k.state.json ] || cp docs/quality/longrope/longrope_64k.* $LR/ 2>/dev/null
+        LR=/tmp/longrope; LR_CTX=${LR_CTX:-65536}; NAME=longrope_$((LR_CTX / 1024))k; mkdir -p $LR
+        [ -f $LR/$NAME.state.json ] || cp docs/quality/longrope/$NAME.* $LR/ 2>/dev/null
         # shellcheck disable=SC2086  # LR_ARGS is a list of flags
         timeout -s INT "${LR_SECONDS:-480}" python3 -m ggml_rerope.longrope_search "$GGML_REROPE_TEST_MODEL" \
-            "$GGML_REROPE_TEST_TEXT" --target-ctx 65536 -ngl -1 --batch 2048 --calib-windows 1 --score-last 4096 \
+            "$GGML_REROPE_TEST_TEXT" --target-ctx "$LR_CTX" -ngl -1 --batch 2048 --calib-windows 1 --score-last 4096 \
             --population 24 --parents 12 --generations "${LR_GENERATIONS:-16}" --seed 0 --no-progress ${LR_ARGS:-} \
-            --out $LR/longrope_64k.json 2>&1 | grep -v warmup | tail -5
-        grep '"event": "generation"' $LR/longrope_64k.jsonl | cut -c1-200 | tail -20
-        cp $LR/longrope_64k.* "$OUT/"
+            --out $LR/$NAME.json 2>&1 | grep -v warmup | tail -5
+        grep '"event": "generation"' $LR/$NAME.jsonl | cut -c1-200 | tail -20
+        cp $LR/$NAME.* "$OUT/"
         ;;
     gpu-server)  # the server benchmark on the GPU (-ngl -1): SERVER_MODEL (default: the 8B-shaped random model)
         [ -f /tmp/dev/build_lcp_cuda.sh ] && lcp_cuda_wait
