@@ -94,7 +94,7 @@ decode_variant() {  # BUILD_DIR CUDA_FLAG JSON: the decode tests and benchmark o
     GGML_REROPE_LIBRARY="$PWD/$1/src/libggml_rerope.so" \
         python3 python/bench_cuda_attention.py --prefill "" --profile --json "$OUT/$3" || rc=1
 }
-case "$MODE" in lcp-cuda|kernels|first-call|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*|diag-seq|quality|longrope) ;; *) build_lib ;; esac
+case "$MODE" in lcp-cuda|kernels|first-call|runtime|fuzz|lcp-cpu|cpu-model|cpu-server|oneshot|cache-*|diag-seq|quality|longrope|profile) ;; *) build_lib ;; esac
 case "$MODE" in
     smoke)
         python3 -m pytest -x -q -rs tests/test_cuda.py \
@@ -262,6 +262,10 @@ case "$MODE" in
             rc=1; timeout 120 python3 python/diag_sequences_gpu.py 2>&1 | grep -v warmup
         fi
         wait "$writer"; cat "$OUT/model_write.log"
+        if [ "${PROFILE:-0}" = 1 ]; then  # the breakdown of one decode step and one micro-batch, both engines
+            timeout 150 python3 python/profile_gpu_step.py --out $M8 --contexts 8192,32768 \
+                --json "$OUT/profile_gpu_step.json" 2>&1 | grep -v warmup | tail -12 || rc=1
+        fi
         for t in q8_0 f16; do
             [ "$SECONDS" -lt 470 ] || { echo "skipped: 8B at 32k with $t (time)"; continue; }
             engines=ours,llama.cpp; [ $t = f16 ] && engines=ours
@@ -304,6 +308,12 @@ case "$MODE" in
             --out $LR/$NAME.json 2>&1 | grep -v warmup | tail -5
         grep '"event": "generation"' $LR/$NAME.jsonl | cut -c1-200 | tail -20
         cp $LR/$NAME.* "$OUT/"
+        ;;
+    profile)  # python/profile_gpu_step.py: where a decode step and a prefill micro-batch go, ours and llama.cpp, at
+        # PROFILE_CTX (default 8k and 32k) on the 8B-shaped model (written here when missing)
+        lcp_cuda_start; lcp_cuda_wait; build_lib
+        python3 python/profile_gpu_step.py --out /tmp/llama3-8b-random-q4_0.gguf --contexts "${PROFILE_CTX:-8192,32768}" \
+            --json "$OUT/profile_gpu_step.json" 2>&1 | grep -v warmup | tail -20 || rc=1
         ;;
     gpu-server)  # the server benchmark on the GPU (-ngl -1): SERVER_MODEL (default: the 8B-shaped random model)
         [ -f /tmp/dev/build_lcp_cuda.sh ] && lcp_cuda_wait
