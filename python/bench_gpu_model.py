@@ -97,6 +97,24 @@ def make_engine(kind: str, path: str, n_ctx: int, args):
                     type_v=type_v)
 
 
+def contexts_and_engines(args, floor: int, floor_flag: str) -> tuple:
+    """--contexts (integers > floor) and --engines (some of ENGINES); ValueError naming the flag."""
+    try:
+        contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
+    except ValueError:
+        raise ValueError(f"--contexts must be comma-separated integers, got {args.contexts!r}") from None
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not contexts or min(contexts) <= floor:
+        raise ValueError(f"--contexts must be > {floor_flag} ({floor}), got {args.contexts!r}")
+    if any(e not in ENGINES for e in engines) or not engines:
+        raise ValueError(f"--engines must name some of {','.join(ENGINES)}, got {args.engines!r}")
+    return contexts, engines
+
+
+def model_path(args) -> str:
+    return args.out or f"/tmp/ggml_rerope_bench_{args.shape}_q4_0.gguf"
+
+
 # -- measuring (ggml_rerope.bench.model.measure) ----------------------------------------------
 
 
@@ -106,19 +124,11 @@ def run(args) -> dict:
     from ggml_rerope.bench.random_llama_gguf import SHAPES, ensure_model
     from ggml_rerope.cache_flags import cache_types
 
-    try:
-        contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
-    except ValueError:
-        raise ValueError(f"--contexts must be comma-separated integers, got {args.contexts!r}") from None
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    if not contexts or min(contexts) <= args.decode:
-        raise ValueError(f"--contexts must be > --decode ({args.decode}), got {args.contexts!r}")
-    if any(e not in ENGINES for e in engines) or not engines:
-        raise ValueError(f"--engines must name some of {','.join(ENGINES)}, got {args.engines!r}")
+    contexts, engines = contexts_and_engines(args, args.decode, "--decode")
     for name in ("decode", "repeats", "n_batch", "n_ubatch", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    out = args.out or f"/tmp/ggml_rerope_bench_{args.shape}_q4_0.gguf"
+    out = model_path(args)
     t0 = time.perf_counter()
     path, reused = ensure_model(out, args.shape, args.seed)
     gen_s = time.perf_counter() - t0

@@ -148,20 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list] = None) -> int:
-    from bench_gpu_model import make_engine  # the benchmark's engines, both on the GPU
+    from bench_gpu_model import contexts_and_engines, make_engine, model_path  # the benchmark's engines, on the GPU
 
     from ggml_rerope.bench.random_llama_gguf import SHAPES, ensure_model
     from ggml_rerope.host import usable_cores
 
     args = build_parser().parse_args(argv)
     args.ngl, args.n_ubatch, args.threads = -1, args.n_batch, usable_cores()
-    contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    if args.steps < 1 or min(contexts) <= args.n_batch + args.steps + 2:
-        print(f"error: every context must exceed --n-batch + --steps + 2 ({args.n_batch + args.steps + 2})",
-              file=sys.stderr)
+    try:
+        if args.steps < 1 or args.n_batch < 1:
+            raise ValueError(f"--steps and --n-batch must be >= 1, got {args.steps} and {args.n_batch}")
+        contexts, engines = contexts_and_engines(args, args.n_batch + args.steps + 2, "--n-batch + --steps + 2")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    path, _ = ensure_model(args.out or f"/tmp/ggml_rerope_bench_{args.shape}_q4_0.gguf", args.shape, args.seed)
+    path, _ = ensure_model(model_path(args), args.shape, args.seed)
     rng = np.random.default_rng(args.seed + 1)
     rows, failed = [], False
     for n in contexts:

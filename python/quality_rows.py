@@ -3,6 +3,7 @@ runtime, or llama.cpp as the peer), and which rows compute the same thing at a c
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from dataclasses import dataclass, field
 
@@ -73,10 +74,15 @@ def all_rows(n_ctx_train: int = 8192):
 
 def searched_longrope_rows():
     """The row of the searched factors, once a search has written them."""
-    if not SEARCHED_LONGROPE.exists():
-        return []
-    return [Row("longrope searched 64k", "ggml-rerope", "longrope",
-                read_factors_file(SEARCHED_LONGROPE).scheme_options())]
+    return _factors_rows(SEARCHED_LONGROPE)
+
+
+@functools.cache
+def _factors_rows(path: pathlib.Path) -> tuple:
+    """Read once per process: all_rows() is called in the report's planning loops."""
+    if not path.exists():
+        return ()
+    return (Row("longrope searched 64k", "ggml-rerope", "longrope", read_factors_file(path).scheme_options()),)
 
 
 QUICK_ROWS = ("none (RoPE)", "yarn", "ntk", "self-extend", "rerope w=4096 log-n", "rerope w=4096",

@@ -4,6 +4,7 @@ intervals, idle = wall - busy, and the kind of each kernel name (the GPU run is 
 import os
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
@@ -50,8 +51,6 @@ def test_summary_per_step():
 
 def test_the_profiled_steps_end_with_the_context_full(monkeypatch):
     """The prompt, the profiled micro-batch and the decode steps fill exactly N tokens."""
-    import numpy as np
-
     class Engine:
         def __init__(self):
             self.n, self.calls = 0, []
@@ -74,3 +73,14 @@ def test_the_profiled_steps_end_with_the_context_full(monkeypatch):
     assert eng.n == n
     assert eng.calls[:2] == [n - steps - ubatch - 2, ubatch] and eng.calls[2:] == [1] * (2 + steps)
     assert len(profiled_calls) == 2 and set(r) == {"prefill_ubatch", "decode_step"}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--contexts", "8k"], "--contexts must be comma-separated integers"),
+    (["--contexts", "2000"], "--contexts must be > --n-batch + --steps + 2 (2066)"),
+    (["--engines", "vllm"], "--engines must name some of ours,llama.cpp"),
+    (["--steps", "0"], "--steps and --n-batch must be >= 1"),
+])
+def test_bad_flags_are_refused_before_any_work(flags, message, capsys):
+    assert pgs.main(flags) == 2
+    assert message in capsys.readouterr().err
